@@ -1,0 +1,104 @@
+"""Command line: ``python -m consumer run | check``. Signals are handled here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from consumer import logs
+from consumer.check import check_mapping
+from consumer.errors import MappingError, SyncError
+from consumer.mapping import MappingConfig, load_mapping
+from consumer.metrics import Metrics
+from consumer.salesforce import SalesforceClient
+from consumer.service import EXIT_CONFIG, Service
+from consumer.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also documents the commands in ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer",
+        description=(
+            "Keeps Salesforce Contacts and Leads in step with Didomi consent events read from "
+            "Kafka. Configuration comes from environment variables (see README)."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the sync service until SIGTERM or SIGINT")
+    sub.add_parser(
+        "check",
+        help="log in to Salesforce, validate the mapping against the org's fields, print a "
+        "report; exit non-zero on a problem",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"configuration error: {_settings_errors(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        settings.require_salesforce()
+        mapping = load_mapping(settings.sync_mapping_file)
+    except (ValueError, MappingError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        return asyncio.run(_check(settings, mapping))
+    return asyncio.run(_run(settings, mapping))
+
+
+async def _check(settings: Settings, mapping: MappingConfig) -> int:
+    async with SalesforceClient(settings, Metrics()) as client:
+        try:
+            report = await check_mapping(client, mapping)
+        except SyncError as exc:
+            print(f"check failed: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    print(report.render())
+    return 0 if report.ok else EXIT_CONFIG
+
+
+async def _run(settings: Settings, mapping: MappingConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logger.info("stopping", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+        else:
+            logger.warning("second signal: exiting now without draining")
+            os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await Service(settings, mapping).run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _settings_errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+    )

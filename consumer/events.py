@@ -1,0 +1,188 @@
+"""Pydantic models of the Didomi webhook envelope that arrives on the input topic.
+
+Only what the sync needs is modelled strictly; everything else Didomi sends is kept
+(``extra="allow"``) so that a new field on Didomi's side never rejects a message.
+Types that decide what gets written (ids, booleans, the selected values) are strict:
+``"yes"`` is not a boolean and ``42`` is not an email.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+EventType = Literal[
+    "event.created",
+    "event.updated",
+    "event.deleted",
+    "user.created",
+    "user.updated",
+    "user.deleted",
+]
+
+
+class _Open(BaseModel):
+    """Base of every Didomi object: unknown keys are kept, not rejected."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class PreferenceSelection(_Open):
+    """The selected value ids of one preference, as Didomi's comma-separated list."""
+
+    value: StrictStr = ""
+
+
+class Purpose(_Open):
+    """One purpose of a consent state; ``enabled`` None means no choice on the purpose itself."""
+
+    id: Annotated[StrictStr, Field(min_length=1)]
+    enabled: StrictBool | None = None
+    enabled_li: StrictBool | None = None
+    values: dict[str, PreferenceSelection] | None = None
+
+
+class Channel(_Open):
+    """A channel choice (not synced, kept for completeness)."""
+
+    id: StrictStr
+    enabled: StrictBool | None = None
+
+
+class Consents(_Open):
+    """The consent state carried by users (whole state) and events (partial state)."""
+
+    purposes: list[Purpose] = Field(default_factory=list)
+    channels: list[Channel] | None = None
+
+
+class EventUser(_Open):
+    """The user an event belongs to."""
+
+    id: StrictStr | None = None
+    organization_user_id: Annotated[StrictStr, Field(min_length=1)]
+    country: StrictStr | None = None
+
+
+class ConsentEvent(_Open):
+    """A Didomi consent event (``event.*`` entities): the choices made in that event only."""
+
+    id: Annotated[StrictStr, Field(min_length=1)]
+    organization_id: StrictStr | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    status: Literal["confirmed", "pending_approval"] = "confirmed"
+    regulation: StrictStr = "gdpr"
+    user: EventUser
+    consents: Consents = Field(default_factory=Consents)
+
+
+class User(_Open):
+    """A Didomi user (``user.*`` entities): the person's whole current state."""
+
+    id: Annotated[StrictStr, Field(min_length=1)]
+    organization_id: StrictStr | None = None
+    organization_user_id: Annotated[StrictStr, Field(min_length=1)]
+    organization_user_id_type: StrictStr | None = None
+    version: StrictInt | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    country: StrictStr | None = None
+    consents: Consents = Field(default_factory=Consents)
+
+
+class Source(_Open):
+    """What caused an update (``*.updated`` only)."""
+
+    id: StrictStr | None = None
+    created_at: datetime | None = None
+
+
+class EventCreatedParams(_Open):
+    """``parameters`` of ``event.created`` and ``event.deleted``."""
+
+    entity: ConsentEvent
+
+
+class EventUpdatedParams(_Open):
+    """``parameters`` of ``event.updated``; only ``new_entity`` is applied."""
+
+    source: Source | None = None
+    old_entity: ConsentEvent | None = None
+    new_entity: ConsentEvent
+
+
+class UserCreatedParams(_Open):
+    """``parameters`` of ``user.created`` and ``user.deleted``."""
+
+    entity: User
+
+
+class UserUpdatedParams(_Open):
+    """``parameters`` of ``user.updated``; only ``new_entity`` is applied."""
+
+    source: Source | None = None
+    old_entity: User | None = None
+    new_entity: User
+
+
+class EventCreated(_Open):
+    """Envelope of ``event.created``."""
+
+    type: Literal["event.created"]
+    parameters: EventCreatedParams
+
+
+class EventUpdated(_Open):
+    """Envelope of ``event.updated``."""
+
+    type: Literal["event.updated"]
+    parameters: EventUpdatedParams
+
+
+class EventDeleted(_Open):
+    """Envelope of ``event.deleted``."""
+
+    type: Literal["event.deleted"]
+    parameters: EventCreatedParams
+
+
+class UserCreated(_Open):
+    """Envelope of ``user.created``."""
+
+    type: Literal["user.created"]
+    parameters: UserCreatedParams
+
+
+class UserUpdated(_Open):
+    """Envelope of ``user.updated``."""
+
+    type: Literal["user.updated"]
+    parameters: UserUpdatedParams
+
+
+class UserDeleted(_Open):
+    """Envelope of ``user.deleted``."""
+
+    type: Literal["user.deleted"]
+    parameters: UserCreatedParams
+
+
+Envelope = Annotated[
+    EventCreated | EventUpdated | EventDeleted | UserCreated | UserUpdated | UserDeleted,
+    Field(discriminator="type"),
+]
+"""The input message: one Didomi webhook payload."""
+
+KNOWN_TYPES: frozenset[str] = frozenset(
+    (
+        "event.created",
+        "event.updated",
+        "event.deleted",
+        "user.created",
+        "user.updated",
+        "user.deleted",
+    )
+)

@@ -1,0 +1,41 @@
+"""Liveness and readiness, as the pipeline reports them and the HTTP server serves them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz answer from.
+
+    Live while the poll loop keeps turning; ready once the consumer joined its group and
+    Salesforce accepted our credentials.
+    """
+
+    stall_seconds: float = 120.0
+    last_poll: float | None = None
+    joined: bool = False
+    salesforce_ok: bool = False
+    started: bool = False
+
+    def polled(self, now: float) -> None:
+        """The poll loop came round."""
+        self.last_poll = now
+
+    def live(self, now: float) -> tuple[bool, str]:
+        """Whether the process is making progress, and why not."""
+        if self.last_poll is None:
+            return True, "starting"
+        idle = now - self.last_poll
+        if idle > self.stall_seconds:
+            return False, f"poll loop stalled for {idle:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the service should receive traffic (and count as available)."""
+        if not self.salesforce_ok:
+            return False, "salesforce authentication pending or failing"
+        if not self.joined:
+            return False, "not yet in the consumer group"
+        return True, "ok"

@@ -1,0 +1,48 @@
+"""Map stage: one person's Didomi choices onto one target's Salesforce field values.
+
+Pure. Rules (Didomi's Salesforce integration):
+- purpose ``enabled`` true/false -> Boolean field; ``null`` writes nothing;
+- preference -> string field: the selected value ids, ``;``-joined for a multipicklist,
+  Didomi's comma list for text; nothing selected writes null (clears the field);
+- preference value -> Boolean field: true when selected, false when the preference is present
+  and the value is not; a preference absent from the event writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from consumer.events import Purpose
+from consumer.mapping import TargetPlan
+
+FieldValue = bool | str | None
+FieldValues = dict[str, FieldValue]
+
+
+def selected_values(raw: str) -> list[str]:
+    """Split Didomi's comma-separated selection into value ids, in order, without blanks."""
+    seen: list[str] = []
+    for part in raw.split(","):
+        value = part.strip()
+        if value and value not in seen:
+            seen.append(value)
+    return seen
+
+
+def map_purposes(purposes: Iterable[Purpose], plan: TargetPlan) -> FieldValues:
+    """Field values for one target from one event's purposes (only what the event mentions)."""
+    mapping = plan.mapping
+    out: FieldValues = {}
+    for purpose in purposes:
+        purpose_field = mapping.purposes.get(purpose.id)
+        if purpose_field is not None and purpose.enabled is not None:
+            out[purpose_field] = purpose.enabled
+        for pref_id, selection in (purpose.values or {}).items():
+            chosen = selected_values(selection.value)
+            pref_field = mapping.preferences.get(pref_id)
+            if pref_field is not None:
+                sep = plan.preference_separators.get(pref_id, ",")
+                out[pref_field] = sep.join(chosen) if chosen else None
+            for value_id, value_field in mapping.preference_values.get(pref_id, {}).items():
+                out[value_field] = value_id in chosen
+    return out

@@ -1,0 +1,240 @@
+"""The mapping file: which Didomi choices go to which Salesforce fields, for each target.
+
+Loading checks the file's shape (field names are Salesforce API names, each field mapped once
+per target); :func:`validate_against_describe` checks it against the org's real fields and
+:func:`plan_targets` turns both into what the mapper needs (how each preference is written).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from consumer.errors import MappingError
+
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+ApiName = Annotated[str, Field(pattern=_API_NAME.pattern, max_length=80)]
+"""A Salesforce API name (``Email``, ``Newsletter_Consent__c``)."""
+
+PreferenceFormat = Literal["auto", "text", "multipicklist"]
+
+
+class TargetMapping(BaseModel):
+    """One Salesforce object that consent is written to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sobject: ApiName
+    upsert_mode: bool = False
+    match_field: ApiName = "Email"
+    create_defaults: dict[ApiName, str | int | float | bool] = Field(default_factory=dict)
+    purposes: dict[str, ApiName] = Field(default_factory=dict)
+    preferences: dict[str, ApiName] = Field(default_factory=dict)
+    preference_values: dict[str, dict[str, ApiName]] = Field(default_factory=dict)
+    #: How a preference's selected values are written: ``auto`` follows the field's type
+    #: (``;`` for a multipicklist, Didomi's comma list for text); the others force it.
+    preference_format: dict[str, PreferenceFormat] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _each_field_once(self) -> TargetMapping:
+        seen: dict[str, str] = {}
+        for where, name in self.mapped_fields():
+            key = name.lower()
+            if key in seen:
+                raise ValueError(f"field {name} is mapped twice ({seen[key]} and {where})")
+            if key == self.match_field.lower():
+                raise ValueError(f"field {name} ({where}) is the match field; it cannot be mapped")
+            seen[key] = where
+        for pref in self.preference_format:
+            if pref not in self.preferences:
+                raise ValueError(f"preference_format names {pref!r}, which is not in preferences")
+        if not (self.purposes or self.preferences or self.preference_values):
+            raise ValueError("the target maps no purpose, preference or preference value")
+        return self
+
+    def mapped_fields(self) -> Iterable[tuple[str, str]]:
+        """Yield ``(where in the mapping, field name)`` for every mapped field."""
+        for purpose, name in self.purposes.items():
+            yield f"purposes.{purpose}", name
+        for pref, name in self.preferences.items():
+            yield f"preferences.{pref}", name
+        for pref, values in self.preference_values.items():
+            for value, name in values.items():
+                yield f"preference_values.{pref}.{value}", name
+
+
+class MappingConfig(BaseModel):
+    """The whole mapping file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    regulations: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["gdpr"])
+    targets: Annotated[list[TargetMapping], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> MappingConfig:
+        names = [t.sobject.lower() for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError("each sobject may be a target once")
+        return self
+
+
+def load_mapping(path: str | Path) -> MappingConfig:
+    """Read and validate a mapping file; raise :class:`MappingError` saying what is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(f"cannot read mapping file {path}: {exc.strerror}") from None
+    return parse_mapping(text, source=str(path))
+
+
+def parse_mapping(text: str, *, source: str = "<mapping>") -> MappingConfig:
+    """Validate a mapping document given as YAML text."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{source} is not valid YAML: {exc}") from None
+    try:
+        return MappingConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise MappingError(f"{source} is invalid: {problems}") from None
+
+
+# --- against the org's describe --------------------------------------------------------
+
+BOOLEAN_TYPES = frozenset({"boolean"})
+STRING_TYPES = frozenset({"string", "textarea", "picklist", "multipicklist"})
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What the mapper and the check need to know of one Salesforce field (from describe)."""
+
+    name: str
+    type: str
+    length: int = 0
+    createable: bool = True
+    updateable: bool = True
+    nillable: bool = True
+    defaulted_on_create: bool = False
+    picklist_values: tuple[str, ...] = ()
+
+    @classmethod
+    def from_describe(cls, raw: Mapping[str, Any]) -> FieldInfo:
+        """Build from one entry of describe's ``fields``."""
+        return cls(
+            name=str(raw["name"]),
+            type=str(raw.get("type", "")),
+            length=int(raw.get("length") or 0),
+            createable=bool(raw.get("createable", False)),
+            updateable=bool(raw.get("updateable", False)),
+            nillable=bool(raw.get("nillable", True)),
+            defaulted_on_create=bool(raw.get("defaultedOnCreate", False)),
+            picklist_values=tuple(
+                str(v["value"]) for v in raw.get("picklistValues") or () if v.get("active", True)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a target's mapping, phrased for an operator."""
+
+    sobject: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.sobject} {self.where}: {self.message}"
+
+
+def validate_against_describe(
+    target: TargetMapping, fields: Mapping[str, FieldInfo]
+) -> list[Problem]:
+    """Compare a target's mapping with its sObject's fields; return every problem found.
+
+    ``fields`` is keyed by lower-cased field name (Salesforce names are case-insensitive).
+    """
+    problems: list[Problem] = []
+
+    def add(where: str, message: str) -> None:
+        problems.append(Problem(target.sobject, where, message))
+
+    match = fields.get(target.match_field.lower())
+    if match is None:
+        add("match_field", f"field {target.match_field} does not exist")
+    for where, name in target.mapped_fields():
+        info = fields.get(name.lower())
+        if info is None:
+            add(where, f"field {name} does not exist")
+            continue
+        want = STRING_TYPES if where.startswith("preferences.") else BOOLEAN_TYPES
+        if info.type not in want:
+            add(where, f"field {name} is {info.type}, expected {' or '.join(sorted(want))}")
+        if not info.updateable:
+            add(where, f"field {name} is not updateable")
+        if target.upsert_mode and not info.createable:
+            add(where, f"field {name} is not createable (upsert_mode is on)")
+    for pref, values in target.preference_values.items():
+        pref_field = target.preferences.get(pref)
+        info = fields.get(pref_field.lower()) if pref_field else None
+        if info is not None and info.type in {"picklist", "multipicklist"}:
+            allowed = {v.lower() for v in info.picklist_values}
+            for value in values:
+                if value.lower() not in allowed:
+                    add(
+                        f"preference_values.{pref}.{value}",
+                        f"value {value!r} is not a picklist value of {info.name}",
+                    )
+    if target.upsert_mode:
+        given = {k.lower() for k in target.create_defaults}
+        for info in fields.values():
+            required = info.createable and not info.nillable and not info.defaulted_on_create
+            if (
+                required
+                and info.name.lower() not in given
+                and info.name.lower() not in {target.match_field.lower()}
+            ):
+                if info.type in BOOLEAN_TYPES:
+                    continue
+                add("create_defaults", f"required field {info.name} has no default")
+        for name in target.create_defaults:
+            if name.lower() not in fields:
+                add(f"create_defaults.{name}", f"field {name} does not exist")
+    return problems
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """A target mapping resolved against the org: what the pure mapper works from."""
+
+    mapping: TargetMapping
+    #: preference id -> the separator its selected values are joined with
+    preference_separators: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sobject(self) -> str:
+        """The target's sObject name."""
+        return self.mapping.sobject
+
+
+def plan_target(target: TargetMapping, fields: Mapping[str, FieldInfo] | None) -> TargetPlan:
+    """Decide how each preference is written, from the mapping and (if known) the field types."""
+    separators: dict[str, str] = {}
+    for pref, name in target.preferences.items():
+        fmt = target.preference_format.get(pref, "auto")
+        if fmt == "auto":
+            info = fields.get(name.lower()) if fields is not None else None
+            fmt = "multipicklist" if info is not None and info.type == "multipicklist" else "text"
+        separators[pref] = ";" if fmt == "multipicklist" else ","
+    return TargetPlan(mapping=target, preference_separators=separators)

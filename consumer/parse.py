@@ -1,0 +1,310 @@
+"""Parse stage: one Kafka message value in, one of accepted / ignored / rejected out.
+
+Pure: no I/O, no clock. Every way a value can be wrong gets its own ``error_class`` (used in
+outcomes, DLQ headers and metric labels) and a reason precise enough to fix the producer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from consumer.events import (
+    KNOWN_TYPES,
+    ConsentEvent,
+    Envelope,
+    EventCreated,
+    EventDeleted,
+    EventUpdated,
+    Purpose,
+    User,
+    UserCreated,
+    UserDeleted,
+    UserUpdated,
+)
+
+_ENVELOPE: TypeAdapter[Any] = TypeAdapter(Envelope)
+
+#: Salesforce's Email field holds at most 80 characters.
+MAX_EMAIL_LENGTH = 80
+# Deliberately loose: quotes and backslashes are legal in a local part and must be matched,
+# but whitespace, control characters or a second "@" can never be an email Salesforce stores.
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+
+
+@dataclass(frozen=True)
+class ParseRules:
+    """What the parse stage accepts (from Settings and the mapping file)."""
+
+    regulations: Collection[str] = ("gdpr",)
+    max_message_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class ConsentChange:
+    """A validated choice of one person, normalised for the map and dedup stages."""
+
+    event_id: str
+    event_type: str
+    organization_user_id: str
+    #: ``organization_user_id`` trimmed and lower-cased: the dedup and match key.
+    email_key: str
+    event_time: datetime
+    regulation: str | None
+    purposes: tuple[Purpose, ...]
+    #: True for user entities (whole state), False for events (only what changed).
+    full_state: bool
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The message carries a change to apply."""
+
+    change: ConsentChange
+    kind: Literal["accepted"] = "accepted"
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A valid message that, by the product's rules, changes nothing."""
+
+    reason: str
+    event_id: str | None
+    event_type: str
+    organization_user_id: str | None
+    event_time: datetime | None
+    kind: Literal["ignored"] = "ignored"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A message that cannot be processed; it goes to the dead-letter topic."""
+
+    error_class: str
+    reason: str
+    event_type: str | None = None
+    event_id: str | None = None
+    organization_user_id: str | None = None
+    kind: Literal["rejected"] = "rejected"
+
+
+ParseResult = Accepted | Ignored | Rejected
+
+
+def email_key(organization_user_id: str) -> str:
+    """The case-insensitive key under which one person's events are merged and matched."""
+    return organization_user_id.strip().lower()
+
+
+def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:
+    """Turn one Kafka message value into a parse result. Never raises."""
+    if value is None or len(value) == 0:
+        return Rejected("EMPTY_MESSAGE", "the message value is empty (a tombstone or a bug)")
+    if len(value) > rules.max_message_bytes:
+        return Rejected(
+            "MESSAGE_TOO_LARGE",
+            f"the message is {len(value)} bytes, over the limit of {rules.max_message_bytes}",
+        )
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return Rejected(
+                "INVALID_UTF8", f"the message is not UTF-8 (bad byte at position {uexc.start})"
+            )
+        return Rejected("INVALID_JSON", f"the message is not valid JSON: {exc}")
+    if not isinstance(doc, dict):
+        return Rejected("NOT_AN_OBJECT", f"expected a JSON object, got {_json_kind(doc)}")
+    event_type = doc.get("type")
+    if not isinstance(event_type, str):
+        return Rejected("MISSING_TYPE", "the message has no string 'type'")
+    if event_type not in KNOWN_TYPES:
+        return Rejected(
+            "UNKNOWN_EVENT_TYPE",
+            f"unknown event type {event_type[:100]!r}; expected one of {sorted(KNOWN_TYPES)}",
+            event_type=event_type[:100],
+        )
+    try:
+        envelope = _ENVELOPE.validate_python(doc)
+    except ValidationError as exc:
+        return _rejected_by_schema(exc, doc, event_type)
+    return _interpret(envelope, rules)
+
+
+def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
+    if isinstance(envelope, EventCreated | EventUpdated):
+        entity: ConsentEvent = (
+            envelope.parameters.entity
+            if isinstance(envelope, EventCreated)
+            else envelope.parameters.new_entity
+        )
+        return _from_event(envelope.type, entity, rules)
+    if isinstance(envelope, UserCreated | UserUpdated):
+        if isinstance(envelope, UserCreated):
+            user: User = envelope.parameters.entity
+            event_id = user.id
+        else:
+            user = envelope.parameters.new_entity
+            source = envelope.parameters.source
+            event_id = source.id if source is not None and source.id else user.id
+        return _from_user(envelope.type, event_id, user)
+    if isinstance(envelope, EventDeleted):
+        ent = envelope.parameters.entity
+        return Ignored(
+            "deleted events are not synced: Salesforce keeps the last applied state",
+            ent.id,
+            envelope.type,
+            ent.user.organization_user_id,
+            _utc(ent.updated_at or ent.created_at),
+        )
+    assert isinstance(envelope, UserDeleted)
+    u = envelope.parameters.entity
+    return Ignored(
+        "deleted users are not synced: Salesforce keeps the last applied state",
+        u.id,
+        envelope.type,
+        u.organization_user_id,
+        _utc(u.updated_at or u.created_at),
+    )
+
+
+def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> ParseResult:
+    org_user_id = entity.user.organization_user_id
+    when = _utc(entity.updated_at or entity.created_at)
+    if entity.status == "pending_approval":
+        return Ignored(
+            "status is pending_approval: applied only once approved",
+            entity.id,
+            event_type,
+            org_user_id,
+            when,
+        )
+    if entity.regulation not in rules.regulations:
+        return Ignored(
+            f"regulation {entity.regulation!r} is not synced "
+            f"(synced: {', '.join(rules.regulations)})",
+            entity.id,
+            event_type,
+            org_user_id,
+            when,
+        )
+    bad = _check_email(org_user_id, entity.id, event_type)
+    if bad is not None:
+        return bad
+    return Accepted(
+        ConsentChange(
+            event_id=entity.id,
+            event_type=event_type,
+            organization_user_id=org_user_id,
+            email_key=email_key(org_user_id),
+            event_time=when,
+            regulation=entity.regulation,
+            purposes=tuple(entity.consents.purposes),
+            full_state=False,
+        )
+    )
+
+
+def _from_user(event_type: str, event_id: str, user: User) -> ParseResult:
+    bad = _check_email(user.organization_user_id, event_id, event_type)
+    if bad is not None:
+        return bad
+    return Accepted(
+        ConsentChange(
+            event_id=event_id,
+            event_type=event_type,
+            organization_user_id=user.organization_user_id,
+            email_key=email_key(user.organization_user_id),
+            event_time=_utc(user.updated_at or user.created_at),
+            regulation=None,
+            purposes=tuple(user.consents.purposes),
+            full_state=True,
+        )
+    )
+
+
+def _check_email(org_user_id: str, event_id: str, event_type: str) -> Rejected | None:
+    key = org_user_id.strip()
+    if len(key) > MAX_EMAIL_LENGTH:
+        return Rejected(
+            "INVALID_EMAIL",
+            f"organization_user_id is {len(key)} characters; a Salesforce email holds at most "
+            f"{MAX_EMAIL_LENGTH}",
+            event_type,
+            event_id,
+            org_user_id[:200],
+        )
+    if not _EMAIL.match(key):
+        return Rejected(
+            "INVALID_EMAIL",
+            "organization_user_id is not an email address (it is matched against the record's "
+            "email)",
+            event_type,
+            event_id,
+            org_user_id[:200],
+        )
+    return None
+
+
+def _rejected_by_schema(exc: ValidationError, doc: dict[str, Any], event_type: str) -> Rejected:
+    errors = exc.errors(include_url=False, include_input=False)
+    parts: list[str] = []
+    error_class = "SCHEMA_VALIDATION"
+    for err in errors[:5]:
+        # The first element of loc is the union's tag (the event type); drop it.
+        loc = [str(p) for p in err["loc"]]
+        if loc and loc[0] == event_type:
+            loc = loc[1:]
+        path = ".".join(loc) or "(message)"
+        if loc and loc[-1] == "organization_user_id" and err["type"] == "missing":
+            error_class = "MISSING_ORGANIZATION_USER_ID"
+        parts.append(f"{path}: {err['msg']}")
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
+    params = doc.get("parameters")
+    entity: Any = None
+    if isinstance(params, dict):
+        entity = params.get("entity") or params.get("new_entity")
+    event_id = entity.get("id") if isinstance(entity, dict) else None
+    org_user_id: Any = None
+    if isinstance(entity, dict):
+        user = entity.get("user")
+        org_user_id = (
+            user.get("organization_user_id")
+            if isinstance(user, dict)
+            else entity.get("organization_user_id")
+        )
+    return Rejected(
+        error_class,
+        "; ".join(parts),
+        event_type,
+        event_id if isinstance(event_id, str) else None,
+        org_user_id[:200] if isinstance(org_user_id, str) else None,
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    # Didomi sends UTC with a Z; a naive timestamp is taken as UTC so comparisons never fail.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _json_kind(doc: object) -> str:
+    if doc is None:
+        return "null"
+    if isinstance(doc, list):
+        return "an array"
+    if isinstance(doc, bool):
+        return "a boolean"
+    if isinstance(doc, str):
+        return "a string"
+    return "a number"

@@ -1,0 +1,194 @@
+"""Report stage: one outcome per input message, and the dead letters of a batch.
+
+Pure: takes the batch's messages, their parse results, the merged people and the write
+results, and says what to publish. Every input message gets exactly one outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from consumer.dedup import PersonWrite
+from consumer.mapping import TargetPlan
+from consumer.outcomes import (
+    DeadLetter,
+    Outcome,
+    SourcePosition,
+    TargetResult,
+    overall_status,
+)
+from consumer.parse import Accepted, Ignored, ParseResult, Rejected
+from consumer.writer import PersonResult
+
+#: Header a dead letter keeps from its first trip, so a redriven message keeps its history.
+FIRST_SEEN_HEADER = "x-dlq-first-seen"
+
+
+@dataclass(frozen=True)
+class InputMessage:
+    """An input message as read from Kafka (what outcomes and dead letters refer to)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Bytes of key and value."""
+        return len(self.key or b"") + len(self.value or b"")
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of a header, or None."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One outcome to publish, with its Kafka key."""
+
+    key: bytes | None
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class DeadLetterOut:
+    """One message to send to the dead-letter topic."""
+
+    message: InputMessage
+    info: DeadLetter
+
+
+def assemble(
+    messages: Sequence[InputMessage],
+    parsed: Sequence[ParseResult],
+    people: Mapping[str, PersonWrite],
+    results: Mapping[str, Mapping[str, PersonResult]],
+    plans: Sequence[TargetPlan],
+    now: datetime,
+) -> tuple[list[Publication], list[DeadLetterOut]]:
+    """Outcomes (in input order) and dead letters for a processed batch.
+
+    ``results`` is keyed by sObject, then by email key.
+    """
+    outcomes: list[Publication] = []
+    dead: list[DeadLetterOut] = []
+    for message, result in zip(messages, parsed, strict=True):
+        source = SourcePosition(
+            topic=message.topic, partition=message.partition, offset=message.offset
+        )
+        if isinstance(result, Rejected):
+            outcome = Outcome(
+                status="rejected",
+                reason=result.reason,
+                error_class=result.error_class,
+                event_id=result.event_id,
+                event_type=result.event_type,
+                organization_user_id=result.organization_user_id,
+                source=source,
+                processed_at=now,
+            )
+            dead.append(
+                DeadLetterOut(
+                    message,
+                    _dead_letter(message, result.error_class, result.reason, result.event_id, now),
+                )
+            )
+            key = result.organization_user_id.encode() if result.organization_user_id else None
+            outcomes.append(Publication(key or message.key, outcome))
+            continue
+        if isinstance(result, Ignored):
+            outcome = Outcome(
+                status="ignored",
+                reason=result.reason,
+                event_id=result.event_id,
+                event_type=result.event_type,
+                organization_user_id=result.organization_user_id,
+                source=source,
+                event_time=result.event_time,
+                processed_at=now,
+            )
+            key = result.organization_user_id.encode() if result.organization_user_id else None
+            outcomes.append(Publication(key or message.key, outcome))
+            continue
+        assert isinstance(result, Accepted)
+        change = result.change
+        person = people[change.email_key]
+        targets: list[TargetResult] = []
+        for plan in plans:
+            if plan.sobject not in person.fields:
+                continue
+            written = results.get(plan.sobject, {}).get(change.email_key)
+            if written is None:
+                continue
+            targets.append(
+                TargetResult(
+                    sobject=plan.sobject,
+                    status=written.status,
+                    record_ids=list(written.record_ids),
+                    note=written.note,
+                    error=written.error,
+                    merged_events=len(person.indexes),
+                )
+            )
+        status = overall_status(targets)
+        reason = None
+        if not targets:
+            reason = "the event carries no choice that the mapping writes to any target"
+        failed = [t for t in targets if t.status == "failed"]
+        error_class = None
+        if failed and failed[0].error is not None:
+            error_class = failed[0].error.code
+            reason = f"{failed[0].sobject}: {failed[0].error.code}: {failed[0].error.message}"
+            dead.append(
+                DeadLetterOut(
+                    message, _dead_letter(message, error_class, reason, change.event_id, now)
+                )
+            )
+        outcomes.append(
+            Publication(
+                change.organization_user_id.encode(),
+                Outcome(
+                    status=status,
+                    reason=reason,
+                    error_class=error_class,
+                    event_id=change.event_id,
+                    event_type=change.event_type,
+                    organization_user_id=change.organization_user_id,
+                    targets=targets,
+                    source=source,
+                    event_time=change.event_time,
+                    processed_at=now,
+                ),
+            )
+        )
+    return outcomes, dead
+
+
+def _dead_letter(
+    message: InputMessage, error_class: str, reason: str, event_id: str | None, now: datetime
+) -> DeadLetter:
+    first_seen = now
+    earlier = message.header(FIRST_SEEN_HEADER)
+    if earlier is not None:
+        try:
+            first_seen = datetime.fromisoformat(earlier.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            first_seen = now
+    return DeadLetter(
+        error_class=error_class,
+        reason=reason[:1000],
+        source_topic=message.topic,
+        source_partition=message.partition,
+        source_offset=message.offset,
+        first_seen=first_seen,
+        event_id=event_id,
+    )

@@ -1,0 +1,148 @@
+"""The service's one Settings object, read from the environment at the entry point.
+
+Nothing deeper in the code reads the environment: the entry point builds ``Settings`` once and
+passes it (or the parts a component needs) down. Secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOKEN_PATH = "/services/oauth2/token"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def normalise_token_base(url: str) -> str:
+    """The token endpoint's base (``https://my-domain.my.salesforce.com``) from what a user typed.
+
+    A full ``.../services/oauth2/token`` URL is accepted and cut back to its base. ``http://`` is
+    refused unless the host is loopback: client credentials must never cross a network in clear.
+    """
+    text = url.strip().rstrip("/")
+    if text.lower().endswith(TOKEN_PATH):
+        text = text[: -len(TOKEN_PATH)].rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValueError("must be an https:// URL such as https://my-domain.my.salesforce.com")
+    if parts.query or parts.fragment or (parts.path not in {"", "/"}):
+        raise ValueError(
+            "must be the org's base URL (https://my-domain.my.salesforce.com) or its "
+            f"{TOKEN_PATH} endpoint"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("http:// is allowed only for a loopback host; use https://")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; each maps to the upper-cased environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_file=None, case_sensitive=False, extra="ignore", validate_default=True
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_input_topic: str = "didomi.consent-events"
+    kafka_results_topic: str = "didomi.consent-results"
+    kafka_dlq_topic: str = "didomi.consent-events.dlq"
+    kafka_group_id: str = "didomi-salesforce-sync"
+    kafka_client_id: str = "didomi-salesforce-sync"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    kafka_session_timeout_ms: PositiveInt = 10_000
+    kafka_heartbeat_interval_ms: PositiveInt = 3_000
+    kafka_max_poll_interval_ms: PositiveInt = 300_000
+    kafka_fetch_max_records: PositiveInt = 1_000
+    #: Idempotent producer (needs broker support; Apache Kafka has it, the embedded broker not).
+    kafka_producer_idempotence: bool = False
+    kafka_producer_linger_ms: Annotated[int, Field(ge=0)] = 5
+    #: Largest record the producer sends (a dead letter carries the original value).
+    kafka_producer_max_request_bytes: PositiveInt = 16 * 1024 * 1024
+
+    # --- Salesforce ----------------------------------------------------------------------
+    salesforce_token_url: str = ""
+    salesforce_client_id: str = ""
+    salesforce_client_secret: SecretStr = SecretStr("")
+    salesforce_api_version: Annotated[str, Field(pattern=r"^\d{2,3}\.0$")] = "62.0"
+    salesforce_client_name: str = "didomi-salesforce-sync"
+    salesforce_timeout_seconds: PositiveFloat = 30.0
+    salesforce_connect_timeout_seconds: PositiveFloat = 10.0
+    salesforce_pool_size: PositiveInt = 10
+    #: Longest query URL (path and query string) sent; Salesforce caps request line plus
+    #: headers at 16,384 bytes, and the rest leaves room for the request line and headers.
+    salesforce_max_url_bytes: Annotated[int, Field(ge=1_000, le=16_000)] = 15_000
+    salesforce_retry_budget_seconds: PositiveFloat = 300.0
+    salesforce_retry_initial_seconds: PositiveFloat = 0.5
+    salesforce_retry_max_seconds: PositiveFloat = 30.0
+    #: How long writing stops after the org's daily API limit was hit.
+    salesforce_limit_pause_seconds: PositiveFloat = 300.0
+    #: How often a refused login (a configuration error) is tried again.
+    salesforce_auth_retry_seconds: PositiveFloat = 60.0
+
+    # --- Sync ----------------------------------------------------------------------------
+    sync_mapping_file: Path = Path("mapping.yaml")
+    sync_batch_max_events: PositiveInt = 1_000
+    sync_batch_max_bytes: PositiveInt = 8 * 1024 * 1024
+    sync_batch_linger_ms: Annotated[int, Field(ge=0)] = 500
+    sync_concurrency: Annotated[int, Field(ge=1, le=25)] = 4
+    sync_max_message_bytes: PositiveInt = 1024 * 1024
+    sync_commit_interval_ms: Annotated[int, Field(ge=0)] = 1_000
+    sync_shutdown_timeout_seconds: PositiveFloat = 20.0
+
+    # --- Operations ----------------------------------------------------------------------
+    metrics_host: str = "0.0.0.0"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("salesforce_token_url")
+    @classmethod
+    def _token_base(cls, value: str) -> str:
+        return normalise_token_base(value) if value else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError("KAFKA_SASL_MECHANISM is required with a SASL_ protocol")
+            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
+                raise ValueError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required")
+        if self.salesforce_retry_max_seconds < self.salesforce_retry_initial_seconds:
+            raise ValueError("SALESFORCE_RETRY_MAX_SECONDS is below the initial delay")
+        return self
+
+    def require_salesforce(self) -> None:
+        """Raise ValueError naming each missing Salesforce credential (for run and check)."""
+        missing = [
+            name
+            for name, value in (
+                ("SALESFORCE_TOKEN_URL", self.salesforce_token_url),
+                ("SALESFORCE_CLIENT_ID", self.salesforce_client_id),
+                ("SALESFORCE_CLIENT_SECRET", self.salesforce_client_secret.get_secret_value()),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"missing settings: {', '.join(missing)}")

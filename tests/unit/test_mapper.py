@@ -1,0 +1,66 @@
+"""Map stage rules: purpose -> Boolean, preference -> string, preference value -> Boolean."""
+
+from __future__ import annotations
+
+from consumer.mapper import map_purposes, selected_values
+from tests.unit.helpers import example_plans, purpose
+
+
+def contact_plan(multipicklist: bool = False):  # type: ignore[no-untyped-def]
+    return example_plans(multipicklist)[0]
+
+
+def test_purpose_enabled_maps_to_boolean() -> None:
+    values = map_purposes([purpose("newsletter", True), purpose("analytics", False)], contact_plan())
+    assert values == {"Newsletter_Consent__c": True, "Analytics_Consent__c": False}
+
+
+def test_null_purpose_writes_nothing_but_its_preferences_still_map() -> None:
+    values = map_purposes([purpose("newsletter", None, topics="offers")], contact_plan())
+    assert "Newsletter_Consent__c" not in values
+    assert values["Newsletter_Topics__c"] == "offers"
+    assert values["Topic_Offers__c"] is True
+    assert values["Topic_Product_News__c"] is False
+
+
+def test_preference_text_keeps_comma_list_and_multipicklist_joins_with_semicolon() -> None:
+    p = purpose("newsletter", True, topics="product_news, offers", frequency="weekly")
+    text = map_purposes([p], contact_plan())
+    multi = map_purposes([p], contact_plan(multipicklist=True))
+    assert text["Newsletter_Topics__c"] == "product_news,offers"
+    assert multi["Newsletter_Topics__c"] == "product_news;offers"
+    assert text["Newsletter_Frequency__c"] == "weekly"
+
+
+def test_preference_values_true_when_selected_false_when_present_but_not() -> None:
+    values = map_purposes([purpose("newsletter", True, topics="product_news")], contact_plan())
+    assert values["Topic_Product_News__c"] is True
+    assert values["Topic_Offers__c"] is False
+
+
+def test_empty_selection_clears_string_and_sets_values_false() -> None:
+    values = map_purposes([purpose("newsletter", True, topics="")], contact_plan())
+    assert values["Newsletter_Topics__c"] is None
+    assert values["Topic_Product_News__c"] is False
+    assert values["Topic_Offers__c"] is False
+
+
+def test_absent_preference_writes_nothing() -> None:
+    values = map_purposes([purpose("newsletter", True)], contact_plan())
+    assert values == {"Newsletter_Consent__c": True}
+
+
+def test_unmapped_purposes_and_preferences_are_skipped() -> None:
+    values = map_purposes([purpose("cookies", True, colour="red")], contact_plan())
+    assert values == {}
+
+
+def test_lead_target_maps_only_its_own_fields() -> None:
+    lead = example_plans()[1]
+    values = map_purposes([purpose("newsletter", False), purpose("analytics", True)], lead)
+    assert values == {"Newsletter_Consent__c": False}
+
+
+def test_selected_values_splits_trims_and_dedups() -> None:
+    assert selected_values(" a, b ,,a, c") == ["a", "b", "c"]
+    assert selected_values("") == []

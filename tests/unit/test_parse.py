@@ -1,0 +1,179 @@
+"""Parse stage: every shared sample and every malformed line gets the right outcome."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from consumer.parse import Accepted, Ignored, ParseRules, Rejected, email_key, parse_message
+
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "samples"
+RULES = ParseRules(regulations=("gdpr",), max_message_bytes=1024 * 1024)
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def malformed_lines() -> list[bytes]:
+    """The message values of malformed.txt (the prose lines around them are not messages)."""
+    lines = (SAMPLES / "malformed.txt").read_bytes().splitlines()
+    return [line for line in lines if line[:1] in (b"{", b"[") or line == b"null"]
+
+
+def test_fixture_copy_matches_shared_samples() -> None:
+    if not SHARED.is_dir():
+        pytest.skip("shared samples are not beside this checkout")
+    for path in SHARED.iterdir():
+        assert (SAMPLES / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_event_created_is_accepted_as_a_partial_change() -> None:
+    result = parse_message(sample("event.created.json"), RULES)
+    assert isinstance(result, Accepted)
+    change = result.change
+    assert change.event_id == "0f2a5b0e-6f0b-4e3f-9c61-1c0f9a7b2d11"
+    assert change.event_type == "event.created"
+    assert change.organization_user_id == "Jane.Doe@example.com"
+    assert change.email_key == "jane.doe@example.com"
+    assert change.event_time == datetime(2026, 11, 20, 9, 14, 3, 512000, tzinfo=UTC)
+    assert change.full_state is False
+    assert [p.id for p in change.purposes] == ["newsletter", "analytics"]
+    assert change.purposes[0].values is not None
+    assert change.purposes[0].values["topics"].value == "product_news,offers"
+
+
+def test_user_updated_applies_new_entity_with_source_id() -> None:
+    result = parse_message(sample("user.updated.json"), RULES)
+    assert isinstance(result, Accepted)
+    change = result.change
+    assert change.event_id == "a3c9e2f4-1d2b-4c5e-8f90-123456789abc"
+    assert change.full_state is True
+    assert change.event_time == datetime(2026, 11, 21, 17, 2, 44, tzinfo=UTC)
+    newsletter = change.purposes[0]
+    assert newsletter.values is not None
+    assert newsletter.values["frequency"].value == "monthly"  # new_entity, not old_entity
+
+
+def test_pending_approval_is_ignored_with_reason() -> None:
+    result = parse_message(sample("event.pending_approval.json"), RULES)
+    assert isinstance(result, Ignored)
+    assert "pending_approval" in result.reason
+    assert result.organization_user_id == "max@example.org"
+
+
+def test_unconfigured_regulation_is_ignored_and_configured_one_accepted() -> None:
+    result = parse_message(sample("event.cpra.json"), RULES)
+    assert isinstance(result, Ignored)
+    assert "cpra" in result.reason
+    both = ParseRules(regulations=("gdpr", "cpra"))
+    assert isinstance(parse_message(sample("event.cpra.json"), both), Accepted)
+
+
+def test_user_deleted_is_ignored_by_default() -> None:
+    result = parse_message(sample("user.deleted.json"), RULES)
+    assert isinstance(result, Ignored)
+    assert result.event_type == "user.deleted"
+    assert "deleted" in result.reason
+
+
+MALFORMED_EXPECTED = [
+    ("INVALID_JSON", "not valid JSON"),
+    ("MISSING_ORGANIZATION_USER_ID", "organization_user_id: Field required"),
+    ("SCHEMA_VALIDATION", "organization_user_id: Input should be a valid string"),
+    ("UNKNOWN_EVENT_TYPE", "consent.given"),
+    ("SCHEMA_VALIDATION", "created_at: Field required"),
+    ("NOT_AN_OBJECT", "an array"),
+    ("NOT_AN_OBJECT", "null"),
+]
+
+
+def test_every_malformed_line_is_rejected_with_a_specific_reason() -> None:
+    lines = malformed_lines()
+    assert len(lines) == len(MALFORMED_EXPECTED)
+    for line, (error_class, fragment) in zip(lines, MALFORMED_EXPECTED, strict=True):
+        result = parse_message(line, RULES)
+        assert isinstance(result, Rejected), line
+        assert result.error_class == error_class, (line, result)
+        assert fragment in result.reason, (line, result.reason)
+
+
+def test_wrong_boolean_type_is_named_in_the_reason() -> None:
+    result = parse_message(malformed_lines()[2], RULES)
+    assert isinstance(result, Rejected)
+    assert "consents.purposes.0.enabled: Input should be a valid boolean" in result.reason
+
+
+def test_injection_shaped_email_is_rejected_even_with_a_timestamp() -> None:
+    doc = orjson.loads(malformed_lines()[4])
+    doc["parameters"]["entity"]["created_at"] = "2026-11-22T10:00:00Z"
+    result = parse_message(orjson.dumps(doc), RULES)
+    assert isinstance(result, Rejected)
+    assert result.error_class == "INVALID_EMAIL"
+
+
+@pytest.mark.parametrize(
+    ("value", "error_class"),
+    [
+        (b"", "EMPTY_MESSAGE"),
+        (None, "EMPTY_MESSAGE"),
+        (b"\xff\xfe\x00{", "INVALID_UTF8"),
+        (b'{"type": "event.created", "x": "\xc3\x28"}', "INVALID_UTF8"),
+        (b"x" * (5 * 1024 * 1024), "MESSAGE_TOO_LARGE"),
+        (b'"just a string"', "NOT_AN_OBJECT"),
+        (b"42", "NOT_AN_OBJECT"),
+        (b'{"parameters": {}}', "MISSING_TYPE"),
+        (b'{"type": 7}', "MISSING_TYPE"),
+        (b'{"type": "event.created"}', "SCHEMA_VALIDATION"),
+        (b'{"type": "event.created", "parameters": []}', "SCHEMA_VALIDATION"),
+    ],
+)
+def test_bad_values_are_rejected(value: bytes | None, error_class: str) -> None:
+    result = parse_message(value, RULES)
+    assert isinstance(result, Rejected)
+    assert result.error_class == error_class
+    assert result.reason
+
+
+def _event(org_user_id: object, **entity: object) -> bytes:
+    base: dict[str, object] = {
+        "id": "e1",
+        "created_at": "2026-11-22T10:00:00Z",
+        "status": "confirmed",
+        "user": {"organization_user_id": org_user_id},
+        "consents": {"purposes": [{"id": "newsletter", "enabled": True}]},
+    }
+    base.update(entity)
+    return orjson.dumps({"type": "event.created", "parameters": {"entity": base}})
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["o'brien@example.com", "back\\slash@example.com", "Zoë@exämple.de", "a+tag@x.io"],
+)
+def test_unusual_but_real_emails_are_accepted(email: str) -> None:
+    result = parse_message(_event(email), RULES)
+    assert isinstance(result, Accepted)
+    assert result.change.email_key == email.lower()
+
+
+@pytest.mark.parametrize(
+    "email", ["not-an-email", "two@@x.com", "a b@x.com", "x@nodot", "a@x\n.com", "x" * 75 + "@x.com"]
+)
+def test_non_emails_are_rejected(email: str) -> None:
+    result = parse_message(_event(email), RULES)
+    assert isinstance(result, Rejected)
+    assert result.error_class == "INVALID_EMAIL"
+
+
+def test_unknown_fields_from_didomi_are_tolerated() -> None:
+    result = parse_message(_event("a@x.com", brand_new_field={"x": 1}), RULES)
+    assert isinstance(result, Accepted)
+
+
+def test_email_key_trims_and_lowercases() -> None:
+    assert email_key("  Jane.Doe@Example.COM ") == "jane.doe@example.com"
