@@ -322,9 +322,10 @@ class Pipeline:
         for letter in dead:
             self._metrics.dead_letters.labels(letter.info.error_class).inc()
         for pub in publications:
-            sobjects = [t.sobject for t in pub.outcome.targets] or [""]
-            for sobject in sobjects:
-                self._metrics.outcomes.labels(pub.outcome.status, sobject).inc()
+            if not pub.outcome.targets:
+                self._metrics.outcomes.labels(pub.outcome.status, "").inc()
+            for target in pub.outcome.targets:
+                self._metrics.outcomes.labels(target.status, target.sobject).inc()
 
     async def _send_dead_letter(self, letter: DeadLetterOut) -> Any:
         message = letter.message

@@ -24,7 +24,7 @@ def example_plans(multipicklist: bool = False) -> list[TargetPlan]:
     for target in mapping.targets:
         plan = plan_target(target, None)
         if multipicklist:
-            plan = TargetPlan(target, {k: ";" for k in plan.preference_separators})
+            plan = TargetPlan(target, dict.fromkeys(plan.preference_separators, ";"))
         plans.append(plan)
     return plans
 

@@ -17,7 +17,9 @@ class Clock:
 
 
 def acc(clock: Clock, max_items: int = 3, max_bytes: int = 100, linger: float = 1.0):  # type: ignore[no-untyped-def]
-    return BatchAccumulator[str](max_items=max_items, max_bytes=max_bytes, linger=linger, clock=clock)
+    return BatchAccumulator[str](
+        max_items=max_items, max_bytes=max_bytes, linger=linger, clock=clock
+    )
 
 
 def test_batch_ready_by_count() -> None:
@@ -29,7 +31,8 @@ def test_batch_ready_by_count() -> None:
     a.add(("t", 1), "c", 1)
     assert a.ready()
     assert [i for _, i in a.take()] == ["a", "b", "c"]
-    assert len(a) == 0 and a.pending_bytes == 0
+    assert len(a) == 0
+    assert a.pending_bytes == 0
 
 
 def test_batch_ready_by_linger_and_time_to_ready() -> None:

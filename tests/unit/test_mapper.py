@@ -11,7 +11,9 @@ def contact_plan(multipicklist: bool = False):  # type: ignore[no-untyped-def]
 
 
 def test_purpose_enabled_maps_to_boolean() -> None:
-    values = map_purposes([purpose("newsletter", True), purpose("analytics", False)], contact_plan())
+    values = map_purposes(
+        [purpose("newsletter", True), purpose("analytics", False)], contact_plan()
+    )
     assert values == {"Newsletter_Consent__c": True, "Analytics_Consent__c": False}
 
 

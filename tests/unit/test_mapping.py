@@ -14,23 +14,30 @@ def describe(**types: str) -> dict[str, FieldInfo]:
         "Id": FieldInfo("Id", "id", createable=False, updateable=False, nillable=False),
         "Email": FieldInfo("Email", "email", 80),
         "LastName": FieldInfo("LastName", "string", 80, nillable=False),
-        "IsDeleted": FieldInfo("IsDeleted", "boolean", createable=False, updateable=False,
-                               nillable=False, defaulted_on_create=True),
+        "IsDeleted": FieldInfo(
+            "IsDeleted",
+            "boolean",
+            createable=False,
+            updateable=False,
+            nillable=False,
+            defaulted_on_create=True,
+        ),
     }
     for name, kind in types.items():
-        fields[name] = FieldInfo(name, kind, 255, nillable=kind != "boolean",
-                                 defaulted_on_create=kind == "boolean")
+        fields[name] = FieldInfo(
+            name, kind, 255, nillable=kind != "boolean", defaulted_on_create=kind == "boolean"
+        )
     return {k.lower(): v for k, v in fields.items()}
 
 
-GOOD_CONTACT = dict(
-    Newsletter_Consent__c="boolean",
-    Analytics_Consent__c="boolean",
-    Newsletter_Topics__c="multipicklist",
-    Newsletter_Frequency__c="picklist",
-    Topic_Product_News__c="boolean",
-    Topic_Offers__c="boolean",
-)
+GOOD_CONTACT = {
+    "Newsletter_Consent__c": "boolean",
+    "Analytics_Consent__c": "boolean",
+    "Newsletter_Topics__c": "multipicklist",
+    "Newsletter_Frequency__c": "picklist",
+    "Topic_Product_News__c": "boolean",
+    "Topic_Offers__c": "boolean",
+}
 
 
 def test_example_mapping_loads_with_two_targets() -> None:
@@ -38,7 +45,8 @@ def test_example_mapping_loads_with_two_targets() -> None:
     assert mapping.regulations == ["gdpr"]
     assert [t.sobject for t in mapping.targets] == ["Contact", "Lead"]
     contact = mapping.targets[0]
-    assert contact.upsert_mode and contact.create_defaults == {"LastName": "Unknown"}
+    assert contact.upsert_mode
+    assert contact.create_defaults == {"LastName": "Unknown"}
     assert contact.preference_values["topics"]["offers"] == "Topic_Offers__c"
     assert mapping.targets[1].upsert_mode is False
 
@@ -65,7 +73,10 @@ def test_describe_problems_are_each_reported() -> None:
         "Newsletter_Topics__c", "multipicklist", picklist_values=("product_news",)
     )
     fields["newsletter_consent__c"] = FieldInfo(
-        "Newsletter_Consent__c", "boolean", updateable=False, defaulted_on_create=True,
+        "Newsletter_Consent__c",
+        "boolean",
+        updateable=False,
+        defaulted_on_create=True,
         nillable=False,
     )
     fields["company__c"] = FieldInfo("Company__c", "string", nillable=False)
@@ -88,7 +99,8 @@ def test_describe_problems_are_each_reported() -> None:
         ("targets: [{sobject: Contact, purposes: {a: Email}}]", "match field"),
         ("targets: [{sobject: Contact, purposes: {a: A__c}, colour: red}]", "colour"),
         (
-            "targets: [{sobject: Contact, purposes: {a: A__c}}, {sobject: contact, purposes: {a: A__c}}]",
+            "targets: [{sobject: Contact, purposes: {a: A__c}}, "
+            "{sobject: contact, purposes: {a: A__c}}]",
             "once",
         ),
         ("targets: [{sobject: Contact, purposes: {a: A__c}, upsert_mode: maybe}]", "upsert_mode"),
@@ -96,6 +108,6 @@ def test_describe_problems_are_each_reported() -> None:
     ],
 )
 def test_bad_mapping_files_say_what_is_wrong(doc: str, fragment: str) -> None:
-    with pytest.raises(MappingError, match="invalid|YAML") as info:
+    with pytest.raises(MappingError, match=r"invalid|YAML") as info:
         parse_mapping(doc)
     assert fragment in str(info.value)

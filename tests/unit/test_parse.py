@@ -162,7 +162,8 @@ def test_unusual_but_real_emails_are_accepted(email: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "email", ["not-an-email", "two@@x.com", "a b@x.com", "x@nodot", "a@x\n.com", "x" * 75 + "@x.com"]
+    "email",
+    ["not-an-email", "two@@x.com", "a b@x.com", "x@nodot", "a@x\n.com", "x" * 75 + "@x.com"],
 )
 def test_non_emails_are_rejected(email: str) -> None:
     result = parse_message(_event(email), RULES)

@@ -14,7 +14,10 @@ from consumer.settings import Settings, normalise_token_base
         ("https://acme.my.salesforce.com", "https://acme.my.salesforce.com"),
         ("https://acme.my.salesforce.com/", "https://acme.my.salesforce.com"),
         ("https://acme.my.salesforce.com/services/oauth2/token", "https://acme.my.salesforce.com"),
-        (" https://acme.my.salesforce.com/services/oauth2/token/ ", "https://acme.my.salesforce.com"),
+        (
+            " https://acme.my.salesforce.com/services/oauth2/token/ ",
+            "https://acme.my.salesforce.com",
+        ),
         ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
         ("http://localhost:9/services/oauth2/token", "http://localhost:9"),
         ("http://[::1]:8080", "http://[::1]:8080"),
@@ -35,7 +38,7 @@ def test_token_url_is_normalised(given: str, base: str) -> None:
     ],
 )
 def test_bad_token_urls_are_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="URL|http"):
+    with pytest.raises(ValueError, match=r"URL|http"):
         normalise_token_base(bad)
 
 
@@ -67,7 +70,8 @@ def test_settings_read_the_contract_environment_names(monkeypatch: pytest.Monkey
     assert str(s.sync_mapping_file) == "/etc/sync/mapping.yaml"
     assert s.metrics_port == 9999
     assert s.kafka_sasl_mechanism == "SCRAM-SHA-512"
-    assert "s3cr3t-value" not in repr(s) and "kafka-pass" not in repr(s)
+    assert "s3cr3t-value" not in repr(s)
+    assert "kafka-pass" not in repr(s)
     s.require_salesforce()
 
 

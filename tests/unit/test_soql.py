@@ -71,7 +71,11 @@ def test_in_queries_respects_the_url_budget_and_keeps_every_value() -> None:
 def test_unicode_counts_by_encoded_bytes() -> None:
     values = ["ü" * 60 + f"{i}@x.de" for i in range(100)]
     queries = in_queries(
-        path=PATH, select=("Id",), sobject="Lead", field="Email", values=values,
+        path=PATH,
+        select=("Id",),
+        sobject="Lead",
+        field="Email",
+        values=values,
         max_url_bytes=4000,
     )
     assert all(_url_len(q) <= 4000 for q in queries)
@@ -80,20 +84,36 @@ def test_unicode_counts_by_encoded_bytes() -> None:
 
 def test_duplicates_are_sent_once_and_empty_input_makes_no_query() -> None:
     qs = in_queries(
-        path=PATH, select=("Id",), sobject="Lead", field="Email", values=["a@x", "a@x"],
+        path=PATH,
+        select=("Id",),
+        sobject="Lead",
+        field="Email",
+        values=["a@x", "a@x"],
         max_url_bytes=2000,
     )
     assert qs == ["SELECT Id FROM Lead WHERE Email IN ('a@x')"]
-    assert in_queries(
-        path=PATH, select=("Id",), sobject="Lead", field="Email", values=[], max_url_bytes=2000
-    ) == []
+    assert (
+        in_queries(
+            path=PATH, select=("Id",), sobject="Lead", field="Email", values=[], max_url_bytes=2000
+        )
+        == []
+    )
 
 
 def _split_literals(inner: str) -> list[str]:
     """Parse a comma-separated list of SOQL string literals (the inverse of quoting)."""
     out: list[str] = []
     i = 0
-    unescape = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+    unescape = {
+        "\\": "\\",
+        "'": "'",
+        '"': '"',
+        "n": "\n",
+        "r": "\r",
+        "t": "\t",
+        "b": "\b",
+        "f": "\f",
+    }
     while i < len(inner):
         assert inner[i] == "'"
         i += 1

@@ -1,0 +1,96 @@
+"""Run the emulator standalone: ``python -m consumer.emulator --port 8080 [--seed-demo]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from consumer.emulator import FieldSpec, SalesforceEmulator
+
+
+def demo_custom_fields() -> dict[str, list[FieldSpec]]:
+    """The custom fields the demo mapping (samples/mapping.example.yaml) writes to."""
+    contact = [
+        FieldSpec("Newsletter_Consent__c", "boolean"),
+        FieldSpec("Analytics_Consent__c", "boolean"),
+        FieldSpec(
+            "Newsletter_Topics__c",
+            "multipicklist",
+            length=4099,
+            picklist_values=("product_news", "offers"),
+            restricted_picklist=True,
+        ),
+        FieldSpec("Newsletter_Frequency__c", "string", length=40),
+        FieldSpec("Topic_Product_News__c", "boolean"),
+        FieldSpec("Topic_Offers__c", "boolean"),
+        FieldSpec("Didomi_User_Id__c", "string", external_id=True),
+    ]
+    lead = [FieldSpec("Newsletter_Consent__c", "boolean")]
+    return {"Contact": contact, "Lead": lead}
+
+
+def seed_demo(emu: SalesforceEmulator) -> None:
+    """A few Contacts and Leads for the demo to find by email (one email on two Contacts)."""
+    emu.seed("Contact", {"Email": "alice@example.com", "FirstName": "Alice", "LastName": "Martin"})
+    emu.seed("Contact", {"Email": "bob@example.com", "FirstName": "Bob", "LastName": "Durand"})
+    emu.seed("Contact", {"Email": "shared@example.com", "FirstName": "Chloe", "LastName": "One"})
+    emu.seed("Contact", {"Email": "Shared@Example.com", "FirstName": "Chloe", "LastName": "Two"})
+    emu.seed("Contact", {"Email": "o'brien@example.com", "FirstName": "Pat", "LastName": "O'Brien"})
+    emu.seed("Lead", {"Email": "alice@example.com", "LastName": "Martin", "Company": "Acme"})
+    emu.seed("Lead", {"Email": "dave@example.com", "LastName": "Petit", "Company": "Globex"})
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer.emulator", description="Run the Salesforce REST API emulator."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--client-id", default="demo-client-id")
+    parser.add_argument("--client-secret", default="demo-client-secret")
+    parser.add_argument("--api-limit", type=int, default=15000)
+    parser.add_argument("--page-size", type=int, default=2000)
+    parser.add_argument("--seed-demo", action="store_true", help="insert demo Contacts and Leads")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    emu = SalesforceEmulator(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        custom_fields=demo_custom_fields(),
+        api_limit=args.api_limit,
+        page_size=args.page_size,
+    )
+    if args.seed_demo:
+        seed_demo(emu)
+    url = await emu.start(host=args.host, port=args.port)
+    print(f"Salesforce emulator listening on {url}", flush=True)
+    print(f"  token URL:     {url}/services/oauth2/token", flush=True)
+    print(f"  client_id:     {args.client_id}", flush=True)
+    print(f"  client_secret: {args.client_secret}", flush=True)
+    print(f"  API versions:  {', '.join(emu.state.api_versions)}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not available on every platform; Ctrl-C then ends the run with KeyboardInterrupt.
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await emu.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m consumer.emulator``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

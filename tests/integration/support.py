@@ -1,0 +1,211 @@
+"""Helpers for integration tests: topics, producing, reading outcomes, running the service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from consumer.emulator import FieldSpec, SalesforceEmulator
+from consumer.mapping import MappingConfig, load_mapping
+from consumer.metrics import Metrics
+from consumer.service import Service
+from consumer.settings import Settings
+from consumer.testing.broker import create_topics
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SAMPLES = FIXTURES / "samples"
+CLIENT_ID = "test-client-id"
+CLIENT_SECRET = "test-client-secret-value-0123456789"
+
+CONTACT_FIELDS = [
+    FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
+    FieldSpec("Analytics_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
+    FieldSpec(
+        "Newsletter_Topics__c",
+        "multipicklist",
+        length=4099,
+        picklist_values=("product_news", "offers"),
+        restricted_picklist=True,
+    ),
+    FieldSpec("Newsletter_Frequency__c", "string", length=40),
+    FieldSpec("Topic_Product_News__c", "boolean", nillable=False, defaulted_on_create=True),
+    FieldSpec("Topic_Offers__c", "boolean", nillable=False, defaulted_on_create=True),
+]
+LEAD_FIELDS = [
+    FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
+]
+
+
+def make_emulator(**kwargs: Any) -> SalesforceEmulator:
+    """An emulator with the fields of the example mapping."""
+    return SalesforceEmulator(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        custom_fields={"Contact": CONTACT_FIELDS, "Lead": LEAD_FIELDS},
+        **kwargs,
+    )
+
+
+def example_mapping() -> MappingConfig:
+    return load_mapping(SAMPLES / "mapping.example.yaml")
+
+
+@dataclass
+class Topics:
+    """Unique topic names for one test."""
+
+    input: str
+    results: str
+    dlq: str
+    group: str
+
+    @classmethod
+    def fresh(cls) -> Topics:
+        tag = uuid.uuid4().hex[:10]
+        return cls(f"in-{tag}", f"results-{tag}", f"dlq-{tag}", f"group-{tag}")
+
+
+async def make_topics(bootstrap: str, topics: Topics, partitions: int = 3) -> None:
+    await create_topics(bootstrap, [topics.input], partitions=partitions)
+    await create_topics(bootstrap, [topics.results, topics.dlq], partitions=1)
+
+
+def settings_for(bootstrap: str, topics: Topics, emulator_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_input_topic": topics.input,
+        "kafka_results_topic": topics.results,
+        "kafka_dlq_topic": topics.dlq,
+        "kafka_group_id": topics.group,
+        "kafka_session_timeout_ms": 6000,
+        "kafka_heartbeat_interval_ms": 1000,
+        "salesforce_token_url": emulator_url,
+        "salesforce_client_id": CLIENT_ID,
+        "salesforce_client_secret": CLIENT_SECRET,
+        "salesforce_retry_initial_seconds": 0.05,
+        "salesforce_retry_max_seconds": 0.5,
+        "salesforce_retry_budget_seconds": 30,
+        "sync_batch_linger_ms": 200,
+        "sync_commit_interval_ms": 200,
+        "sync_mapping_file": SAMPLES / "mapping.example.yaml",
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "log_format": "text",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def produce(
+    bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]]
+) -> None:
+    """Send (key, value) pairs in order and wait for all acknowledgements."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=16 * 1024 * 1024
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class Collected:
+    """Records read from an output topic."""
+
+    records: list[Any] = field(default_factory=list)
+
+    def values(self) -> list[dict[str, Any]]:
+        return [orjson.loads(r.value) for r in self.records]
+
+
+@contextlib.asynccontextmanager
+async def collect(bootstrap: str, topic: str) -> AsyncIterator[Collected]:
+    """Read a topic from the start in the background while the block runs."""
+    out = Collected()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, 0)])
+    await consumer.seek_to_beginning()
+
+    async def pump() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                out.records.extend(msgs)
+
+    task = asyncio.create_task(pump())
+    try:
+        yield out
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await consumer.stop()
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class RunningService:
+    service: Service
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+    async def finish(self, timeout: float = 30.0) -> int:
+        self.stop.set()
+        return await asyncio.wait_for(self.task, timeout)
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    settings: Settings, mapping: MappingConfig | None = None
+) -> AsyncIterator[RunningService]:
+    """The service running in this event loop; stopped (gracefully) at the end."""
+    service = Service(settings, mapping or example_mapping(), Metrics(CollectorRegistry()))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    running = RunningService(service, stop, task)
+    try:
+        yield running
+    finally:
+        if not task.done():
+            stop.set()
+            await asyncio.wait_for(task, 60)
+
+
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> dict[int, int | None]:
+    """The group's committed offsets (read without joining the group)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,234 @@
+"""The whole pipeline on the real broker and the Salesforce emulator over HTTP."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import pytest
+
+from consumer.emulator import SalesforceEmulator
+from consumer.parse import email_key
+from consumer.soql import in_queries
+from tests.integration.scenario import Scenario, build
+from tests.integration.support import (
+    Topics,
+    collect,
+    committed_offsets,
+    make_emulator,
+    make_topics,
+    produce,
+    running_service,
+    settings_for,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
+
+PARTITIONS = 3
+
+
+def seed(emulator: SalesforceEmulator, scenario: Scenario) -> None:
+    for records in scenario.contact_seed.values():
+        for record in records:
+            emulator.seed("Contact", record)
+    for record in scenario.lead_seed.values():
+        emulator.seed("Lead", record)
+
+
+def assert_final_state(emulator: SalesforceEmulator, scenario: Scenario) -> None:
+    """Every person's records hold exactly the latest choices; nobody else changed."""
+    expected_contacts = scenario.expected_contacts()
+    for person, email in enumerate(scenario.emails):
+        records = emulator.find_by_email("Contact", email)
+        want = expected_contacts.get(person)
+        seeded = scenario.contact_seed.get(person, [])
+        if want is None:
+            assert len(records) == len(seeded), (email, records)
+            for r in records:
+                assert r["Newsletter_Consent__c"] is False
+            continue
+        assert len(records) == max(1, len(seeded)), (email, records)
+        for record in records:
+            for name, value in want.items():
+                assert record[name] == value, (email, name, record[name], value)
+        if not seeded:
+            assert records[0]["LastName"] == "Unknown"
+            assert email_key(records[0]["Email"]) == email_key(email)
+    expected_leads = scenario.expected_leads()
+    for person, email in enumerate(scenario.emails):
+        leads = emulator.find_by_email("Lead", email)
+        if person not in scenario.lead_seed:
+            assert leads == [], email  # upsert_mode is off for Lead
+            continue
+        assert len(leads) == 1
+        want_newsletter = expected_leads.get(person, {}).get("Newsletter_Consent__c", False)
+        assert leads[0]["Newsletter_Consent__c"] is want_newsletter, email
+
+
+def assert_outcomes(outcomes: list[dict[str, Any]], scenario: Scenario, topic: str) -> None:
+    """One outcome per input message, with the status its kind calls for."""
+    by_position: dict[tuple[int, int], dict[str, Any]] = {}
+    for o in outcomes:
+        src = o["source"]
+        assert src["topic"] == topic
+        position = (src["partition"], src["offset"])
+        assert position not in by_position, f"two outcomes for {position}"
+        by_position[position] = o
+    assert len(by_position) == len(scenario.messages)
+    kinds = Counter(m.kind for m in scenario.messages)
+    statuses = Counter(o["status"] for o in outcomes)
+    assert statuses["rejected"] == kinds["rejected"]
+    assert statuses["ignored"] == kinds["ignored"]
+    assert statuses["failed"] == 0
+    assert statuses["updated"] + statuses["created"] + statuses["not_found"] == kinds["valid"]
+    for o in outcomes:
+        for target in o.get("targets", []):
+            assert target["status"] in {"updated", "created", "not_found"}
+            if target["sobject"] == "Lead" and target["status"] == "not_found":
+                assert not target.get("record_ids")
+    assert any(
+        "share this email" in (t.get("note") or "") for o in outcomes for t in o.get("targets", [])
+    )
+
+
+async def test_2000_events_for_300_people_in_one_batch_use_the_fewest_calls(
+    kafka_bootstrap: str,
+) -> None:
+    scenario = build(n_people=300, n_events=2000)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, PARTITIONS)
+    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    async with make_emulator() as emulator:
+        seed(emulator, scenario)
+        settings = settings_for(
+            kafka_bootstrap,
+            topics,
+            emulator.url,
+            # Everything in one batch, so the call count is exactly what dedup allows.
+            sync_batch_max_events=len(scenario.messages),
+            sync_batch_linger_ms=60_000,
+        )
+        async with (
+            collect(kafka_bootstrap, topics.results) as results,
+            collect(kafka_bootstrap, topics.dlq) as dlq,
+            running_service(settings) as running,
+        ):
+            await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
+            assert await running.finish() == 0
+            rejected = [m for m in scenario.messages if m.kind == "rejected"]
+            assert rejected
+            await wait_for(lambda: len(dlq.records) >= len(rejected), 10, "dead letters")
+        stats = dict(emulator.stats)
+    assert_final_state(emulator, scenario)
+    outcomes = results.values()
+    assert_outcomes(outcomes, scenario, topics.input)
+    assert len(dlq.records) == len(rejected)
+    assert sorted(r.value for r in dlq.records) == sorted(m.value for m in rejected)
+    headers = dict(dlq.records[0].headers)
+    assert headers["x-dlq-error-class"] == b"INVALID_JSON"
+    assert headers["x-dlq-source-topic"] == topics.input.encode()
+
+    # The API calls are exactly what one deduplicated batch needs.
+    contact_people = set(scenario.expected_contacts())
+    lead_people = set(scenario.expected_leads())
+    contact_records = sum(len(scenario.contact_seed.get(p, [])) for p in contact_people)
+    contact_missing = sum(1 for p in contact_people if p not in scenario.contact_seed)
+    lead_records = sum(1 for p in lead_people if p in scenario.lead_seed)
+
+    def queries(people: set[int], sobject: str) -> int:
+        return len(
+            in_queries(
+                path="/services/data/v62.0/query",
+                select=("Id", "Email"),
+                sobject=sobject,
+                field="Email",
+                values=[scenario.emails[p] for p in people],
+                max_url_bytes=settings.salesforce_max_url_bytes,
+            )
+        )
+
+    assert stats["token"] == 1
+    assert stats["describe"] == 2
+    assert stats["query"] == queries(contact_people, "Contact") + queries(lead_people, "Lead")
+    assert stats["update"] == math.ceil(contact_records / 200) + math.ceil(lead_records / 200)
+    assert stats["create"] == math.ceil(contact_missing / 200)
+    assert stats["query_more"] == 0
+
+    offsets = await committed_offsets(kafka_bootstrap, topics.group, topics.input, PARTITIONS)
+    assert sum(o or 0 for o in offsets.values()) == len(scenario.messages)
+
+
+async def test_many_small_batches_in_flight_keep_each_persons_order(
+    kafka_bootstrap: str,
+) -> None:
+    scenario = build(n_people=60, n_events=1500, seed=11)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, PARTITIONS)
+    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    async with make_emulator() as emulator:
+        seed(emulator, scenario)
+        emulator.set_latency(base_ms=5, jitter_ms=40, seed=3)
+        settings = settings_for(
+            kafka_bootstrap,
+            topics,
+            emulator.url,
+            sync_batch_max_events=40,
+            sync_batch_linger_ms=20,
+            sync_concurrency=4,
+            kafka_fetch_max_records=100,
+        )
+        async with (
+            collect(kafka_bootstrap, topics.results) as results,
+            running_service(settings) as running,
+        ):
+            await wait_for(lambda: len(results.records) >= len(scenario.messages), 120, "outcomes")
+            assert await running.finish() == 0
+            metrics = running.service.metrics
+    assert_final_state(emulator, scenario)
+    assert_outcomes(results.values(), scenario, topics.input)
+    offsets = await committed_offsets(kafka_bootstrap, topics.group, topics.input, PARTITIONS)
+    assert sum(o or 0 for o in offsets.values()) == len(scenario.messages)
+    batches = metrics.registry.get_sample_value("consent_sync_batch_events_count")
+    assert batches is not None
+    assert batches >= len(scenario.messages) / 40
+
+
+async def test_metrics_and_health_are_served(kafka_bootstrap: str) -> None:
+    scenario = build(n_people=5, n_events=20, seed=5, noise=False)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 1)
+    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    async with make_emulator() as emulator:
+        seed(emulator, scenario)
+        settings = settings_for(kafka_bootstrap, topics, emulator.url)
+        async with (
+            collect(kafka_bootstrap, topics.results) as results,
+            running_service(settings) as running,
+        ):
+            await wait_for(lambda: len(results.records) >= 20, 60, "outcomes")
+            port = running.service.server.port
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    assert resp.status == 200
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    assert resp.status == 200, await resp.text()
+            await running.finish()
+    for name in (
+        "consent_sync_messages_consumed_total",
+        "consent_sync_outcomes_total",
+        'consent_sync_salesforce_calls_total{operation="update",status="200"}',
+        "consent_sync_salesforce_call_duration_seconds_bucket",
+        "consent_sync_salesforce_records_per_call_bucket",
+        'consent_sync_salesforce_token_grants_total{result="granted"} 1.0',
+        "consent_sync_salesforce_api_usage_used",
+        "consent_sync_salesforce_api_usage_limit",
+        "consent_sync_consumer_lag_messages",
+        "consent_sync_batches_in_flight",
+    ):
+        assert name in text, name
+    assert "@" not in text  # no email in any label
