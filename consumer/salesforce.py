@@ -38,7 +38,7 @@ from consumer.soql import encode_query
 
 logger = logging.getLogger(__name__)
 
-_LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
+_LIMIT_INFO = re.compile(r"(?<![\w-])api-usage=(\d+)/(\d+)")
 #: Collections accept at most this many records a call.
 COLLECTION_LIMIT = 200
 
