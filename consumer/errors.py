@@ -9,6 +9,7 @@ secrets or access tokens.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class Reaction(StrEnum):
@@ -117,6 +118,14 @@ class RequestLimitExceededError(SalesforceError):
     code = "REQUEST_LIMIT_EXCEEDED"
 
 
+class ApiBudgetExceededError(SalesforceError):
+    """The org's API usage passed the share this service may use; writing waits."""
+
+    retriable = True
+    reaction = Reaction.PAUSE
+    code = "API_BUDGET_EXCEEDED"
+
+
 class SalesforceRequestError(SalesforceError):
     """A whole request was refused for a reason retrying cannot fix (400 and the like)."""
 
@@ -124,9 +133,25 @@ class SalesforceRequestError(SalesforceError):
 
 
 class RetryBudgetExhaustedError(SalesforceTransientError):
-    """Transient errors went on for longer than the configured time budget."""
+    """Transient errors went on for longer than the configured time budget.
+
+    ``done`` holds the results of the people written before the budget ran out (by email
+    key) and ``pending`` the keys still unwritten, so a caller can report exactly those.
+    """
 
     code = "RETRY_BUDGET_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        done: dict[str, Any] | None = None,
+        pending: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, code=code)
+        self.done = done or {}
+        self.pending = pending
 
 
 # --- Kafka ------------------------------------------------------------------------------

@@ -39,3 +39,34 @@ class Health:
         if not self.joined:
             return False, "not yet in the consumer group"
         return True, "ok"
+
+
+@dataclass
+class PauseState:
+    """Why and until when writing to Salesforce is paused (monotonic clock seconds).
+
+    Pure. A new pause never shortens a longer one already in force.
+    """
+
+    reason: str | None = None
+    until: float = 0.0
+
+    def pause(self, reason: str, until: float) -> bool:
+        """Pause until ``until``; returns True when this starts a new pause."""
+        fresh = self.reason is None
+        if fresh or until >= self.until:
+            self.reason, self.until = reason, until
+        return fresh
+
+    def active(self, now: float) -> bool:
+        """Whether writing is paused at ``now``."""
+        return self.reason is not None and now < self.until
+
+    def remaining(self, now: float) -> float:
+        """Seconds left, 0 when not paused."""
+        return max(0.0, self.until - now) if self.reason is not None else 0.0
+
+    def clear(self) -> str | None:
+        """End the pause (after a successful write); returns the reason it had."""
+        reason, self.reason, self.until = self.reason, None, 0.0
+        return reason

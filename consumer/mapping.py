@@ -33,6 +33,9 @@ class TargetMapping(BaseModel):
     sobject: ApiName
     upsert_mode: bool = False
     match_field: ApiName = "Email"
+    #: An External ID field holding organization_user_id: with upsert_mode on, people are
+    #: upserted by it (no query); with upsert_mode off, records are found by it.
+    external_id_field: ApiName | None = None
     create_defaults: dict[ApiName, str | int | float | bool] = Field(default_factory=dict)
     purposes: dict[str, ApiName] = Field(default_factory=dict)
     preferences: dict[str, ApiName] = Field(default_factory=dict)
@@ -50,6 +53,8 @@ class TargetMapping(BaseModel):
                 raise ValueError(f"field {name} is mapped twice ({seen[key]} and {where})")
             if key == self.match_field.lower():
                 raise ValueError(f"field {name} ({where}) is the match field; it cannot be mapped")
+            if self.external_id_field and key == self.external_id_field.lower():
+                raise ValueError(f"field {name} ({where}) is the external id field")
             seen[key] = where
         for pref in self.preference_format:
             if pref not in self.preferences:
@@ -57,6 +62,11 @@ class TargetMapping(BaseModel):
         if not (self.purposes or self.preferences or self.preference_values):
             raise ValueError("the target maps no purpose, preference or preference value")
         return self
+
+    @property
+    def lookup_field(self) -> str:
+        """The field records are found by: the external id field if any, else match_field."""
+        return self.external_id_field or self.match_field
 
     def mapped_fields(self) -> Iterable[tuple[str, str]]:
         """Yield ``(where in the mapping, field name)`` for every mapped field."""
@@ -127,6 +137,7 @@ class FieldInfo:
     updateable: bool = True
     nillable: bool = True
     defaulted_on_create: bool = False
+    external_id: bool = False
     picklist_values: tuple[str, ...] = ()
 
     @classmethod
@@ -140,6 +151,7 @@ class FieldInfo:
             updateable=bool(raw.get("updateable", False)),
             nillable=bool(raw.get("nillable", True)),
             defaulted_on_create=bool(raw.get("defaultedOnCreate", False)),
+            external_id=bool(raw.get("externalId", False)),
             picklist_values=tuple(
                 str(v["value"]) for v in raw.get("picklistValues") or () if v.get("active", True)
             ),
@@ -173,6 +185,16 @@ def validate_against_describe(
     match = fields.get(target.match_field.lower())
     if match is None:
         add("match_field", f"field {target.match_field} does not exist")
+    if target.external_id_field:
+        ext = fields.get(target.external_id_field.lower())
+        if ext is None:
+            add("external_id_field", f"field {target.external_id_field} does not exist")
+        elif not ext.external_id:
+            add(
+                "external_id_field", f"field {target.external_id_field} is not an External ID field"
+            )
+        elif target.upsert_mode and not (ext.createable and ext.updateable):
+            add("external_id_field", f"field {target.external_id_field} is not writable")
     for where, name in target.mapped_fields():
         info = fields.get(name.lower())
         if info is None:
@@ -198,15 +220,11 @@ def validate_against_describe(
                     )
     if target.upsert_mode:
         given = {k.lower() for k in target.create_defaults}
+        given |= {target.match_field.lower(), (target.external_id_field or "").lower()}
         for info in fields.values():
             required = info.createable and not info.nillable and not info.defaulted_on_create
-            if (
-                required
-                and info.name.lower() not in given
-                and info.name.lower() not in {target.match_field.lower()}
-            ):
-                if info.type in BOOLEAN_TYPES:
-                    continue
+            # Checkboxes are never null: Salesforce defaults them to false.
+            if required and info.name.lower() not in given and info.type not in BOOLEAN_TYPES:
                 add("create_defaults", f"required field {info.name} has no default")
         for name in target.create_defaults:
             if name.lower() not in fields:

@@ -131,6 +131,19 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.paused = Gauge(
+            "salesforce_writes_paused",
+            "1 while writing to Salesforce is paused (quota, API budget, login, outage).",
+            namespace=ns,
+            registry=r,
+        )
+        self.pauses = Counter(
+            "salesforce_pauses_total",
+            "Times writing to Salesforce was paused, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
         self.ready = Gauge(
             "ready",
             "1 when the service is ready (in its group, Salesforce authenticated).",

@@ -31,15 +31,16 @@ from aiokafka.structs import OffsetAndMetadata
 from consumer.batch import BatchAccumulator
 from consumer.dedup import PersonWrite, Sourced, merge_by_person
 from consumer.errors import (
+    ApiBudgetExceededError,
     AuthenticationError,
     RequestLimitExceededError,
     RetryBudgetExhaustedError,
 )
-from consumer.health import Health
+from consumer.health import Health, PauseState
 from consumer.mapping import TargetPlan
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetBook, PartitionOffsets
-from consumer.outcomes import Outcome
+from consumer.outcomes import Outcome, SalesforceErrorInfo
 from consumer.parse import Accepted, ParseResult, ParseRules, parse_message
 from consumer.report import DeadLetterOut, InputMessage, Publication, assemble
 from consumer.settings import Settings
@@ -137,6 +138,7 @@ class Pipeline:
         self._commit_lock = asyncio.Lock()
         self._last_commit = 0.0
         self._stopping = False
+        self.pause_state = PauseState()
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -181,10 +183,12 @@ class Pipeline:
             await self.commit()
 
     def _backpressure(self) -> None:
-        """Pause every assigned partition while a full batch waits for a free slot."""
+        """Pause every assigned partition while a full batch waits for a free slot, or while
+        writing to Salesforce is paused; polling goes on, so the group membership is kept."""
         full = (
             len(self._acc) >= self._s.sync_batch_max_events
             or self._acc.pending_bytes >= self._s.sync_batch_max_bytes
+            or self.pause_state.active(self._clock())
         )
         assigned = self._consumer.assignment()
         if full:
@@ -264,38 +268,64 @@ class Pipeline:
     async def _write(self, batch: Batch) -> dict[str, dict[str, PersonResult]]:
         """Write every target; a batch that cannot be written now waits and tries again.
 
-        Only per-record problems end in failed outcomes. A spent quota, a refused login or
-        transient errors beyond the retry budget leave the batch unacknowledged, so nothing
-        is lost and nothing later on its partitions is committed past it.
+        Only per-record problems end in failed outcomes (and, with
+        ``SALESFORCE_ON_RETRY_EXHAUSTED=dead_letter``, a spent retry budget). A spent quota,
+        the API budget, a refused login or (by default) a spent retry budget pause writing for
+        every batch: partitions are paused, nothing of the batch is acknowledged, and it is
+        written when the pause ends.
         """
         results: dict[str, dict[str, PersonResult]] = {}
         people = list(batch.people.values())
+        s = self._s
         for writer in self._writers:
             while writer.sobject not in results:
+                await self._wait_unpaused()
                 try:
                     results[writer.sobject] = await writer.write(people)
                     self._health.salesforce_ok = True
+                    self._resume_if_paused()
                 except RequestLimitExceededError as exc:
-                    delay = self._s.salesforce_limit_pause_seconds
-                    logger.error(
-                        "salesforce API limit reached; writing paused",
-                        extra={"error": str(exc), "pause_s": delay},
-                    )
-                    await asyncio.sleep(delay)
+                    self._enter_pause("daily_limit", s.salesforce_limit_pause_seconds, exc)
+                except ApiBudgetExceededError as exc:
+                    self._enter_pause("api_budget", s.salesforce_budget_pause_seconds, exc)
                 except AuthenticationError as exc:
                     self._health.salesforce_ok = False
-                    logger.error(
-                        "salesforce refused the login; fix the configuration",
-                        extra={"error": str(exc)},
-                    )
-                    await asyncio.sleep(self._s.salesforce_auth_retry_seconds)
+                    self._enter_pause("authentication", s.salesforce_auth_retry_seconds, exc)
                 except RetryBudgetExhaustedError as exc:
-                    logger.error(
-                        "salesforce still failing; batch kept and retried later",
-                        extra={"error": str(exc), "batch": batch.seq},
-                    )
-                    await asyncio.sleep(self._s.salesforce_retry_max_seconds)
+                    if s.salesforce_on_retry_exhausted == "dead_letter":
+                        results[writer.sobject] = _exhausted(exc)
+                        logger.error(
+                            "salesforce still failing; events dead-lettered",
+                            extra={"error": str(exc), "people": len(exc.pending)},
+                        )
+                    else:
+                        self._enter_pause("unavailable", s.salesforce_retry_max_seconds, exc)
+                except Exception as exc:
+                    # A bug or an answer nobody foresaw: keep the batch, never lose it.
+                    logger.exception("unexpected error writing a batch; will retry")
+                    self._enter_pause("unexpected_error", s.salesforce_retry_max_seconds, exc)
         return results
+
+    async def _wait_unpaused(self) -> None:
+        # Polled, not an Event: another batch may extend the pause while this one waits.
+        while self.pause_state.active(self._clock()):  # noqa: ASYNC110
+            await asyncio.sleep(min(1.0, self.pause_state.remaining(self._clock())))
+
+    def _enter_pause(self, reason: str, seconds: float, exc: Exception) -> None:
+        started = self.pause_state.pause(reason, self._clock() + seconds)
+        if started:
+            self._metrics.pauses.labels(reason).inc()
+            self._metrics.paused.set(1)
+            logger.error(
+                "writing to salesforce paused",
+                extra={"reason": reason, "pause_s": seconds, "error": str(exc)},
+            )
+
+    def _resume_if_paused(self) -> None:
+        reason = self.pause_state.clear()
+        if reason is not None:
+            self._metrics.paused.set(0)
+            logger.info("writing to salesforce resumed", extra={"after": reason})
 
     async def _publish(
         self, publications: Sequence[Publication], dead: Sequence[DeadLetterOut]
@@ -319,6 +349,9 @@ class Pipeline:
             except KafkaError as exc:
                 logger.error("publishing outcomes failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
+            except Exception:
+                logger.exception("unexpected error publishing outcomes; retrying")
+                await asyncio.sleep(5.0)
         for letter in dead:
             self._metrics.dead_letters.labels(letter.info.error_class).inc()
         for pub in publications:
@@ -424,6 +457,15 @@ class Pipeline:
     def in_flight(self) -> int:
         """Batches being processed."""
         return len(self._inflight)
+
+
+def _exhausted(exc: RetryBudgetExhaustedError) -> dict[str, PersonResult]:
+    """Results when the retry budget ran out: what was done, and failures for the rest."""
+    results = {str(k): v for k, v in exc.done.items() if isinstance(v, PersonResult)}
+    info = SalesforceErrorInfo(code=exc.code, message=exc.message)
+    for key in exc.pending:
+        results[key] = PersonResult("failed", error=info)
+    return results
 
 
 def _outcome_bytes(outcome: Outcome) -> bytes:

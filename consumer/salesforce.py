@@ -22,6 +22,7 @@ import orjson
 from yarl import URL
 
 from consumer.errors import (
+    ApiBudgetExceededError,
     AuthenticationError,
     RequestLimitExceededError,
     RetryBudgetExhaustedError,
@@ -169,6 +170,7 @@ class SalesforceClient:
     ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self.metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
@@ -299,15 +301,22 @@ class SalesforceClient:
         """Send one API call and return its JSON, handling session expiry.
 
         On ``401 INVALID_SESSION_ID`` one new token is requested (shared with concurrent
-        callers) and the call is sent once more; a second 401 is raised, never looped on.
+        callers) and the call is sent once more. A 401 again, right after a fresh token, is
+        not an expiry but a refusal (revoked app, IP restrictions, a deactivated user): it is
+        raised as a configuration error, never looped on.
         """
         token = await self.token()
         for attempt in (1, 2):
             try:
                 return await self._send(method, path, token, operation, body, encoded_query)
-            except SessionExpiredError:
+            except SessionExpiredError as exc:
                 if attempt == 2:
-                    raise
+                    raise AuthenticationError(
+                        f"{exc.message} (again, right after a new token was granted: check the "
+                        "Connected App's policies and the run-as user)",
+                        code="SESSION_REFUSED",
+                        status=exc.status,
+                    ) from None
                 self._metrics.salesforce_retries.labels("session_expired").inc()
                 token = await self.refresh_token(token)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -445,16 +454,44 @@ class SalesforceClient:
         """
         return await self._collection("POST", "create", records)
 
+    async def upsert(
+        self, sobject: str, external_id_field: str, records: Sequence[dict[str, Any]]
+    ) -> list[RecordResult]:
+        """``PATCH composite/sobjects/{sobject}/{field}``: upsert by external id.
+
+        Results say ``created`` true or false. Safe to retry: the external id makes a second
+        attempt find the record the first one created.
+        """
+        return await self._collection(
+            "PATCH", "upsert", records, suffix=f"composite/sobjects/{sobject}/{external_id_field}"
+        )
+
+    def check_budget(self, share: float) -> None:
+        """Raise :class:`ApiBudgetExceededError` when the org's usage passed ``share``.
+
+        The usage is the last ``Sforce-Limit-Info`` seen; unknown usage passes.
+        """
+        if self.api_usage is None:
+            return
+        used, limit = self.api_usage
+        if limit > 0 and used >= share * limit:
+            raise ApiBudgetExceededError(
+                f"API usage {used}/{limit} is at or above {share:.0%} of the org's daily limit",
+            )
+
     async def _collection(
-        self, method: str, operation: str, records: Sequence[dict[str, Any]]
+        self,
+        method: str,
+        operation: str,
+        records: Sequence[dict[str, Any]],
+        *,
+        suffix: str = "composite/sobjects",
     ) -> list[RecordResult]:
         if not 0 < len(records) <= COLLECTION_LIMIT:
             raise ValueError(f"a collection call takes 1 to {COLLECTION_LIMIT} records")
         self._metrics.records_per_call.labels(operation).observe(len(records))
         body = {"allOrNone": False, "records": list(records)}
-        answer = await self.request(
-            method, self._api_path("composite/sobjects"), operation=operation, body=body
-        )
+        answer = await self.request(method, self._api_path(suffix), operation=operation, body=body)
         if not isinstance(answer, list) or len(answer) != len(records):
             raise SalesforceTransientError(
                 f"{operation}: expected {len(records)} results, got "

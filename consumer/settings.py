@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     salesforce_limit_pause_seconds: PositiveFloat = 300.0
     #: How often a refused login (a configuration error) is tried again.
     salesforce_auth_retry_seconds: PositiveFloat = 60.0
+    #: Stop writing when the org's 24-hour API usage passes this share of its limit, so that
+    #: this service never starves the org's other integrations.
+    salesforce_api_budget_share: Annotated[float, Field(gt=0, le=1)] = 0.9
+    #: How long writing pauses when the share is passed before usage is looked at again.
+    salesforce_budget_pause_seconds: PositiveFloat = 60.0
+    #: When transient errors outlast the retry budget: ``pause`` keeps the batch (partitions
+    #: paused, retried later); ``dead_letter`` gives its events failed outcomes and DLQs them.
+    salesforce_on_retry_exhausted: Literal["pause", "dead_letter"] = "pause"
 
     # --- Sync ----------------------------------------------------------------------------
     sync_mapping_file: Path = Path("mapping.yaml")

@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import hmac
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -184,6 +185,8 @@ class SalesforceEmulator:
             page_size=page_size,
         )
         self._runner: web.AppRunner | None = None
+        #: "Header: value" -> requests that carried it (Sforce-Call-Options, Accept-Encoding).
+        self.seen_headers: Counter[str] = Counter()
         self._url: str | None = None
         # Set on stop so hung handlers (hang_next) return at once instead of delaying shutdown.
         self._stopping = asyncio.Event()
@@ -293,6 +296,15 @@ class SalesforceEmulator:
     def tokens_issued(self) -> int:
         """How many tokens the token endpoint has handed out."""
         return self.state.tokens.issued
+
+    @property
+    def issued_tokens(self) -> list[str]:
+        """The access tokens handed out so far."""
+        return self.state.tokens.values()
+
+    def set_client_secret(self, secret: str) -> None:
+        """Change the Connected App's secret (an admin rotating it)."""
+        self.state.client_secret = secret
 
     @property
     def rest_api_disabled(self) -> bool:
@@ -406,6 +418,10 @@ class SalesforceEmulator:
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             is_data = request.path.startswith(_DATA_PREFIX)
+            for name in ("Sforce-Call-Options", "Accept-Encoding", "User-Agent"):
+                value = request.headers.get(name)
+                if value is not None:
+                    self.seen_headers[f"{name}: {value}"] += 1
             if _request_head_size(request) > MAX_REQUEST_HEAD_BYTES:
                 state.stats.incr("http_414")
                 response: web.StreamResponse = web.Response(

@@ -431,6 +431,10 @@ class TokenStore:
         self.issued += 1
         return token
 
+    def values(self) -> list[str]:
+        """Every token issued (for tests that prove tokens never leak)."""
+        return list(self._tokens)
+
     def expire_after(self, calls: int | None, seconds: float | None) -> None:
         """Each token dies after ``calls`` API calls made with it / ``seconds`` after issue."""
         self._max_calls = calls

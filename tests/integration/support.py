@@ -39,6 +39,7 @@ CONTACT_FIELDS = [
     FieldSpec("Newsletter_Frequency__c", "string", length=40),
     FieldSpec("Topic_Product_News__c", "boolean", nillable=False, defaulted_on_create=True),
     FieldSpec("Topic_Offers__c", "boolean", nillable=False, defaulted_on_create=True),
+    FieldSpec("Didomi_Id__c", "email", length=80, external_id=True),
 ]
 LEAD_FIELDS = [
     FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
@@ -209,3 +210,11 @@ async def committed_offsets(
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         await consumer.stop()
+
+
+def sample_value(
+    registry_metrics: Metrics, name: str, labels: dict[str, str] | None = None
+) -> float:
+    """A metric's current value (0 when never set)."""
+    value = registry_metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value

@@ -82,6 +82,21 @@ targets:
     assert "required field Company has no default" in out
 
 
+async def test_run_refuses_to_start_on_a_broken_mapping(tmp_path: Path) -> None:
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        "targets:\n  - sobject: Contact\n    purposes: {newsletter: Nope__c}\n", encoding="utf-8"
+    )
+    async with make_emulator() as emulator:
+        env = env_for(
+            emulator.url, mapping, METRICS_PORT="0", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"
+        )
+        code, _, err = await run_cli("run", env=env)
+    assert code == 2
+    assert "the mapping does not fit the org" in err
+    assert "purposes.newsletter: field Nope__c does not exist" in err
+
+
 async def test_check_with_wrong_secret_says_what_to_fix() -> None:
     async with make_emulator() as emulator:
         env = env_for(emulator.url, SAMPLES / "mapping.example.yaml")

@@ -80,7 +80,7 @@ async def test_one_persons_validation_error_does_not_fail_the_others(kafka_boots
     for o in failed:
         assert o["status"] == "failed"
         assert o["error_class"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
-        contact = next(t for t in o["targets"] if t["sobject"] == "Contact")  # type: ignore[union-attr, attr-defined]
+        contact = next(t for t in o["targets"] if t["sobject"] == "Contact")  # type: ignore[attr-defined]
         assert contact["error"] == {
             "code": "FIELD_CUSTOM_VALIDATION_EXCEPTION",
             "message": "Consent changes need a reason",

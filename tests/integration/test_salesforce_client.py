@@ -16,7 +16,6 @@ from consumer.errors import (
     RequestLimitExceededError,
     RetryBudgetExhaustedError,
     SalesforceRequestError,
-    SessionExpiredError,
 )
 from consumer.metrics import Metrics
 from consumer.salesforce import SalesforceClient
@@ -66,8 +65,9 @@ async def test_a_401_loop_is_not_followed_forever(emulator: SalesforceEmulator) 
     async with client_for(emulator) as client:
         await client.token()
         emulator.inject_fault("query", 401, count=10)
-        with pytest.raises(SessionExpiredError):
+        with pytest.raises(AuthenticationError) as info:
             await client.query("SELECT Id FROM Contact")
+    assert info.value.code == "SESSION_REFUSED"
     assert emulator.tokens_issued == 2  # one retry with one new token, then give up
     assert emulator.stats["query"] == 2
 
@@ -167,6 +167,16 @@ async def test_transient_errors_are_retried_then_succeed(emulator: SalesforceEmu
         rows = await client.query("SELECT Id FROM Contact")
     assert len(rows) == 1
     assert emulator.stats["query"] == 4
+
+
+async def test_calls_are_labelled_and_accept_gzip(emulator: SalesforceEmulator) -> None:
+    emulator.seed("Contact", {"Email": "a@x.com", "LastName": "A" * 80})
+    async with client_for(emulator, salesforce_client_name="consent-sync-test") as client:
+        rows = await client.query("SELECT Id, LastName FROM Contact")
+    assert rows[0]["LastName"] == "A" * 80
+    seen = emulator.seen_headers
+    assert seen["Sforce-Call-Options: client=consent-sync-test"] >= 1
+    assert any(h.startswith("Accept-Encoding: gzip") for h in seen)
 
 
 async def test_daily_limit_is_its_own_error(emulator: SalesforceEmulator) -> None:

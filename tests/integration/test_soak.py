@@ -1,0 +1,77 @@
+"""Soak: 20,000 events through random 503s, lock errors, token expiries and latency jitter."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.integration.scenario import build
+from tests.integration.support import (
+    Topics,
+    collect,
+    make_emulator,
+    make_topics,
+    produce,
+    running_service,
+    sample_value,
+    settings_for,
+    wait_for,
+)
+from tests.integration.test_end_to_end import assert_final_state, assert_outcomes, seed
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_soak_20000_events_with_faults(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    scenario = build(n_people=2_000, n_events=20_000, seed=41)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 4)
+    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    async with make_emulator() as emulator:
+        seed(emulator, scenario)
+        emulator.set_random_faults(http_503_rate=0.05, lock_rate=0.02, seed=7)
+        emulator.expire_tokens_after(calls=300)
+        emulator.set_latency(base_ms=2, jitter_ms=20, seed=9)
+        settings = settings_for(
+            kafka_bootstrap,
+            topics,
+            emulator.url,
+            sync_batch_max_events=500,
+            sync_batch_linger_ms=100,
+            sync_concurrency=4,
+            salesforce_retry_initial_seconds=0.02,
+            salesforce_retry_max_seconds=0.2,
+            salesforce_retry_budget_seconds=60,
+        )
+        total = len(scenario.messages)
+        async with (
+            collect(kafka_bootstrap, topics.results) as results,
+            running_service(settings) as running,
+        ):
+            await wait_for(lambda: len(results.records) >= total, 240, "all outcomes")
+            assert await running.finish() == 0
+            metrics = running.service.metrics
+            client = running.service.client
+        stats = emulator.stats
+        assert_final_state(emulator, scenario)
+    assert_outcomes(results.values(), scenario, topics.input)
+    assert stats["faults_injected"] > 0
+    assert stats["http_5xx"] > 0
+    assert stats["http_401"] > 0
+    # One new token per expiry: every token but the last served its 300 calls.
+    assert client.token_grants == emulator.tokens_issued
+    assert client.token_grants <= stats["api_calls"] // 300 + 2
+    assert (
+        sample_value(
+            metrics, "consent_sync_salesforce_retries_total", {"reason": "UNABLE_TO_LOCK_ROW"}
+        )
+        > 0
+    )
+    assert (
+        sample_value(metrics, "consent_sync_salesforce_pauses_total", {"reason": "unavailable"})
+        == 0
+    )
