@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from consumer.mapper import FieldValues, map_purposes
 from consumer.mapping import TargetPlan
@@ -26,6 +27,15 @@ class Sourced:
     index: int
 
 
+@dataclass(frozen=True)
+class Step:
+    """One merged event: when it happened, where it sits in the batch, what it writes."""
+
+    event_time: datetime
+    index: int
+    fields: dict[str, FieldValues]
+
+
 @dataclass
 class PersonWrite:
     """Everything one batch writes for one person."""
@@ -37,6 +47,19 @@ class PersonWrite:
     fields: dict[str, FieldValues] = field(default_factory=dict)
     #: Batch indexes of the messages merged into this write, in merge order.
     indexes: list[int] = field(default_factory=list)
+    #: The merged events in merge order, for writes that must skip what a record has newer.
+    steps: list[Step] = field(default_factory=list)
+
+    def fields_after(self, sobject: str, moment: datetime | None) -> tuple[FieldValues, list[Step]]:
+        """Merged values of the events after ``moment`` (all when None), and those events."""
+        merged: FieldValues = {}
+        used: list[Step] = []
+        for step in self.steps:
+            values = step.fields.get(sobject)
+            if values and (moment is None or step.event_time > moment):
+                merged.update(values)
+                used.append(step)
+        return merged, used
 
 
 def merge_by_person(
@@ -54,8 +77,11 @@ def merge_by_person(
             )
         person.email = change.organization_user_id.strip()
         person.indexes.append(item.index)
+        step = Step(change.event_time, item.index, {})
         for plan in plans:
             values = map_purposes(change.purposes, plan)
             if values:
                 person.fields.setdefault(plan.sobject, {}).update(values)
+                step.fields[plan.sobject] = values
+        person.steps.append(step)
     return people

@@ -36,6 +36,10 @@ class TargetMapping(BaseModel):
     #: An External ID field holding organization_user_id: with upsert_mode on, people are
     #: upserted by it (no query); with upsert_mode off, records are found by it.
     external_id_field: ApiName | None = None
+    #: A datetime field the service stamps with the event time of what it wrote; a record
+    #: whose stamp is newer than an event is never overwritten by it (outcome ``stale``), so a
+    #: replay or a late, reordered event cannot roll consent back.
+    last_synced_field: ApiName | None = None
     create_defaults: dict[ApiName, str | int | float | bool] = Field(default_factory=dict)
     purposes: dict[str, ApiName] = Field(default_factory=dict)
     preferences: dict[str, ApiName] = Field(default_factory=dict)
@@ -55,6 +59,8 @@ class TargetMapping(BaseModel):
                 raise ValueError(f"field {name} ({where}) is the match field; it cannot be mapped")
             if self.external_id_field and key == self.external_id_field.lower():
                 raise ValueError(f"field {name} ({where}) is the external id field")
+            if self.last_synced_field and key == self.last_synced_field.lower():
+                raise ValueError(f"field {name} ({where}) is the last_synced_field")
             seen[key] = where
         for pref in self.preference_format:
             if pref not in self.preferences:
@@ -195,6 +201,14 @@ def validate_against_describe(
             )
         elif target.upsert_mode and not (ext.createable and ext.updateable):
             add("external_id_field", f"field {target.external_id_field} is not writable")
+    if target.last_synced_field:
+        synced = fields.get(target.last_synced_field.lower())
+        if synced is None:
+            add("last_synced_field", f"field {target.last_synced_field} does not exist")
+        elif synced.type != "datetime":
+            add("last_synced_field", f"field {synced.name} is {synced.type}, expected datetime")
+        elif not synced.updateable or (target.upsert_mode and not synced.createable):
+            add("last_synced_field", f"field {synced.name} is not writable")
     for where, name in target.mapped_fields():
         info = fields.get(name.lower())
         if info is None:

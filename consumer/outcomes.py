@@ -11,14 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["updated", "created", "not_found", "ignored", "rejected", "failed"]
-TargetStatus = Literal["updated", "created", "not_found", "failed", "unchanged"]
+Status = Literal["updated", "created", "stale", "not_found", "ignored", "rejected", "failed"]
+TargetStatus = Literal["updated", "created", "stale", "not_found", "failed", "unchanged"]
 
 # Precedence when an event touches several targets: the overall status is the "strongest".
 _PRECEDENCE: dict[str, int] = {
-    "failed": 5,
-    "created": 4,
-    "updated": 3,
+    "failed": 6,
+    "created": 5,
+    "updated": 4,
+    "stale": 3,
     "not_found": 2,
     "unchanged": 1,
 }
@@ -63,7 +64,8 @@ class Outcome(BaseModel):
     """The outcome of one input message, published to the results topic.
 
     ``status`` sums up ``targets``: failed if any target failed, else created, updated,
-    not_found in that order; ``ignored`` and ``rejected`` messages have no targets.
+    stale (every record the event would change holds newer data), not_found in that order;
+    ``ignored`` and ``rejected`` messages have no targets.
     """
 
     model_config = ConfigDict(frozen=True)

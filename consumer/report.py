@@ -81,7 +81,7 @@ def assemble(
     """
     outcomes: list[Publication] = []
     dead: list[DeadLetterOut] = []
-    for message, result in zip(messages, parsed, strict=True):
+    for index, (message, result) in enumerate(zip(messages, parsed, strict=True)):
         source = SourcePosition(
             topic=message.topic, partition=message.partition, offset=message.offset
         )
@@ -129,10 +129,11 @@ def assemble(
             written = results.get(plan.sobject, {}).get(change.email_key)
             if written is None:
                 continue
+            is_stale = written.status == "stale" or index in written.stale_indexes
             targets.append(
                 TargetResult(
                     sobject=plan.sobject,
-                    status=written.status,
+                    status="stale" if is_stale else written.status,
                     record_ids=list(written.record_ids),
                     note=written.note,
                     error=written.error,

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from consumer.dedup import PersonWrite
@@ -49,10 +50,45 @@ Operation = Literal["update", "create", "upsert"]
 class PersonResult:
     """What happened to one person on one target."""
 
-    status: Literal["updated", "created", "not_found", "failed"]
+    status: Literal["updated", "created", "stale", "not_found", "failed"]
     record_ids: list[str] = field(default_factory=list)
     error: SalesforceErrorInfo | None = None
     note: str | None = None
+    #: Batch indexes of events skipped because every record held newer data.
+    stale_indexes: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A record found for a person, with its last-synced stamp when the target has one."""
+
+    id: str
+    synced: datetime | None = None
+
+
+def millis(moment: datetime) -> datetime:
+    """``moment`` at Salesforce's precision (milliseconds), so comparisons are exact."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def format_datetime(moment: datetime) -> str:
+    """A datetime as Salesforce takes it (``2026-11-20T09:14:03.512Z``)."""
+    text = millis(moment).astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def parse_datetime(value: object) -> datetime | None:
+    """A Salesforce datetime (``2026-11-20T09:14:03.512+0000``), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    if len(text) > 5 and text[-5] in "+-" and text[-3] != ":":
+        text = text[:-2] + ":" + text[-2:]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @dataclass
@@ -134,9 +170,10 @@ class TargetWriter:
     ) -> tuple[set[str], str]:
         """One pass over ``todo``; final results go to ``results``. Returns keys to retry."""
         mapping = self._plan.mapping
-        if mapping.external_id_field and mapping.upsert_mode:
+        # The stale-write guard needs each record's stamp, so it always looks records up.
+        if mapping.external_id_field and mapping.upsert_mode and not mapping.last_synced_field:
             done = await self._upsert_round(todo)
-            matches: dict[str, list[str]] = {}
+            matches: dict[str, list[Match]] = {}
         else:
             matches = await self.find(todo.values())
             done = await self._match_round(todo, matches, results)
@@ -154,19 +191,26 @@ class TargetWriter:
     async def _match_round(
         self,
         todo: dict[str, PersonWrite],
-        matches: dict[str, list[str]],
+        matches: dict[str, list[Match]],
         results: dict[str, PersonResult],
     ) -> _Round:
         mapping, sobject = self._plan.mapping, self.sobject
         updates: list[_Pending] = []
         creates: list[_Pending] = []
+        stale: dict[str, set[int]] = {}
         for key, person in todo.items():
-            values = person.fields[sobject]
-            ids = matches.get(key)
-            if ids:
-                for record_id in ids:
-                    updates.append(
-                        _Pending(key, {"attributes": {"type": sobject}, "id": record_id, **values})
+            found = matches.get(key)
+            if found:
+                writes, stale[key] = self._updates_for(key, person, found)
+                if writes:
+                    updates.extend(writes)
+                else:
+                    results[key] = PersonResult(
+                        "stale",
+                        record_ids=[m.id for m in found],
+                        stale_indexes=stale[key],
+                        note=f"every matching {sobject} holds newer data "
+                        f"({mapping.last_synced_field})",
                     )
             elif mapping.upsert_mode:
                 creates.append(_Pending(key, self._create_record(person)))
@@ -178,7 +222,33 @@ class TargetWriter:
         done = _Round()
         await self._send("update", updates, done)
         await self._send("create", creates, done)
+        for key, indexes in stale.items():
+            if key in done.outcome:
+                done.outcome[key].stale_indexes = indexes
         return done
+
+    def _updates_for(
+        self, key: str, person: PersonWrite, found: list[Match]
+    ) -> tuple[list[_Pending], set[int]]:
+        """Record updates for a person, skipping what each record already has newer.
+
+        Returns the updates and the events that were stale on every record.
+        """
+        sobject, synced_field = self.sobject, self._plan.mapping.last_synced_field
+        mentioned = {s.index for s in person.steps if s.fields.get(sobject)}
+        stale_everywhere = set(mentioned)
+        writes: list[_Pending] = []
+        for match in found:
+            since = match.synced if synced_field else None
+            values, used = person.fields_after(sobject, since)
+            stale_everywhere &= mentioned - {s.index for s in used}
+            if not values:
+                continue
+            record: dict[str, Any] = {"attributes": {"type": sobject}, "id": match.id, **values}
+            if synced_field:
+                record[synced_field] = format_datetime(max(s.event_time for s in used))
+            writes.append(_Pending(key, record))
+        return writes, stale_everywhere
 
     async def _upsert_round(self, todo: dict[str, PersonWrite]) -> _Round:
         mapping, sobject = self._plan.mapping, self.sobject
@@ -209,7 +279,12 @@ class TargetWriter:
         record: dict[str, Any] = {"attributes": {"type": self.sobject}}
         record.update(mapping.create_defaults)
         record[mapping.match_field] = person.email
+        if mapping.external_id_field:
+            record[mapping.external_id_field] = person.email
         record.update(person.fields[self.sobject])
+        if mapping.last_synced_field:
+            _, used = person.fields_after(self.sobject, None)
+            record[mapping.last_synced_field] = format_datetime(max(s.event_time for s in used))
         return record
 
     async def _send(
@@ -287,23 +362,27 @@ class TargetWriter:
         assert ext is not None
         return await self._client.upsert(self.sobject, ext, records)
 
-    async def find(self, people: Iterable[PersonWrite]) -> dict[str, list[str]]:
-        """Record ids by email key, for every person given (absent key: no record)."""
+    async def find(self, people: Iterable[PersonWrite]) -> dict[str, list[Match]]:
+        """Records by email key, for every person given (absent key: no record)."""
         lookup = self._plan.mapping.lookup_field
+        synced_field = self._plan.mapping.last_synced_field
+        select = ("Id", lookup, synced_field) if synced_field else ("Id", lookup)
         queries = in_queries(
             path=self._client.query_path(),
-            select=("Id", lookup),
+            select=select,
             sobject=self._plan.sobject,
             field=lookup,
             values=(p.email for p in people),
             max_url_bytes=self._settings.salesforce_max_url_bytes,
         )
-        found: dict[str, list[str]] = {}
+        found: dict[str, list[Match]] = {}
         for soql in queries:
             for row in await self._client.query_all(encode_query(soql)):
                 value = row.get(lookup)
-                if isinstance(value, str):
-                    ids = found.setdefault(email_key(value), [])
-                    if row["Id"] not in ids:
-                        ids.append(str(row["Id"]))
+                if not isinstance(value, str):
+                    continue
+                matches = found.setdefault(email_key(value), [])
+                if all(m.id != row["Id"] for m in matches):
+                    synced = parse_datetime(row.get(synced_field)) if synced_field else None
+                    matches.append(Match(str(row["Id"]), synced))
         return found

@@ -679,6 +679,22 @@ def _valid_datetime(value: str) -> bool:
     return True
 
 
+def _stored_datetimes(schema: SObjectSchema, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Datetime values as Salesforce stores and returns them (UTC, ``.000+0000``)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = schema.fields.get(name)
+        if spec is not None and spec.type == "datetime" and isinstance(value, str):
+            moment = datetime.fromisoformat(value.replace("+0000", "+00:00").replace("Z", "+00:00"))
+            moment = (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(
+                UTC
+            )
+            # Formatted from the datetime itself: a float epoch could round .512 down to .511.
+            millis = moment.microsecond // 1000
+            out[name] = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis:03d}+0000"
+    return out
+
+
 def _valid_date(value: str) -> bool:
     try:
         date.fromisoformat(value)
@@ -1346,6 +1362,7 @@ class EmulatorState:
         now = self._now()
         for step in plan:
             store = self._records[step.schema.name]
+            step.values.update(_stored_datetimes(step.schema, step.values))
             if step.action == "create":
                 record: JsonObj = dict.fromkeys(step.schema.fields)
                 record.update(step.schema.defaults)

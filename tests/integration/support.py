@@ -40,6 +40,7 @@ CONTACT_FIELDS = [
     FieldSpec("Topic_Product_News__c", "boolean", nillable=False, defaulted_on_create=True),
     FieldSpec("Topic_Offers__c", "boolean", nillable=False, defaulted_on_create=True),
     FieldSpec("Didomi_Id__c", "email", length=80, external_id=True),
+    FieldSpec("Consent_Synced_At__c", "datetime"),
 ]
 LEAD_FIELDS = [
     FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
@@ -218,3 +219,19 @@ def sample_value(
     """A metric's current value (0 when never set)."""
     value = registry_metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+async def reset_group_offsets(
+    bootstrap: str, group: str, topic: str, offsets: dict[int, int]
+) -> None:
+    """Commit offsets for a stopped group the way a replay does: join, commit, leave."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        while len(consumer.assignment()) < len(offsets):
+            await consumer.getmany(timeout_ms=200)
+        await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
+    finally:
+        await consumer.stop()

@@ -68,3 +68,26 @@ def test_many_people_stay_apart() -> None:
     people = merge_by_person(items, plans)
     assert len(people) == 50
     assert people["p3@x.com"].fields["Contact"]["Newsletter_Consent__c"] is False
+
+
+def test_fields_after_keeps_only_newer_events_in_order() -> None:
+    plans = example_plans()
+    a = change("a@x.com", purpose("newsletter", True), purpose("analytics", True), minutes=1)
+    b = change("a@x.com", purpose("newsletter", False), minutes=2)
+    c = change("a@x.com", purpose("analytics", False), minutes=3)
+    person = merge_by_person(
+        [src(a, offset=0, index=0), src(b, offset=1, index=1), src(c, offset=2, index=2)], plans
+    )["a@x.com"]
+    everything, used = person.fields_after("Contact", None)
+    assert everything == person.fields["Contact"]
+    assert [s.index for s in used] == [0, 1, 2]
+    newer, used = person.fields_after("Contact", b.event_time)
+    assert newer == {"Analytics_Consent__c": False}
+    assert [s.index for s in used] == [2]
+    nothing, used = person.fields_after("Contact", c.event_time)
+    assert nothing == {}
+    assert used == []
+    # Lead maps only the newsletter: event c does not concern it.
+    lead, used = person.fields_after("Lead", a.event_time)
+    assert lead == {"Newsletter_Consent__c": False}
+    assert [s.index for s in used] == [1]

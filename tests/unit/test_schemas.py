@@ -28,6 +28,7 @@ def test_schemas_describe_the_contract() -> None:
     assert outcome["properties"]["status"]["enum"] == [
         "updated",
         "created",
+        "stale",
         "not_found",
         "ignored",
         "rejected",
