@@ -91,6 +91,7 @@ class Batch:
     done: asyncio.Future[None]
     started: float
     partitions: set[Key] = field(default_factory=set)
+    size: int = 0
 
 
 class Pipeline:
@@ -136,6 +137,7 @@ class Pipeline:
         self._paused: set[TopicPartition] = set()
         self._next_offset: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
+        self._inflight_bytes = 0
         self._last_commit = 0.0
         self._stopping = False
         self.pause_state = PauseState()
@@ -164,7 +166,11 @@ class Pipeline:
         records = await self._consumer.getmany(
             timeout_ms=int(timeout * 1000), max_records=self._s.kafka_fetch_max_records
         )
-        self._health.polled(self._clock())
+        self._health.polled(
+            self._clock(),
+            pending=self._book.in_flight() > 0,
+            paused=self.pause_state.active(self._clock()),
+        )
         for tp, messages in records.items():
             tracker = self._book.track((tp.topic, tp.partition))
             for m in messages:
@@ -183,11 +189,15 @@ class Pipeline:
             await self.commit()
 
     def _backpressure(self) -> None:
-        """Pause every assigned partition while a full batch waits for a free slot, or while
-        writing to Salesforce is paused; polling goes on, so the group membership is kept."""
+        """Pause every assigned partition while a full batch waits for a free slot, while
+        fetched-but-unfinished work passes its bounds, or while writing to Salesforce is
+        paused. Polling goes on, so the group membership is kept however long it lasts."""
+        s = self._s
         full = (
-            len(self._acc) >= self._s.sync_batch_max_events
-            or self._acc.pending_bytes >= self._s.sync_batch_max_bytes
+            len(self._acc) >= s.sync_batch_max_events
+            or self._acc.pending_bytes >= s.sync_batch_max_bytes
+            or self._book.in_flight() >= s.sync_max_pending_events
+            or self._acc.pending_bytes + self._inflight_bytes >= s.sync_max_pending_bytes
             or self.pause_state.active(self._clock())
         )
         assigned = self._consumer.assignment()
@@ -236,7 +246,9 @@ class Pipeline:
             done=done,
             started=self._clock(),
             partitions={k for k, _ in taken},
+            size=sum(m.size for m in messages),
         )
+        self._inflight_bytes += batch.size
         self._metrics.batch_events.observe(len(messages))
         self._metrics.batch_people.observe(len(people))
         task = asyncio.create_task(self._run_batch(batch), name=f"batch-{batch.seq}")
@@ -245,7 +257,9 @@ class Pipeline:
         task.add_done_callback(self._batch_finished)
 
     def _batch_finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
+        batch = self._inflight.pop(task, None)
+        if batch is not None:
+            self._inflight_bytes -= batch.size
         self._metrics.batches_in_flight.set(len(self._inflight))
         if not task.cancelled() and task.exception() is not None:
             logger.error("batch task failed", exc_info=task.exception())
@@ -262,6 +276,7 @@ class Pipeline:
             for tracker, message in zip(batch.trackers, batch.messages, strict=True):
                 tracker.done(message.offset)
             self._metrics.batch_duration.observe(self._clock() - batch.started)
+            self._health.progressed(self._clock())
         finally:
             self._sequencer.release(batch.keys, batch.done)
 
@@ -395,25 +410,42 @@ class Pipeline:
             try:
                 await self._consumer.commit(offsets)
             except CommitFailedError as exc:
+                # The partitions moved to another member, which re-reads what we did not commit.
                 self._metrics.commits.labels("rebalanced").inc()
                 logger.warning("commit refused after a rebalance", extra={"error": repr(exc)})
                 return
             except KafkaError as exc:
                 self._metrics.commits.labels("error").inc()
+                self._health.commit_failed(self._clock())
                 logger.warning("commit failed; will retry", extra={"error": repr(exc)})
                 return
             self._book.committed(positions)
+            self._health.commit_succeeded()
             self._metrics.commits.labels("ok").inc()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Stop work for revoked partitions, let in-flight batches finish (bounded), commit."""
+        """Before partitions move: stop new work on them, finish or abandon what is in
+        flight (bounded by ``SYNC_REBALANCE_TIMEOUT_SECONDS``) and commit exactly what is done.
+
+        aiokafka rebalances eagerly (every partition is revoked, then reassigned from its
+        committed offset), so whatever is abandoned here is re-read by its next owner, which
+        may be this member again.
+        """
         keys = {(tp.topic, tp.partition) for tp in revoked}
         if not keys:
             return
         self._acc.drop(keys)
-        pending = [t for t, b in self._inflight.items() if b.partitions & keys]
-        if pending:
-            await asyncio.wait(pending, timeout=self._s.sync_shutdown_timeout_seconds / 2)
+        touching = [t for t, b in self._inflight.items() if b.partitions & keys]
+        if touching:
+            _, late = await asyncio.wait(touching, timeout=self._s.sync_rebalance_timeout_seconds)
+            if late:
+                logger.warning(
+                    "rebalance: abandoning in-flight batches; their events will be re-read",
+                    extra={"batches": len(late)},
+                )
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         await self.commit(only=keys)
         self._book.forget(list(keys))
         self._paused -= revoked
@@ -421,6 +453,10 @@ class Pipeline:
             self._next_offset.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        logger.info(
+            "partitions revoked",
+            extra={"partitions": sorted(f"{tp.topic}-{tp.partition}" for tp in revoked)},
+        )
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Note the new assignment."""

@@ -43,7 +43,10 @@ class Service:
         self.settings = settings
         self.mapping = mapping
         self.metrics = metrics or Metrics()
-        self.health = Health(stall_seconds=max(60.0, settings.kafka_max_poll_interval_ms / 1000))
+        self.health = Health(
+            poll_stall_seconds=settings.health_poll_stall_seconds,
+            progress_stall_seconds=settings.health_progress_stall_seconds,
+        )
         self.server = MetricsServer(
             self.metrics, self.health, host=settings.metrics_host, port=settings.metrics_port
         )

@@ -118,10 +118,21 @@ class Settings(BaseSettings):
     sync_max_message_bytes: PositiveInt = 1024 * 1024
     sync_commit_interval_ms: Annotated[int, Field(ge=0)] = 1_000
     sync_shutdown_timeout_seconds: PositiveFloat = 20.0
+    #: How long a rebalance waits for in-flight batches of revoked partitions before
+    #: abandoning them (their offsets are not committed; the next owner redoes them).
+    sync_rebalance_timeout_seconds: PositiveFloat = 10.0
+    #: Largest number of fetched-but-unfinished messages and bytes held in memory; above
+    #: either, partitions are paused until work drains.
+    sync_max_pending_events: PositiveInt = 10_000
+    sync_max_pending_bytes: PositiveInt = 64 * 1024 * 1024
 
     # --- Operations ----------------------------------------------------------------------
     metrics_host: str = "0.0.0.0"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
+    #: /healthz fails when the poll loop has not come round for this long...
+    health_poll_stall_seconds: PositiveFloat = 60.0
+    #: ...or when no batch finished for this long while work was pending (pauses excepted).
+    health_progress_stall_seconds: PositiveFloat = 600.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -235,3 +237,68 @@ async def reset_group_offsets(
         await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
     finally:
         await consumer.stop()
+
+
+def service_env(bootstrap: str, topics: Topics, emulator_url: str, **extra: str) -> dict[str, str]:
+    """Environment for ``python -m consumer run`` as its own process."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAFKA_", "SALESFORCE_", "SYNC_", "METRICS_", "LOG_"))
+    }
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_INPUT_TOPIC": topics.input,
+            "KAFKA_RESULTS_TOPIC": topics.results,
+            "KAFKA_DLQ_TOPIC": topics.dlq,
+            "KAFKA_GROUP_ID": topics.group,
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+            "SALESFORCE_TOKEN_URL": emulator_url,
+            "SALESFORCE_CLIENT_ID": CLIENT_ID,
+            "SALESFORCE_CLIENT_SECRET": CLIENT_SECRET,
+            "SALESFORCE_RETRY_INITIAL_SECONDS": "0.05",
+            "SALESFORCE_RETRY_MAX_SECONDS": "0.5",
+            "SYNC_MAPPING_FILE": str(SAMPLES / "mapping.example.yaml"),
+            "SYNC_BATCH_LINGER_MS": "100",
+            "SYNC_COMMIT_INTERVAL_MS": "200",
+            "METRICS_HOST": "127.0.0.1",
+            "METRICS_PORT": "0",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """``python -m consumer run`` in its own process, its logs in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self._env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with open(self.log_path, "ab") as log:  # noqa: ASYNC230 - before the process runs
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "consumer", "run", env=self._env, stdout=log, stderr=log
+            )
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")

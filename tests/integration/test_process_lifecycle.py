@@ -1,0 +1,170 @@
+"""The service as a real process: SIGTERM drains and commits, a second signal exits at once,
+a stop during start-up is prompt, and SIGKILL at random points loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.scenario import build
+from tests.integration.support import (
+    ServiceProcess,
+    Topics,
+    collect,
+    committed_offsets,
+    make_emulator,
+    make_topics,
+    produce,
+    service_env,
+    wait_for,
+)
+from tests.integration.test_end_to_end import assert_final_state, seed
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
+
+
+def positions(outcomes: list[dict[str, Any]]) -> Counter[tuple[int, int]]:
+    return Counter((o["source"]["partition"], o["source"]["offset"]) for o in outcomes)
+
+
+async def test_sigterm_finishes_in_flight_work_then_commits_exactly_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    scenario = build(n_people=100, n_events=3000, seed=81)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 3)
+    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    async with make_emulator() as emulator:
+        seed(emulator, scenario)
+        emulator.set_latency(base_ms=30, jitter_ms=20, seed=2)
+        env = service_env(
+            kafka_bootstrap,
+            topics,
+            emulator.url,
+            SYNC_BATCH_MAX_EVENTS="100",
+            SYNC_SHUTDOWN_TIMEOUT_SECONDS="15",
+        )
+        async with collect(kafka_bootstrap, topics.results) as results:
+            service = ServiceProcess(env, tmp_path / "service.log")
+            await service.start()
+            try:
+                await wait_for(lambda: len(results.records) >= 600, 60, "some outcomes")
+                service.signal(signal.SIGTERM)
+                started = time.monotonic()
+                code = await service.wait(30)
+                took = time.monotonic() - started
+            finally:
+                await service.kill()
+            assert code == 0, service.logs()[-3000:]
+            assert took < 16
+            assert "stopping" in service.logs()
+            await asyncio.sleep(1.0)  # let the collector read the last outcomes
+            outcomes = results.values()
+        committed = await committed_offsets(kafka_bootstrap, topics.group, topics.input, 3)
+        done = positions(outcomes)
+        assert max(done.values()) == 1
+        for partition, offset in committed.items():
+            # Exactly what has outcomes is committed: nothing lost, nothing half-done.
+            assert {o for p, o in done if p == partition} == set(range(offset or 0))
+        assert 600 <= sum(o or 0 for o in committed.values()) < len(scenario.messages)
+
+
+async def test_a_second_signal_exits_at_once(kafka_bootstrap: str, tmp_path: Path) -> None:
+    scenario = build(n_people=10, n_events=100, seed=82, noise=False)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 1)
+    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    async with make_emulator() as emulator:
+        seed(emulator, scenario)
+        emulator.hang_next("query", 60.0, count=100)  # Salesforce never answers
+        env = service_env(
+            kafka_bootstrap,
+            topics,
+            emulator.url,
+            SYNC_SHUTDOWN_TIMEOUT_SECONDS="25",
+            SALESFORCE_TIMEOUT_SECONDS="120",
+        )
+        service = ServiceProcess(env, tmp_path / "service.log")
+        await service.start()
+        try:
+            await wait_for(lambda: emulator.stats["query"] >= 1, 60, "a hanging query")
+            service.signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            assert service.proc is not None and service.proc.returncode is None  # draining
+            service.signal(signal.SIGINT)
+            code = await service.wait(5)
+        finally:
+            await service.kill()
+        assert code == 128 + signal.SIGINT
+    committed = await committed_offsets(kafka_bootstrap, topics.group, topics.input, 1)
+    assert committed[0] in (None, 0)  # nothing was done, so nothing was committed
+
+
+async def test_sigterm_while_joining_the_group_stops_promptly(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 1)
+    async with make_emulator() as emulator:
+        env = service_env(kafka_bootstrap, topics, emulator.url)
+        service = ServiceProcess(env, tmp_path / "service.log")
+        await service.start()
+        try:
+            await wait_for(lambda: emulator.stats["describe"] >= 2, 30, "start-up check done")
+            service.signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = await service.wait(10)
+        finally:
+            await service.kill()
+        assert code == 0
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.slow
+async def test_sigkill_at_random_points_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    scenario = build(n_people=500, n_events=10_000, seed=83)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 3)
+    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    total = len(scenario.messages)
+    rng = random.Random(83)
+    async with make_emulator() as emulator:
+        seed(emulator, scenario)
+        emulator.set_latency(base_ms=5, jitter_ms=25, seed=5)
+        env = service_env(kafka_bootstrap, topics, emulator.url, SYNC_BATCH_MAX_EVENTS="200")
+        async with collect(kafka_bootstrap, topics.results) as results:
+            seen = lambda: len(positions(results.values()))  # noqa: E731
+            kills = 0
+            for run in range(4):
+                service = ServiceProcess(env, tmp_path / f"service-{run}.log")
+                await service.start()
+                try:
+                    before = seen()
+                    # Wait for the new member to make some progress, then kill it mid-work.
+                    await wait_for(lambda b=before: seen() > b + 200, 90, f"progress in run {run}")
+                    await asyncio.sleep(rng.uniform(0.0, 1.5))
+                    if seen() >= total:
+                        break
+                finally:
+                    await service.kill()
+                kills += 1
+            assert kills >= 3
+            final = ServiceProcess(env, tmp_path / "service-final.log")
+            await final.start()
+            try:
+                await wait_for(lambda: seen() >= total, 120, "every input")
+                final.signal(signal.SIGTERM)
+                assert await final.wait(30) == 0
+            finally:
+                await final.kill()
+        assert_final_state(emulator, scenario)
+    outcomes = results.values()
+    assert len(positions(outcomes)) == total  # at least one outcome each; duplicates allowed
+    assert all(o["status"] != "failed" for o in outcomes)
