@@ -140,7 +140,10 @@ async def test_sigkill_at_random_points_loses_nothing(kafka_bootstrap: str, tmp_
         emulator.set_latency(base_ms=5, jitter_ms=25, seed=5)
         env = service_env(kafka_bootstrap, topics, emulator.url, SYNC_BATCH_MAX_EVENTS="200")
         async with collect(kafka_bootstrap, topics.results) as results:
-            seen = lambda: len(positions(results.values()))  # noqa: E731
+
+            def seen() -> int:
+                return len(positions(results.values()))
+
             kills = 0
             for run in range(4):
                 service = ServiceProcess(env, tmp_path / f"service-{run}.log")

@@ -46,9 +46,12 @@ async def test_members_joining_and_leaving_lose_nothing(kafka_bootstrap: str) ->
             kafka_fetch_max_records=200,
         )
         async with collect(kafka_bootstrap, topics.results) as results:
-            seen = lambda: len(  # noqa: E731
-                {(o["source"]["partition"], o["source"]["offset"]) for o in results.values()}
-            )
+
+            def seen() -> int:
+                return len(
+                    {(o["source"]["partition"], o["source"]["offset"]) for o in results.values()}
+                )
+
             async with contextlib.AsyncExitStack() as stack:
                 first = await stack.enter_async_context(running_service(settings))
                 await wait_for(lambda: len(results.records) >= total * 0.1, 60, "first member")
