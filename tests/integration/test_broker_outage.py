@@ -1,0 +1,77 @@
+"""The broker stops answering for 20 s (SIGSTOP), then comes back: nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+
+import pytest
+
+from consumer.testing.broker import EmbeddedBroker
+from tests.integration.scenario import build
+from tests.integration.support import (
+    Topics,
+    collect,
+    committed_offsets,
+    make_emulator,
+    make_topics,
+    produce,
+    running_service,
+    settings_for,
+    wait_for,
+)
+from tests.integration.test_end_to_end import assert_final_state, seed
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_a_frozen_broker_is_survived(real_kafka: bool) -> None:
+    if real_kafka:
+        pytest.skip("freezes the embedded broker process")
+    scenario = build(n_people=60, n_events=1500, seed=91)
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap
+        topics = Topics.fresh()
+        await make_topics(bootstrap, topics, 3)
+        await produce(bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+        total = len(scenario.messages)
+        async with make_emulator() as emulator:
+            seed(emulator, scenario)
+            emulator.set_latency(base_ms=20, jitter_ms=20, seed=6)
+            settings = settings_for(
+                bootstrap, topics, emulator.url, sync_batch_max_events=50, sync_batch_linger_ms=20
+            )
+            async with (
+                collect(bootstrap, topics.results) as results,
+                running_service(settings) as running,
+            ):
+                await wait_for(lambda: len(results.records) >= total * 0.2, 60, "some outcomes")
+                assert broker.pid is not None
+                os.kill(broker.pid, signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(20)
+                    assert not running.task.done(), "the service must outlive a broker outage"
+                finally:
+                    os.kill(broker.pid, signal.SIGCONT)
+
+                def seen() -> int:
+                    return len(
+                        {
+                            (o["source"]["partition"], o["source"]["offset"])
+                            for o in results.values()
+                        }
+                    )
+
+                await wait_for(lambda: seen() >= total, 120, "every outcome after the outage")
+                assert await running.finish(60) == 0
+            assert_final_state(emulator, scenario)
+        positions = Counter(
+            (o["source"]["partition"], o["source"]["offset"]) for o in results.values()
+        )
+        assert len(positions) == total
+        assert all(o["status"] != "failed" for o in results.values())
+        offsets = await committed_offsets(bootstrap, topics.group, topics.input, 3)
+        per_partition = Counter(p for p, _ in positions)
+        assert offsets == {p: per_partition[p] for p in range(3)}
