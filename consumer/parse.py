@@ -136,7 +136,16 @@ def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:
         envelope = _ENVELOPE.validate_python(doc)
     except ValidationError as exc:
         return _rejected_by_schema(exc, doc, event_type)
-    return _interpret(envelope, rules)
+    try:
+        return _interpret(envelope, rules)
+    except OverflowError:
+        # Valid ISO 8601 with no UTC equivalent (e.g. 0001-01-01T00:00:00+01:00): rejected,
+        # since raising here would stop the poll loop on every replay of the message.
+        return Rejected(
+            "SCHEMA_VALIDATION",
+            "created_at/updated_at: the timestamp is out of range once converted to UTC",
+            event_type,
+        )
 
 
 def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
@@ -260,7 +269,8 @@ def _rejected_by_schema(exc: ValidationError, doc: dict[str, Any], event_type: s
     error_class = "SCHEMA_VALIDATION"
     for err in errors[:5]:
         # The first element of loc is the union's tag (the event type); drop it.
-        loc = [str(p) for p in err["loc"]]
+        # Dict keys (a preference's value ids) are the producer's: never repeat a long one.
+        loc = [_clip(str(p)) for p in err["loc"]]
         if loc and loc[0] == event_type:
             loc = loc[1:]
         path = ".".join(loc) or "(message)"
@@ -289,6 +299,10 @@ def _rejected_by_schema(exc: ValidationError, doc: dict[str, Any], event_type: s
         event_id if isinstance(event_id, str) else None,
         org_user_id[:200] if isinstance(org_user_id, str) else None,
     )
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _utc(moment: datetime) -> datetime:

@@ -152,7 +152,12 @@ class Pipeline:
         """Poll and dispatch until ``stop`` is set; then flush, publish, commit."""
         try:
             while not stop.is_set():
-                await self._poll_once()
+                try:
+                    await self._poll_once()
+                except KafkaError as exc:
+                    # The client reconnects by itself; keep the loop (and health) alive.
+                    logger.error("polling failed; retrying", extra={"error": repr(exc)})
+                    await asyncio.sleep(1.0)
         finally:
             await self._drain()
 
@@ -348,9 +353,8 @@ class Pipeline:
         """Send dead letters and outcomes and wait until the broker acknowledged all."""
         while True:
             try:
+                await self._send_dead_letters(dead)
                 futures: list[asyncio.Future[Any]] = []
-                for letter in dead:
-                    futures.append(await self._send_dead_letter(letter))
                 for pub in publications:
                     futures.append(
                         await self._producer.send(
@@ -375,20 +379,41 @@ class Pipeline:
             for target in pub.outcome.targets:
                 self._metrics.outcomes.labels(target.status, target.sobject).inc()
 
-    async def _send_dead_letter(self, letter: DeadLetterOut) -> Any:
+    async def _send_dead_letters(self, dead: Sequence[DeadLetterOut]) -> None:
+        """Send dead letters and wait for their acknowledgements.
+
+        A dead letter too large for the producer, or refused by the broker for its size
+        (reported on the send's result, not when it is queued), is sent again without its
+        value: the headers still say why and where the original is.
+        """
+        futures = [await self._send_dead_letter(letter) for letter in dead]
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        too_large = []
+        for letter, answer in zip(dead, answers, strict=True):
+            if isinstance(answer, MessageSizeTooLargeError):
+                too_large.append(letter)
+            elif isinstance(answer, BaseException):
+                raise answer
+        if too_large:
+            await asyncio.gather(
+                *[await self._send_dead_letter(letter, omit_value=True) for letter in too_large]
+            )
+
+    async def _send_dead_letter(self, letter: DeadLetterOut, *, omit_value: bool = False) -> Any:
         message = letter.message
         kept = [(k, v) for k, v in message.headers if not k.startswith("x-dlq-")]
         headers = kept + letter.info.headers()
-        try:
-            return await self._producer.send(
-                self._s.kafka_dlq_topic, value=message.value, key=message.key, headers=headers
-            )
-        except MessageSizeTooLargeError:
-            # The broker would refuse the original; keep the reason and where to find it.
-            headers.append(("x-dlq-value-omitted", b"larger than the producer's request size"))
-            return await self._producer.send(
-                self._s.kafka_dlq_topic, value=b"", key=message.key, headers=headers
-            )
+        if not omit_value:
+            try:
+                return await self._producer.send(
+                    self._s.kafka_dlq_topic, value=message.value, key=message.key, headers=headers
+                )
+            except MessageSizeTooLargeError:
+                pass
+        headers.append(("x-dlq-value-omitted", b"too large for the dead-letter topic"))
+        return await self._producer.send(
+            self._s.kafka_dlq_topic, value=b"", key=message.key, headers=headers
+        )
 
     # --- commits, rebalance, shutdown ---------------------------------------------------
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+from aiokafka.errors import KafkaError
 
 from consumer.check import CheckReport, check_mapping
 from consumer.errors import AuthenticationError, SalesforceTransientError
@@ -93,7 +95,9 @@ class Service:
         writers = [TargetWriter(self.client, plan, s) for plan in report.plans]
         producer = make_producer(s)
         consumer = make_consumer(s)
-        await producer.start()
+        if not await _start_with_retries(producer.start, stop, "producer"):
+            await producer.stop()
+            return
         try:
             pipeline = Pipeline(
                 s,
@@ -110,14 +114,29 @@ class Service:
             try:
                 # start() waits for the first assignment, which can take a session timeout;
                 # a stop during that wait must still end the process promptly.
-                await _until_stopped(consumer.start(), stop)
-                if stop.is_set():
+                if not await _start_with_retries(consumer.start, stop, "consumer"):
                     return
                 await pipeline.run(stop)
             finally:
                 await consumer.stop()
         finally:
             await producer.stop()
+
+
+async def _start_with_retries(
+    start: Callable[[], Awaitable[None]], stop: asyncio.Event, what: str
+) -> bool:
+    """Start a Kafka client, retrying while the brokers are unreachable; False if stopped."""
+    while not stop.is_set():
+        try:
+            await _until_stopped(start(), stop)
+        except KafkaError as exc:
+            logger.error("kafka %s could not start; retrying", what, extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            continue
+        return not stop.is_set()
+    return False
 
 
 async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
