@@ -1,4 +1,7 @@
-"""Command line: ``python -m consumer run | check``. Signals are handled here and nowhere else."""
+"""Command line: ``python -m consumer run | check | replay | redrive``.
+
+Signals are handled here and nowhere else (only ``run`` installs handlers).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from consumer import logs
+from consumer import logs, redrive, replay
 from consumer.check import check_mapping
 from consumer.errors import MappingError, SyncError
 from consumer.mapping import MappingConfig, load_mapping
@@ -40,6 +43,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="log in to Salesforce, validate the mapping against the org's fields, print a "
         "report; exit non-zero on a problem",
     )
+    replay.add_arguments(
+        sub.add_parser(
+            "replay",
+            help="move the service group's committed offsets to replay (service stopped)",
+            description="Resets the committed offsets of KAFKA_GROUP_ID on KAFKA_INPUT_TOPIC "
+            "so that the service reads again from there. Stop the service first: the command "
+            "joins the group once to make sure nobody else is in it, and refuses otherwise. "
+            "Prints one line per partition: committed offset, new offset and the difference. "
+            "Needs only the Kafka settings.",
+            epilog="exit codes: 0 done or dry run, 1 Kafka error (nothing changed), "
+            "2 bad arguments or configuration, 3 refused: the group has live members",
+        )
+    )
+    redrive.add_arguments(
+        sub.add_parser(
+            "redrive",
+            help="re-publish dead letters from KAFKA_DLQ_TOPIC to KAFKA_INPUT_TOPIC",
+            description="Reads KAFKA_DLQ_TOPIC from the redrive group's committed position "
+            "until caught up and re-publishes the selected dead letters to KAFKA_INPUT_TOPIC "
+            "with their original key, value and headers (x-dlq-* headers removed except "
+            "x-dlq-first-seen; x-redriven-at and x-redriven-from added), waits for every "
+            "acknowledgement, then commits. Messages skipped by --error-class are not "
+            "consumed: the redrive group's offset stops at the first skipped message of each "
+            "partition, and per-class groups (<group>.<class>) remember what a filtered run "
+            "redrove, so a later run with another --error-class (or none) redrives the "
+            "skipped ones and nothing is published twice. Needs only the Kafka settings.",
+            epilog="exit codes: 0 done or dry run, 1 Kafka error (nothing committed), "
+            "2 bad arguments or configuration, 3 refused: a redrive group is in use",
+        )
+    )
     return parser
 
 
@@ -52,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {_settings_errors(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
+    if args.command == "replay":  # Kafka only: no Salesforce settings, no mapping
+        return replay.main(settings, args)
+    if args.command == "redrive":
+        return redrive.main(settings, args)
     try:
         settings.require_salesforce()
         mapping = load_mapping(settings.sync_mapping_file)
