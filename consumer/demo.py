@@ -24,7 +24,8 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumer.emulator import FieldSpec, SalesforceEmulator
+from consumer.emulator import SalesforceEmulator
+from consumer.emulator.fields import example_custom_fields
 from consumer.testing.broker import EmbeddedBroker, create_topics, free_port
 
 CLIENT_ID = "demo-client-id"
@@ -53,24 +54,6 @@ targets:
     purposes:
       newsletter: Newsletter_Consent__c
 """
-
-CONTACT_FIELDS = [
-    FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
-    FieldSpec("Analytics_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
-    FieldSpec(
-        "Newsletter_Topics__c",
-        "multipicklist",
-        length=4099,
-        picklist_values=("product_news", "offers"),
-        restricted_picklist=True,
-    ),
-    FieldSpec("Newsletter_Frequency__c", "string", length=40),
-    FieldSpec("Topic_Product_News__c", "boolean", nillable=False, defaulted_on_create=True),
-    FieldSpec("Topic_Offers__c", "boolean", nillable=False, defaulted_on_create=True),
-]
-LEAD_FIELDS = [
-    FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
-]
 
 SHOWN_FIELDS = (
     "Newsletter_Consent__c",
@@ -303,7 +286,7 @@ async def main() -> int:
         async with SalesforceEmulator(
             client_id=CLIENT_ID,
             client_secret=CLIENT_SECRET,
-            custom_fields={"Contact": CONTACT_FIELDS, "Lead": LEAD_FIELDS},
+            custom_fields=example_custom_fields(),
         ) as emulator:
             seed(emulator)
             print(f"Kafka-protocol broker (Tansu): {broker.bootstrap}")

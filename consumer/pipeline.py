@@ -139,7 +139,6 @@ class Pipeline:
         self._commit_lock = asyncio.Lock()
         self._inflight_bytes = 0
         self._last_commit = 0.0
-        self._stopping = False
         self.pause_state = PauseState()
 
     # --- the loop ------------------------------------------------------------------------
@@ -493,7 +492,6 @@ class Pipeline:
 
     async def _drain(self) -> None:
         """Shutdown: dispatch what was fetched, wait (bounded) for in-flight, commit."""
-        self._stopping = True
         deadline = self._clock() + self._s.sync_shutdown_timeout_seconds
         while len(self._acc) and self._clock() < deadline:
             while len(self._acc) and len(self._inflight) < self._s.sync_concurrency:
@@ -513,11 +511,6 @@ class Pipeline:
             logger.warning("abandoned in-flight batches at shutdown", extra={"batches": len(left)})
             await asyncio.gather(*left, return_exceptions=True)
         await self.commit()
-
-    @property
-    def in_flight(self) -> int:
-        """Batches being processed."""
-        return len(self._inflight)
 
 
 def _exhausted(exc: RetryBudgetExhaustedError) -> dict[str, PersonResult]:

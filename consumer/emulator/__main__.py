@@ -8,28 +8,8 @@ import contextlib
 import logging
 import signal
 
-from consumer.emulator import FieldSpec, SalesforceEmulator
-
-
-def demo_custom_fields() -> dict[str, list[FieldSpec]]:
-    """The custom fields the demo mapping (samples/mapping.example.yaml) writes to."""
-    contact = [
-        FieldSpec("Newsletter_Consent__c", "boolean"),
-        FieldSpec("Analytics_Consent__c", "boolean"),
-        FieldSpec(
-            "Newsletter_Topics__c",
-            "multipicklist",
-            length=4099,
-            picklist_values=("product_news", "offers"),
-            restricted_picklist=True,
-        ),
-        FieldSpec("Newsletter_Frequency__c", "string", length=40),
-        FieldSpec("Topic_Product_News__c", "boolean"),
-        FieldSpec("Topic_Offers__c", "boolean"),
-        FieldSpec("Didomi_User_Id__c", "string", external_id=True),
-    ]
-    lead = [FieldSpec("Newsletter_Consent__c", "boolean")]
-    return {"Contact": contact, "Lead": lead}
+from consumer.emulator import SalesforceEmulator
+from consumer.emulator.fields import example_custom_fields
 
 
 def seed_demo(emu: SalesforceEmulator) -> None:
@@ -61,7 +41,7 @@ async def _serve(args: argparse.Namespace) -> None:
     emu = SalesforceEmulator(
         client_id=args.client_id,
         client_secret=args.client_secret,
-        custom_fields=demo_custom_fields(),
+        custom_fields=example_custom_fields(),
         api_limit=args.api_limit,
         page_size=args.page_size,
     )

@@ -16,7 +16,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumer.emulator import FieldSpec, SalesforceEmulator
+from consumer.emulator import SalesforceEmulator
+from consumer.emulator.fields import example_custom_fields
 from consumer.mapping import MappingConfig, load_mapping
 from consumer.metrics import Metrics
 from consumer.service import Service
@@ -28,33 +29,13 @@ SAMPLES = FIXTURES / "samples"
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-value-0123456789"
 
-CONTACT_FIELDS = [
-    FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
-    FieldSpec("Analytics_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
-    FieldSpec(
-        "Newsletter_Topics__c",
-        "multipicklist",
-        length=4099,
-        picklist_values=("product_news", "offers"),
-        restricted_picklist=True,
-    ),
-    FieldSpec("Newsletter_Frequency__c", "string", length=40),
-    FieldSpec("Topic_Product_News__c", "boolean", nillable=False, defaulted_on_create=True),
-    FieldSpec("Topic_Offers__c", "boolean", nillable=False, defaulted_on_create=True),
-    FieldSpec("Didomi_Id__c", "email", length=80, external_id=True),
-    FieldSpec("Consent_Synced_At__c", "datetime"),
-]
-LEAD_FIELDS = [
-    FieldSpec("Newsletter_Consent__c", "boolean", nillable=False, defaulted_on_create=True),
-]
-
 
 def make_emulator(**kwargs: Any) -> SalesforceEmulator:
     """An emulator with the fields of the example mapping."""
     return SalesforceEmulator(
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
-        custom_fields={"Contact": CONTACT_FIELDS, "Lead": LEAD_FIELDS},
+        custom_fields=example_custom_fields(),
         **kwargs,
     )
 

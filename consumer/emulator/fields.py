@@ -1,0 +1,31 @@
+"""The custom fields of the example mapping (``mapping.example.yaml``), for the emulator.
+
+One definition shared by the demo, ``python -m consumer.emulator`` and the tests.
+"""
+
+from __future__ import annotations
+
+from consumer.emulator.state import FieldSpec
+
+
+def example_custom_fields() -> dict[str, list[FieldSpec]]:
+    """Contact and Lead fields the example mapping writes, plus an External ID field
+    (``Didomi_Id__c``) and a datetime (``Consent_Synced_At__c``) for the optional modes."""
+    contact = [
+        FieldSpec("Newsletter_Consent__c", "boolean"),
+        FieldSpec("Analytics_Consent__c", "boolean"),
+        FieldSpec(
+            "Newsletter_Topics__c",
+            "multipicklist",
+            length=4099,
+            picklist_values=("product_news", "offers"),
+            restricted_picklist=True,
+        ),
+        FieldSpec("Newsletter_Frequency__c", "string", length=40),
+        FieldSpec("Topic_Product_News__c", "boolean"),
+        FieldSpec("Topic_Offers__c", "boolean"),
+        FieldSpec("Didomi_Id__c", "email", length=80, external_id=True),
+        FieldSpec("Consent_Synced_At__c", "datetime"),
+    ]
+    lead = [FieldSpec("Newsletter_Consent__c", "boolean")]
+    return {"Contact": contact, "Lead": lead}
