@@ -163,3 +163,77 @@ class PublishError(SyncError):
     retriable = True
     reaction = Reaction.RETRY
     code = "PUBLISH_FAILED"
+
+
+# --- operator commands (replay, redrive) ------------------------------------------------
+
+
+class CommandError(SyncError):
+    """An operator command (``replay``, ``redrive``) cannot go on; it prints the message."""
+
+    code = "COMMAND_ERROR"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CommandError):
+    """The command's arguments or topics do not make sense."""
+
+    code = "USAGE"
+
+
+class LiveMembersError(CommandError):
+    """The consumer group has members other than this client."""
+
+    code = "LIVE_MEMBERS"
+
+    def __init__(self, group: str, count: int | None, detail: str = "") -> None:
+        self.group = group
+        self.count = count
+        self.detail = detail
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """``group G has N live members`` (and why, when known)."""
+        if self.count is None:
+            who = "at least 1 live member"
+        else:
+            who = f"{self.count} live member{'s' if self.count != 1 else ''}"
+        text = f"group {self.group} has {who}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+    def refusal(self) -> str:
+        """The refusal ``replay`` prints."""
+        return f"stop the service first: {self.describe()}"
+
+
+class JoinTimeoutError(CommandError):
+    """The group did not hand out an assignment in time."""
+
+    retriable = True
+    code = "JOIN_TIMEOUT"
+
+
+class TimeLookupError(CommandError):
+    """The broker's answer to offsets_for_times is not believable."""
+
+    code = "TIME_LOOKUP"
+
+
+class RedrivePublishError(CommandError):
+    """Redrive could not publish; nothing was committed."""
+
+    retriable = True
+    code = "REDRIVE_PUBLISH_FAILED"
+
+
+class RedriveCommitError(CommandError):
+    """Redrive published messages but could not commit its progress."""
+
+    retriable = True
+    code = "REDRIVE_COMMIT_FAILED"
+
+    def __init__(self, published: int) -> None:
+        super().__init__(f"published {published} message(s) but could not commit")
+        self.published = published

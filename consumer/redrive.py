@@ -38,6 +38,13 @@ from typing import Any, Literal, TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from consumer.errors import (
+    JoinTimeoutError,
+    LiveMembersError,
+    RedriveCommitError,
+    RedrivePublishError,
+    UsageError,
+)
 from consumer.kafka import connection_options, make_producer
 from consumer.replay import (
     DEFAULT_JOIN_TIMEOUT,
@@ -46,8 +53,6 @@ from consumer.replay import (
     EXIT_REFUSED,
     EXIT_USAGE,
     GroupMember,
-    JoinTimeout,
-    LiveMembers,
     group_member,
     make_reader,
     topic_partitions,
@@ -281,28 +286,28 @@ async def redrive(
     err = err or sys.stderr
     try:
         return await _redrive(settings, options, out)
-    except LiveMembers as exc:
+    except LiveMembersError as exc:
         print(
             f"refused: {exc.describe()}; is another redrive running? Nothing was published",
             file=err,
         )
         return EXIT_REFUSED
-    except JoinTimeout as exc:
+    except JoinTimeoutError as exc:
         print(f"refused: {exc}; nothing published", file=err)
         return EXIT_REFUSED
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"redrive: error: {exc}", file=err)
         return EXIT_USAGE
-    except _CommitFailed as exc:
+    except RedriveCommitError as exc:
         cause = exc.__cause__
-        why = cause.describe() if isinstance(cause, LiveMembers) else repr(cause)
+        why = cause.describe() if isinstance(cause, LiveMembersError) else repr(cause)
         print(
             f"redrive published {exc.published} message(s) but could not commit ({why}): the "
             "next run re-publishes those not recorded",
             file=err,
         )
         return EXIT_FAILED
-    except _PublishFailed as exc:
+    except RedrivePublishError as exc:
         print(
             f"redrive failed while publishing ({exc.__cause__!r}): nothing committed, so the "
             "next run re-publishes what this one sent",
@@ -314,20 +319,6 @@ async def redrive(
         return EXIT_FAILED
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _PublishFailed(Exception):
-    pass
-
-
-class _CommitFailed(Exception):
-    def __init__(self, published: int) -> None:
-        super().__init__(published)
-        self.published = published
-
-
 async def _redrive(settings: Settings, options: RedriveOptions, out: TextIO) -> int:
     dlq, target = settings.kafka_dlq_topic, settings.kafka_input_topic
     selected = options.error_classes
@@ -337,11 +328,11 @@ async def _redrive(settings: Settings, options: RedriveOptions, out: TextIO) -> 
         await reader.start()
         partitions = await topic_partitions(reader, dlq)
         if partitions is None:
-            raise _UsageError(f"the DLQ topic {dlq} does not exist")
+            raise UsageError(f"the DLQ topic {dlq} does not exist")
         if await topic_partitions(reader, target) is None:
-            raise _UsageError(f"the input topic {target} does not exist")
+            raise UsageError(f"the input topic {target} does not exist")
         if dlq == target:
-            raise _UsageError(f"KAFKA_DLQ_TOPIC and KAFKA_INPUT_TOPIC are both {dlq}")
+            raise UsageError(f"KAFKA_DLQ_TOPIC and KAFKA_INPUT_TOPIC are both {dlq}")
         members: dict[str, GroupMember] = {}
         if not options.dry_run:
             # Members of the redrive groups for the whole run: a second redrive running at the
@@ -414,7 +405,9 @@ async def _redrive(settings: Settings, options: RedriveOptions, out: TextIO) -> 
                                     headers=redriven_headers(headers, source, now),
                                 )
                             except KafkaError as exc:
-                                raise _PublishFailed() from exc
+                                raise RedrivePublishError(
+                                    "publishing to the input topic failed"
+                                ) from exc
                             pending.append(sent)
                     progress.record(tp.partition, record.offset, cls, decision)
                 if limited:
@@ -451,8 +444,8 @@ async def _redrive(settings: Settings, options: RedriveOptions, out: TextIO) -> 
         try:
             for group, offsets in commits.items():
                 await members[group].commit(offsets)
-        except (LiveMembers, KafkaError) as exc:
-            raise _CommitFailed(progress.total("redrive")) from exc
+        except (LiveMembersError, KafkaError) as exc:
+            raise RedriveCommitError(progress.total("redrive")) from exc
         if commits:
             print(f"committed: {', '.join(sorted(commits))}", file=out)
         else:
@@ -510,7 +503,7 @@ async def _acknowledged(pending: list[asyncio.Future[Any]]) -> None:
     try:
         await asyncio.gather(*pending)
     except KafkaError as exc:
-        raise _PublishFailed() from exc
+        raise RedrivePublishError("publishing to the input topic failed") from exc
     finally:
         pending.clear()
 

@@ -38,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import InconsistentGroupProtocolError, KafkaError
 
+from consumer.errors import JoinTimeoutError, LiveMembersError, TimeLookupError, UsageError
 from consumer.kafka import connection_options
 from consumer.settings import Settings
 
@@ -271,33 +272,6 @@ class _RecordingAssignor(RoundRobinPartitionAssignor):  # type: ignore[misc]
         RoundRobinPartitionAssignor.on_assignment(assignment)
 
 
-class LiveMembers(Exception):
-    """The group has members other than this client."""
-
-    def __init__(self, group: str, count: int | None, detail: str = "") -> None:
-        self.group = group
-        self.count = count
-        self.detail = detail
-        super().__init__(self.describe())
-
-    def describe(self) -> str:
-        """``group G has N live members`` (and why, when known)."""
-        if self.count is None:
-            who = "at least 1 live member"
-        else:
-            who = f"{self.count} live member{'s' if self.count != 1 else ''}"
-        text = f"group {self.group} has {who}"
-        return f"{text} ({self.detail})" if self.detail else text
-
-    def message(self) -> str:
-        """The refusal ``replay`` prints."""
-        return f"stop the service first: {self.describe()}"
-
-
-class JoinTimeout(Exception):
-    """The group did not hand out an assignment in time."""
-
-
 @dataclass
 class GroupMember:
     """This client as the group's only member, with every partition of the topic."""
@@ -310,22 +284,22 @@ class GroupMember:
     _round: int = 0
 
     async def check_alone(self) -> None:
-        """Raise :class:`LiveMembers` unless this client alone holds every partition.
+        """Raise :class:`LiveMembersError` unless this client alone holds every partition.
 
         Leading the rebalance and seeing one member means nobody else is there; not leading
         means another member led it. A later rebalance (somebody joined since) is refused too.
         """
         seen = self._assignor.members_seen
         if self._round and self._assignor.rounds != self._round:
-            raise LiveMembers(self.group, None, "a member joined while this command ran")
+            raise LiveMembersError(self.group, None, "a member joined while this command ran")
         self._round = self._assignor.rounds
         if seen is None:
             count = await _described_members(self.settings, self.group, exclude_self=True)
-            raise LiveMembers(self.group, count)
+            raise LiveMembersError(self.group, count)
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
         everything = {TopicPartition(self.topic, p) for p in partitions}
         if seen > 1 or not everything or not everything <= set(self.consumer.assignment()):
-            raise LiveMembers(self.group, max(seen - 1, 1))
+            raise LiveMembersError(self.group, max(seen - 1, 1))
 
     async def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit ``partition -> offset`` for the group.
@@ -350,8 +324,8 @@ async def group_member(
 ) -> AsyncIterator[GroupMember]:
     """Join ``group`` on ``topic`` as its only member; leave cleanly on exit.
 
-    Raises :class:`LiveMembers` (after leaving) when anybody else is in the group, and
-    :class:`JoinTimeout` when no assignment came within ``timeout`` seconds.
+    Raises :class:`LiveMembersError` (after leaving) when anybody else is in the group, and
+    :class:`JoinTimeoutError` when no assignment came within ``timeout`` seconds.
     """
     assignor = _RecordingAssignor()
     consumer = AIOKafkaConsumer(
@@ -370,11 +344,11 @@ async def group_member(
             await asyncio.wait_for(consumer.start(), timeout)
         except InconsistentGroupProtocolError as exc:
             count = await _described_members(settings, group, exclude_self=False)
-            raise LiveMembers(
+            raise LiveMembersError(
                 group, count, "their assignment protocol is not this service's"
             ) from exc
         except TimeoutError as exc:
-            raise JoinTimeout(
+            raise JoinTimeoutError(
                 f"group {group} gave no assignment within {timeout:g} s; is it rebalancing "
                 "with live members?"
             ) from exc
@@ -465,10 +439,6 @@ async def read_bounds(
         if latest[tp.partition] is not None and listed[tp] != latest[tp.partition]
     }
     return Bounds({tp.partition: earliest[tp] for tp in tps}, latest, disagrees)
-
-
-class TimeLookupError(Exception):
-    """The broker's answer to offsets_for_times is not believable."""
 
 
 async def offsets_at(
@@ -614,13 +584,13 @@ async def replay(
     err = err or sys.stderr
     try:
         return await _replay(settings, options, out)
-    except LiveMembers as exc:
-        print(exc.message(), file=err)
+    except LiveMembersError as exc:
+        print(exc.refusal(), file=err)
         return EXIT_REFUSED
-    except JoinTimeout as exc:
+    except JoinTimeoutError as exc:
         print(f"refused: {exc}", file=err)
         return EXIT_REFUSED
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"replay: error: {exc}", file=err)
         return EXIT_USAGE
     except TimeLookupError as exc:
@@ -631,20 +601,16 @@ async def replay(
         return EXIT_FAILED
 
 
-class _UsageError(Exception):
-    pass
-
-
 async def _replay(settings: Settings, options: ReplayOptions, out: TextIO) -> int:
     reader = make_reader(settings)
     try:
         await reader.start()
         existing = await topic_partitions(reader, options.topic)
         if existing is None:
-            raise _UsageError(f"topic {options.topic} does not exist")
+            raise UsageError(f"topic {options.topic} does not exist")
         unknown = sorted(set(options.partitions) - set(existing))
         if unknown:
-            raise _UsageError(
+            raise UsageError(
                 f"topic {options.topic} has no partition {', '.join(map(str, unknown))} "
                 f"(it has {len(existing)})"
             )

@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.scenario import build
 from tests.integration.support import (
+    RunningService,
     Topics,
     collect,
     committed_offsets,
@@ -36,7 +37,7 @@ async def test_members_joining_and_leaving_lose_nothing(kafka_bootstrap: str) ->
     total = len(scenario.messages)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
-        emulator.set_latency(base_ms=30, jitter_ms=20, seed=4)
+        emulator.set_latency(base_ms=40, jitter_ms=20, seed=4)
         settings = settings_for(
             kafka_bootstrap,
             topics,
@@ -52,26 +53,28 @@ async def test_members_joining_and_leaving_lose_nothing(kafka_bootstrap: str) ->
                     {(o["source"]["partition"], o["source"]["offset"]) for o in results.values()}
                 )
 
+            def consumed(member: RunningService) -> float:
+                value = member.service.metrics.registry.get_sample_value(
+                    "consent_sync_messages_consumed_total", {"topic": topics.input}
+                )
+                return value or 0.0
+
             async with contextlib.AsyncExitStack() as stack:
                 first = await stack.enter_async_context(running_service(settings))
-                await wait_for(lambda: len(results.records) >= total * 0.1, 60, "first member")
+                await wait_for(lambda: len(results.records) >= total * 0.05, 60, "first member")
+                # Each newcomer takes over some partitions and reads from them before the
+                # next change, so that every rebalance happens with work in flight.
                 second = await stack.enter_async_context(running_service(settings))
-                await wait_for(lambda: second.service.health.joined, 60, "second member joins")
+                await wait_for(lambda: consumed(second) > 0, 60, "second member reads")
                 third = await stack.enter_async_context(running_service(settings))
-                await wait_for(lambda: third.service.health.joined, 60, "third member joins")
+                await wait_for(lambda: consumed(third) > 0, 60, "third member reads")
                 assert seen() < total, "the run must still be going when members come and go"
                 assert await second.finish() == 0  # leaves mid-run
-                await wait_for(lambda: len(results.records) >= total * 0.7, 60, "after a leave")
+                after_leave = len(results.records)
+                await wait_for(lambda: len(results.records) > after_leave, 60, "work after a leave")
                 assert await third.finish() == 0
                 await wait_for(lambda: seen() >= total, 90, "every input")
                 assert await first.finish() == 0
-                consumed = [
-                    member.service.metrics.registry.get_sample_value(
-                        "consent_sync_messages_consumed_total", {"topic": topics.input}
-                    )
-                    for member in (first, second, third)
-                ]
-                assert all(consumed), f"every member read part of the topic: {consumed}"
     assert_final_state(emulator, scenario)
     outcomes = results.values()
     by_position = Counter((o["source"]["partition"], o["source"]["offset"]) for o in outcomes)
