@@ -204,22 +204,6 @@ def sample_value(
     return 0.0 if value is None else value
 
 
-async def reset_group_offsets(
-    bootstrap: str, group: str, topic: str, offsets: dict[int, int]
-) -> None:
-    """Commit offsets for a stopped group the way a replay does: join, commit, leave."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        while len(consumer.assignment()) < len(offsets):
-            await consumer.getmany(timeout_ms=200)
-        await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
-    finally:
-        await consumer.stop()
-
-
 def service_env(bootstrap: str, topics: Topics, emulator_url: str, **extra: str) -> dict[str, str]:
     """Environment for ``python -m consumer run`` as its own process."""
     env = {

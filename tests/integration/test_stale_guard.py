@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from typing import Any
 
@@ -9,6 +10,7 @@ import orjson
 import pytest
 
 from consumer.mapping import parse_mapping
+from consumer.replay import ReplayOptions, ToEarliest, replay
 from tests.integration.scenario import build
 from tests.integration.support import (
     SAMPLES,
@@ -18,7 +20,6 @@ from tests.integration.support import (
     make_emulator,
     make_topics,
     produce,
-    reset_group_offsets,
     running_service,
     settings_for,
     wait_for,
@@ -69,10 +70,15 @@ async def test_replay_from_the_start_changes_nothing_and_counts_stale(
                 if r["Newsletter_Consent__c"] or r["Analytics_Consent__c"]
             )
 
-            # Replay: the service is stopped, the group's offsets go back to the start.
-            await reset_group_offsets(
-                kafka_bootstrap, topics.group, topics.input, dict.fromkeys(range(3), 0)
+            # Replay with the operator command: the service is stopped, offsets go to the start.
+            plan = io.StringIO()
+            code = await replay(
+                settings,
+                ReplayOptions(request=ToEarliest(), topic=topics.input, group=topics.group),
+                out=plan,
             )
+            assert code == 0, plan.getvalue()
+            assert "committed" in plan.getvalue()
             assert await committed_offsets(kafka_bootstrap, topics.group, topics.input, 3) == {
                 0: 0,
                 1: 0,
