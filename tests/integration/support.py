@@ -23,6 +23,7 @@ from consumer.metrics import Metrics
 from consumer.service import Service
 from consumer.settings import Settings
 from consumer.testing.broker import create_topics
+from tests.integration.scenario import Scenario
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SAMPLES = FIXTURES / "samples"
@@ -62,6 +63,14 @@ class Topics:
 async def make_topics(bootstrap: str, topics: Topics, partitions: int = 3) -> None:
     await create_topics(bootstrap, [topics.input], partitions=partitions)
     await create_topics(bootstrap, [topics.results, topics.dlq], partitions=1)
+
+
+async def scenario_topics(bootstrap: str, scenario: Scenario, partitions: int = 3) -> Topics:
+    """Fresh topics with the scenario's messages already on the input topic."""
+    topics = Topics.fresh()
+    await make_topics(bootstrap, topics, partitions)
+    await produce(bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    return topics
 
 
 def settings_for(bootstrap: str, topics: Topics, emulator_url: str, **overrides: Any) -> Settings:

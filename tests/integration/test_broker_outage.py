@@ -12,13 +12,11 @@ import pytest
 from consumer.testing.broker import EmbeddedBroker
 from tests.integration.scenario import build
 from tests.integration.support import (
-    Topics,
     collect,
     committed_offsets,
     make_emulator,
-    make_topics,
-    produce,
     running_service,
+    scenario_topics,
     settings_for,
     wait_for,
 )
@@ -33,9 +31,7 @@ async def test_a_frozen_broker_is_survived(real_kafka: bool) -> None:
     scenario = build(n_people=60, n_events=1500, seed=91)
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
-        topics = Topics.fresh()
-        await make_topics(bootstrap, topics, 3)
-        await produce(bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+        topics = await scenario_topics(bootstrap, scenario, 3)
         total = len(scenario.messages)
         async with make_emulator() as emulator:
             seed(emulator, scenario)

@@ -14,13 +14,11 @@ from consumer.parse import email_key
 from consumer.soql import in_queries
 from tests.integration.scenario import Scenario, build
 from tests.integration.support import (
-    Topics,
     collect,
     committed_offsets,
     make_emulator,
-    make_topics,
-    produce,
     running_service,
+    scenario_topics,
     settings_for,
     wait_for,
 )
@@ -98,9 +96,7 @@ async def test_2000_events_for_300_people_in_one_batch_use_the_fewest_calls(
     kafka_bootstrap: str,
 ) -> None:
     scenario = build(n_people=300, n_events=2000)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, PARTITIONS)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, PARTITIONS)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         settings = settings_for(
@@ -165,9 +161,7 @@ async def test_many_small_batches_in_flight_keep_each_persons_order(
     kafka_bootstrap: str,
 ) -> None:
     scenario = build(n_people=60, n_events=1500, seed=11)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, PARTITIONS)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, PARTITIONS)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=5, jitter_ms=40, seed=3)
@@ -198,9 +192,7 @@ async def test_many_small_batches_in_flight_keep_each_persons_order(
 
 async def test_metrics_and_health_are_served(kafka_bootstrap: str) -> None:
     scenario = build(n_people=5, n_events=20, seed=5, noise=False)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 1)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 1)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         settings = settings_for(kafka_bootstrap, topics, emulator.url)

@@ -21,7 +21,7 @@ from tests.integration.support import (
     committed_offsets,
     make_emulator,
     make_topics,
-    produce,
+    scenario_topics,
     service_env,
     wait_for,
 )
@@ -38,9 +38,7 @@ async def test_sigterm_finishes_in_flight_work_then_commits_exactly_it(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     scenario = build(n_people=100, n_events=3000, seed=81)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 3)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 3)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=30, jitter_ms=20, seed=2)
@@ -78,9 +76,7 @@ async def test_sigterm_finishes_in_flight_work_then_commits_exactly_it(
 
 async def test_a_second_signal_exits_at_once(kafka_bootstrap: str, tmp_path: Path) -> None:
     scenario = build(n_people=10, n_events=100, seed=82, noise=False)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 1)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 1)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.hang_next("query", 60.0, count=100)  # Salesforce never answers
@@ -132,9 +128,7 @@ async def test_sigkill_at_random_points_loses_nothing(
     kafka_bootstrap: str, tmp_path: Path, real_kafka: bool
 ) -> None:
     scenario = build(n_people=500, n_events=10_000, seed=83)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 3)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 3)
     total = len(scenario.messages)
     rng = random.Random(83)
     async with make_emulator() as emulator:

@@ -14,28 +14,19 @@ from typing import Any
 import pytest
 
 from consumer.mapping import parse_mapping
-from tests.integration.scenario import Scenario, build
+from tests.integration.scenario import build
 from tests.integration.support import (
-    Topics,
     collect,
     make_emulator,
-    make_topics,
-    produce,
     running_service,
     sample_value,
+    scenario_topics,
     settings_for,
     wait_for,
 )
 from tests.integration.test_end_to_end import assert_final_state, assert_outcomes, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
-
-
-async def start_topics(kafka_bootstrap: str, scenario: Scenario, partitions: int = 3) -> Topics:
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, partitions)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
-    return topics
 
 
 SMALL_BATCHES: dict[str, Any] = {
@@ -47,7 +38,7 @@ SMALL_BATCHES: dict[str, Any] = {
 
 async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> None:
     scenario = build(n_people=40, n_events=600, seed=31)
-    topics = await start_topics(kafka_bootstrap, scenario)
+    topics = await scenario_topics(kafka_bootstrap, scenario)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=10)
@@ -95,7 +86,7 @@ async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> 
 
 async def test_api_budget_share_stops_writes_before_the_limit(kafka_bootstrap: str) -> None:
     scenario = build(n_people=20, n_events=200, seed=32, noise=False)
-    topics = await start_topics(kafka_bootstrap, scenario)
+    topics = await scenario_topics(kafka_bootstrap, scenario)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_api_usage(9_500, 10_000)  # 95% used by the org's other integrations
@@ -137,7 +128,7 @@ async def test_refused_login_keeps_the_service_up_and_unready_until_fixed(
     kafka_bootstrap: str,
 ) -> None:
     scenario = build(n_people=10, n_events=60, seed=33, noise=False)
-    topics = await start_topics(kafka_bootstrap, scenario)
+    topics = await scenario_topics(kafka_bootstrap, scenario)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_client_secret("rotated-by-an-admin")
@@ -165,7 +156,7 @@ async def test_refused_login_keeps_the_service_up_and_unready_until_fixed(
 
 async def test_rest_api_revoked_mid_run_pauses_and_resumes(kafka_bootstrap: str) -> None:
     scenario = build(n_people=30, n_events=400, seed=34)
-    topics = await start_topics(kafka_bootstrap, scenario)
+    topics = await scenario_topics(kafka_bootstrap, scenario)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=10)
@@ -202,7 +193,7 @@ async def test_rest_api_revoked_mid_run_pauses_and_resumes(kafka_bootstrap: str)
 
 async def test_5xx_html_timeouts_and_concurrency_limits_are_retried(kafka_bootstrap: str) -> None:
     scenario = build(n_people=30, n_events=300, seed=35)
-    topics = await start_topics(kafka_bootstrap, scenario)
+    topics = await scenario_topics(kafka_bootstrap, scenario)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         settings = settings_for(
@@ -254,7 +245,7 @@ async def test_5xx_html_timeouts_and_concurrency_limits_are_retried(kafka_bootst
 @pytest.mark.parametrize("policy", ["dead_letter", "pause"])
 async def test_spent_retry_budget_follows_the_policy(kafka_bootstrap: str, policy: str) -> None:
     scenario = build(n_people=10, n_events=40, seed=36, noise=False)
-    topics = await start_topics(kafka_bootstrap, scenario, partitions=1)
+    topics = await scenario_topics(kafka_bootstrap, scenario, 1)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.inject_fault("update", 503, count=10_000)
@@ -328,7 +319,7 @@ targets:
 
 async def test_external_id_mode_upserts_without_queries(kafka_bootstrap: str) -> None:
     scenario = build(n_people=250, n_events=1000, seed=37, noise=False)
-    topics = await start_topics(kafka_bootstrap, scenario)
+    topics = await scenario_topics(kafka_bootstrap, scenario)
     async with make_emulator() as emulator:
         existing = {}
         for person, email in enumerate(scenario.emails):

@@ -12,12 +12,10 @@ from consumer.logs import JsonFormatter, TextFormatter
 from tests.integration.scenario import build
 from tests.integration.support import (
     CLIENT_SECRET,
-    Topics,
     collect,
     make_emulator,
-    make_topics,
-    produce,
     running_service,
+    scenario_topics,
     settings_for,
     wait_for,
 )
@@ -31,9 +29,7 @@ async def test_a_run_with_expiries_and_refusals_leaks_no_secret(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     scenario = build(n_people=30, n_events=300, seed=51)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 2)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 2)
     sasl_password = "kafka-sasl-password-never-logged"
     async with make_emulator() as emulator:
         seed(emulator, scenario)

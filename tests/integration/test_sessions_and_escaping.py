@@ -15,6 +15,7 @@ from tests.integration.support import (
     make_topics,
     produce,
     running_service,
+    scenario_topics,
     settings_for,
     wait_for,
 )
@@ -25,9 +26,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
 async def test_token_expiring_mid_run_is_replaced_once_per_expiry(kafka_bootstrap: str) -> None:
     scenario = build(n_people=80, n_events=1200, seed=23)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 3)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 3)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=10, jitter_ms=20, seed=1)

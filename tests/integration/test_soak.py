@@ -8,13 +8,11 @@ import pytest
 
 from tests.integration.scenario import build
 from tests.integration.support import (
-    Topics,
     collect,
     make_emulator,
-    make_topics,
-    produce,
     running_service,
     sample_value,
+    scenario_topics,
     settings_for,
     wait_for,
 )
@@ -28,9 +26,7 @@ async def test_soak_20000_events_with_faults(
 ) -> None:
     caplog.set_level(logging.INFO)
     scenario = build(n_people=2_000, n_events=20_000, seed=41)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 4)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 4)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_random_faults(http_503_rate=0.05, lock_rate=0.02, seed=7)

@@ -21,6 +21,7 @@ from tests.integration.support import (
     make_topics,
     produce,
     running_service,
+    scenario_topics,
     settings_for,
     wait_for,
 )
@@ -51,9 +52,7 @@ async def test_replay_from_the_start_changes_nothing_and_counts_stale(
     mapping = parse_mapping(GUARDED)
     assert mapping.targets[0].last_synced_field == "Consent_Synced_At__c"
     scenario = build(n_people=120, n_events=1000, seed=61)
-    topics = Topics.fresh()
-    await make_topics(kafka_bootstrap, topics, 3)
-    await produce(kafka_bootstrap, topics.input, [(m.key, m.value) for m in scenario.messages])
+    topics = await scenario_topics(kafka_bootstrap, scenario, 3)
     total = len(scenario.messages)
     async with make_emulator() as emulator:
         seed(emulator, scenario)
