@@ -1,0 +1,94 @@
+"""Report stage: one outcome per message, dead letters for rejected and failed ones."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from consumer.dedup import Sourced, merge_by_person
+from consumer.outcomes import SalesforceErrorInfo
+from consumer.parse import Accepted, Ignored, ParseResult, Rejected
+from consumer.report import FIRST_SEEN_HEADER, InputMessage, assemble
+from consumer.writer import PersonResult
+from tests.unit.helpers import change, example_plans, purpose
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def message(offset: int, headers: tuple[tuple[str, bytes], ...] = ()) -> InputMessage:
+    return InputMessage("in", 2, offset, b"key", b"value-%d" % offset, headers)
+
+
+def test_every_kind_of_message_gets_exactly_one_outcome() -> None:
+    plans = example_plans()
+    jane = change("Jane@x.com", purpose("newsletter", True), minutes=1, event_id="e-jane")
+    max_ = change("max@x.com", purpose("analytics", True), minutes=2, event_id="e-max")
+    parsed: list[ParseResult] = [
+        Rejected("INVALID_JSON", "the message is not valid JSON"),
+        Ignored("status is pending_approval", "e-p", "event.created", "p@x.com", None),
+        Accepted(jane),
+        Accepted(max_),
+    ]
+    messages = [message(i) for i in range(4)]
+    people = merge_by_person([Sourced(jane, 2, 2, 2), Sourced(max_, 2, 3, 3)], plans)
+    results = {
+        "Contact": {
+            "jane@x.com": PersonResult("updated", ["003A", "003B"], note="2 share this email"),
+            "max@x.com": PersonResult(
+                "failed",
+                error=SalesforceErrorInfo(code="STRING_TOO_LONG", message="too long", fields=["X"]),
+            ),
+        },
+        "Lead": {"jane@x.com": PersonResult("not_found")},
+    }
+    outcomes, dead = assemble(messages, parsed, people, results, plans, NOW)
+    assert [o.outcome.status for o in outcomes] == ["rejected", "ignored", "updated", "failed"]
+    assert [o.outcome.source.offset for o in outcomes] == [0, 1, 2, 3]
+    rejected, ignored, updated, failed = (o.outcome for o in outcomes)
+    assert rejected.error_class == "INVALID_JSON"
+    assert outcomes[0].key == b"key"  # no organization_user_id: the message's own key
+    assert ignored.reason == "status is pending_approval"
+    assert outcomes[1].key == b"p@x.com"
+    assert [(t.sobject, t.status, t.record_ids) for t in updated.targets] == [
+        ("Contact", "updated", ["003A", "003B"]),
+        ("Lead", "not_found", []),
+    ]
+    assert updated.event_id == "e-jane"
+    assert outcomes[2].key == b"Jane@x.com"
+    assert failed.error_class == "STRING_TOO_LONG"
+    assert failed.reason == "Contact: STRING_TOO_LONG: too long"
+    assert [d.message.offset for d in dead] == [0, 3]
+    assert dead[1].info.error_class == "STRING_TOO_LONG"
+    assert dead[1].info.first_seen == NOW
+
+
+def test_stale_events_and_events_without_mapped_choices() -> None:
+    plans = example_plans()
+    old = change("a@x.com", purpose("newsletter", True), minutes=1, event_id="old")
+    new = change("a@x.com", purpose("newsletter", False), minutes=2, event_id="new")
+    nothing = change("b@x.com", purpose("cookies", True), minutes=3, event_id="none")
+    parsed: list[ParseResult] = [Accepted(old), Accepted(new), Accepted(nothing)]
+    people = merge_by_person(
+        [Sourced(old, 0, 0, 0), Sourced(new, 0, 1, 1), Sourced(nothing, 0, 2, 2)], plans
+    )
+    results = {
+        "Contact": {"a@x.com": PersonResult("updated", ["003A"], stale_indexes={0})},
+        "Lead": {"a@x.com": PersonResult("updated", ["00QA"], stale_indexes={0})},
+    }
+    outcomes, dead = assemble([message(i) for i in range(3)], parsed, people, results, plans, NOW)
+    assert [o.outcome.status for o in outcomes] == ["stale", "updated", "ignored"]
+    assert {t.status for t in outcomes[0].outcome.targets} == {"stale"}
+    assert outcomes[2].outcome.reason is not None
+    assert "no choice" in outcomes[2].outcome.reason
+    assert dead == []
+
+
+def test_a_redriven_dead_letter_keeps_its_first_seen_time() -> None:
+    first = "2026-11-01T08:00:00+00:00"
+    parsed: list[ParseResult] = [Rejected("UNKNOWN_EVENT_TYPE", "unknown event type 'x'")]
+    _, dead = assemble(
+        [message(5, ((FIRST_SEEN_HEADER, first.encode()),))], parsed, {}, {}, [], NOW
+    )
+    assert dead[0].info.first_seen == datetime.fromisoformat(first)
+    headers = dict(dead[0].info.headers())
+    assert headers["x-dlq-source-offset"] == b"5"
+    assert headers["x-dlq-first-seen"] == first.encode()
