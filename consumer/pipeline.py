@@ -86,7 +86,6 @@ class Batch:
     parsed: list[ParseResult]
     trackers: list[PartitionOffsets]
     people: dict[str, PersonWrite]
-    keys: set[str]
     prereqs: list[asyncio.Future[None]]
     done: asyncio.Future[None]
     started: float
@@ -236,8 +235,7 @@ class Pipeline:
             if isinstance(r, Accepted)
         ]
         people = merge_by_person(sourced, self._plans)
-        keys = set(people)
-        prereqs, done = self._sequencer.claim(keys)
+        prereqs, done = self._sequencer.claim(set(people))
         self._seq += 1
         batch = Batch(
             seq=self._seq,
@@ -245,7 +243,6 @@ class Pipeline:
             parsed=parsed,
             trackers=[self._book.track(k) for k, _ in taken],
             people=people,
-            keys=keys,
             prereqs=prereqs,
             done=done,
             started=self._clock(),
@@ -282,7 +279,7 @@ class Pipeline:
             self._metrics.batch_duration.observe(self._clock() - batch.started)
             self._health.progressed(self._clock())
         finally:
-            self._sequencer.release(batch.keys, batch.done)
+            self._sequencer.release(set(batch.people), batch.done)
 
     async def _write(self, batch: Batch) -> dict[str, dict[str, PersonResult]]:
         """Write every target; a batch that cannot be written now waits and tries again.

@@ -169,7 +169,6 @@ class SalesforceClient:
         rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
-        self._metrics = metrics
         self.metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
@@ -256,7 +255,7 @@ class SalesforceClient:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._observe("token", "error", started)
-            self._metrics.token_grants.labels("error").inc()
+            self.metrics.token_grants.labels("error").inc()
             raise SalesforceTransientError(
                 f"token: {type(exc).__name__} reaching the token endpoint", code="CONNECTION_ERROR"
             ) from None
@@ -264,12 +263,12 @@ class SalesforceClient:
         body = _loads(raw)
         error = classify_token_response(status, body)
         if error is not None:
-            self._metrics.token_grants.labels("refused" if status < 500 else "error").inc()
+            self.metrics.token_grants.labels("refused" if status < 500 else "error").inc()
             raise error
         if not isinstance(body, dict) or not body.get("access_token"):
-            self._metrics.token_grants.labels("error").inc()
+            self.metrics.token_grants.labels("error").inc()
             raise SalesforceTransientError("token: answer without access_token", code="BAD_TOKEN")
-        self._metrics.token_grants.labels("granted").inc()
+        self.metrics.token_grants.labels("granted").inc()
         self.token_grants += 1
         instance = str(body.get("instance_url") or s.salesforce_token_url).rstrip("/")
         logger.info("salesforce session granted", extra={"instance_url": instance})
@@ -317,7 +316,7 @@ class SalesforceClient:
                         code="SESSION_REFUSED",
                         status=exc.status,
                     ) from None
-                self._metrics.salesforce_retries.labels("session_expired").inc()
+                self.metrics.salesforce_retries.labels("session_expired").inc()
                 token = await self.refresh_token(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -353,8 +352,8 @@ class SalesforceClient:
         self._observe(operation, str(status), started)
         if limit is not None:
             self.api_usage = limit
-            self._metrics.api_usage_used.set(limit[0])
-            self._metrics.api_usage_limit.set(limit[1])
+            self.metrics.api_usage_used.set(limit[0])
+            self.metrics.api_usage_limit.set(limit[1])
         parsed = _loads(raw)
         error = classify_response(status, parsed, operation=operation)
         if error is not None:
@@ -362,8 +361,8 @@ class SalesforceClient:
         return parsed
 
     def _observe(self, operation: str, status: str, started: float) -> None:
-        self._metrics.salesforce_calls.labels(operation, status).inc()
-        self._metrics.salesforce_latency.labels(operation).observe(self._clock() - started)
+        self.metrics.salesforce_calls.labels(operation, status).inc()
+        self.metrics.salesforce_latency.labels(operation).observe(self._clock() - started)
 
     async def with_retries(self, what: str, call: Callable[[], Any]) -> Any:
         """Run an idempotent call, retrying transient errors with backoff inside the budget."""
@@ -385,7 +384,7 @@ class SalesforceClient:
                         f"{what}: still failing after {backoff.elapsed():.0f}s: {exc.message}",
                         code="RETRY_BUDGET_EXHAUSTED",
                     ) from None
-                self._metrics.salesforce_retries.labels(exc.code).inc()
+                self.metrics.salesforce_retries.labels(exc.code).inc()
                 logger.warning(
                     "salesforce call failed, retrying",
                     extra={"operation": what, "error": str(exc), "delay_s": round(delay, 3)},
@@ -489,7 +488,7 @@ class SalesforceClient:
     ) -> list[RecordResult]:
         if not 0 < len(records) <= COLLECTION_LIMIT:
             raise ValueError(f"a collection call takes 1 to {COLLECTION_LIMIT} records")
-        self._metrics.records_per_call.labels(operation).observe(len(records))
+        self.metrics.records_per_call.labels(operation).observe(len(records))
         body = {"allOrNone": False, "records": list(records)}
         answer = await self.request(method, self._api_path(suffix), operation=operation, body=body)
         if not isinstance(answer, list) or len(answer) != len(records):

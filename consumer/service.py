@@ -54,7 +54,6 @@ class Service:
         )
         self.client = SalesforceClient(settings, self.metrics)
         self.pipeline: Pipeline | None = None
-        self.report: CheckReport | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; returns the process exit code."""
@@ -64,7 +63,6 @@ class Service:
             report = await _until_stopped(self._prepare(stop), stop)
             if report is None:
                 return EXIT_OK
-            self.report = report
             if not report.ok:
                 logger.error("the mapping does not fit the org:\n%s", report.render())
                 return EXIT_CONFIG
