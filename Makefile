@@ -24,7 +24,7 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m consumer.demo
+	$(BIN)/python -m consumer.devkit.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check consumer tests
@@ -36,10 +36,10 @@ format: $(STAMP)
 	$(BIN)/ruff format consumer tests
 
 schemas: $(STAMP)
-	$(BIN)/python -m consumer.schemas write
+	$(BIN)/python -m consumer.devkit.schemas write
 
 bench: $(STAMP)
-	$(BIN)/python -m consumer.bench
+	$(BIN)/python -m consumer.devkit.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

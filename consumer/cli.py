@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from consumer import logs, redrive, replay
-from consumer.check import check_mapping
+from consumer import logs
 from consumer.errors import MappingError, SyncError
 from consumer.mapping import MappingConfig, load_mapping
-from consumer.metrics import Metrics
-from consumer.salesforce import SalesforceClient
+from consumer.observability.metrics import Metrics
+from consumer.ops import redrive, replay
+from consumer.salesforce.check import check_mapping
+from consumer.salesforce.client import SalesforceClient
 from consumer.service import EXIT_CONFIG, Service
 from consumer.settings import Settings
 

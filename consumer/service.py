@@ -15,17 +15,17 @@ from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 
-from consumer.check import CheckReport, check_mapping
+from consumer.engine.health import Health
+from consumer.engine.pipeline import Pipeline
 from consumer.errors import AuthenticationError, SalesforceTransientError
-from consumer.health import Health
-from consumer.kafka import make_consumer, make_producer
+from consumer.kafka.clients import make_consumer, make_producer
 from consumer.mapping import MappingConfig
-from consumer.metrics import Metrics
-from consumer.metrics_server import MetricsServer
-from consumer.pipeline import Pipeline
-from consumer.salesforce import SalesforceClient
+from consumer.observability.metrics import Metrics
+from consumer.observability.server import MetricsServer
+from consumer.salesforce.check import CheckReport, check_mapping
+from consumer.salesforce.client import SalesforceClient
+from consumer.salesforce.writer import TargetWriter
 from consumer.settings import Settings
-from consumer.writer import TargetWriter
 
 logger = logging.getLogger(__name__)
 

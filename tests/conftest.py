@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumer.testing.broker import EmbeddedBroker
+from consumer.devkit.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumer.emulator import SalesforceEmulator
-from consumer.emulator.fields import example_custom_fields
+from consumer.devkit.broker import create_topics
+from consumer.devkit.emulator import SalesforceEmulator
+from consumer.devkit.emulator.fields import example_custom_fields
 from consumer.mapping import MappingConfig, load_mapping
-from consumer.metrics import Metrics
+from consumer.observability.metrics import Metrics
 from consumer.service import Service
 from consumer.settings import Settings
-from consumer.testing.broker import create_topics
 from tests.integration.scenario import Scenario
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

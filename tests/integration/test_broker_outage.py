@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from consumer.testing.broker import EmbeddedBroker
+from consumer.devkit.broker import EmbeddedBroker
 from tests.integration.scenario import build
 from tests.integration.support import (
     collect,

@@ -17,7 +17,7 @@ import pytest_asyncio
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from consumer.emulator import EmulatorError, FieldSpec, SalesforceEmulator
+from consumer.devkit.emulator import EmulatorError, FieldSpec, SalesforceEmulator
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from consumer.emulator import SalesforceEmulator
-from consumer.parse import email_key
-from consumer.soql import in_queries
+from consumer.devkit.emulator import SalesforceEmulator
+from consumer.model.messages import email_key
+from consumer.salesforce.soql import in_queries
 from tests.integration.scenario import Scenario, build
 from tests.integration.support import (
     collect,

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from consumer.emulator import SalesforceEmulator
+from consumer.devkit.emulator import SalesforceEmulator
 from tests.integration.support import (
     SAMPLES,
     RunningService,

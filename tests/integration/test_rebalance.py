@@ -96,7 +96,7 @@ async def test_members_joining_and_leaving_lose_nothing(kafka_bootstrap: str) ->
 async def test_a_salesforce_stall_longer_than_max_poll_interval_keeps_the_member(
     kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="consumer.pipeline")
+    caplog.set_level(logging.INFO, logger="consumer.engine.pipeline")
     scenario = build(n_people=20, n_events=200, seed=72, noise=False)
     topics = await scenario_topics(kafka_bootstrap, scenario, 2)
     async with make_emulator() as emulator:

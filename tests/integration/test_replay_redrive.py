@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumer.testing.broker import create_topics
+from consumer.devkit.broker import create_topics
 from tests.integration.support import committed_offsets
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]

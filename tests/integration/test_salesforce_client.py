@@ -10,17 +10,17 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from consumer.emulator import SalesforceEmulator
+from consumer.devkit.emulator import SalesforceEmulator
 from consumer.errors import (
     AuthenticationError,
     RequestLimitExceededError,
     RetryBudgetExhaustedError,
     SalesforceRequestError,
 )
-from consumer.metrics import Metrics
-from consumer.salesforce import SalesforceClient
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.client import SalesforceClient
+from consumer.salesforce.soql import quote_literal
 from consumer.settings import Settings
-from consumer.soql import quote_literal
 from tests.integration.support import CLIENT_ID, CLIENT_SECRET, make_emulator
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]

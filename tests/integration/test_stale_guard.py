@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from consumer.mapping import parse_mapping
-from consumer.replay import ReplayOptions, ToEarliest, replay
+from consumer.ops.replay import ReplayOptions, ToEarliest, replay
 from tests.integration.scenario import build
 from tests.integration.support import (
     SAMPLES,

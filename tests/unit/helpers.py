@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from consumer.events import Purpose
 from consumer.mapping import MappingConfig, TargetPlan, load_mapping, plan_target
-from consumer.parse import ConsentChange, email_key
+from consumer.model.changes import ConsentChange
+from consumer.model.events import Purpose
+from consumer.model.messages import email_key
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)

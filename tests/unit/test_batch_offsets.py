@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.batch import BatchAccumulator
-from consumer.offsets import OffsetBook, PartitionOffsets
+from consumer.engine.offsets import OffsetBook, PartitionOffsets
+from consumer.stages.batch import BatchAccumulator
 
 
 class Clock:

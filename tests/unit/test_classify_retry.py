@@ -14,8 +14,8 @@ from consumer.errors import (
     SalesforceTransientError,
     SessionExpiredError,
 )
-from consumer.retry import Backoff
-from consumer.salesforce import classify_response, classify_token_response, parse_limit_info
+from consumer.salesforce.client import classify_response, classify_token_response, parse_limit_info
+from consumer.salesforce.retry import Backoff
 
 
 @pytest.mark.parametrize(

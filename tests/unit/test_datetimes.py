@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from consumer.writer import format_datetime, millis, parse_datetime
+from consumer.salesforce.wire import format_datetime, millis, parse_datetime
 
 
 def test_format_is_utc_with_milliseconds() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from consumer.dedup import Sourced, merge_by_person
+from consumer.model.changes import Sourced
+from consumer.stages.merge import merge_by_person
 from tests.unit.helpers import change, example_plans, purpose
 
 

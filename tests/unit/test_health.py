@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.health import Health, PauseState
+from consumer.engine.health import Health, PauseState
 
 
 def test_live_while_the_loop_turns_and_batches_finish() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.mapper import map_purposes, selected_values
+from consumer.stages.map import map_purposes, selected_values
 from tests.unit.helpers import example_plans, purpose
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.parse import Accepted, Ignored, ParseRules, Rejected, email_key, parse_message
+from consumer.model.changes import Accepted, Ignored, Rejected
+from consumer.model.messages import email_key
+from consumer.stages.parse import ParseRules, parse_message
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "samples"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "samples"

@@ -19,17 +19,10 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from consumer.events import KNOWN_TYPES
-from consumer.parse import (
-    MAX_EMAIL_LENGTH,
-    Accepted,
-    Ignored,
-    ParseResult,
-    ParseRules,
-    Rejected,
-    email_key,
-    parse_message,
-)
+from consumer.model.changes import Accepted, Ignored, ParseResult, Rejected
+from consumer.model.events import KNOWN_TYPES
+from consumer.model.messages import email_key
+from consumer.stages.parse import MAX_EMAIL_LENGTH, ParseRules, parse_message
 
 settings.register_profile(
     "parse-properties",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from consumer.redrive import (
+from consumer.ops.redrive import (
     Ledger,
     Progress,
     changed,
@@ -16,7 +16,7 @@ from consumer.redrive import (
     redriven_headers,
     value_omitted,
 )
-from consumer.replay import (
+from consumer.ops.replay import (
     PartitionOffsets,
     PlanLine,
     ShiftBy,

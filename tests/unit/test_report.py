@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from consumer.dedup import Sourced, merge_by_person
-from consumer.outcomes import SalesforceErrorInfo
-from consumer.parse import Accepted, Ignored, ParseResult, Rejected
-from consumer.report import FIRST_SEEN_HEADER, InputMessage, assemble
-from consumer.writer import PersonResult
+from consumer.model.changes import Accepted, Ignored, ParseResult, PersonResult, Rejected, Sourced
+from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
+from consumer.model.outcomes import SalesforceErrorInfo
+from consumer.stages.merge import merge_by_person
+from consumer.stages.report import assemble
 from tests.unit.helpers import change, example_plans, purpose
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from consumer.schemas import SCHEMA_DIR, generate, stale, write
+from consumer.devkit.schemas import SCHEMA_DIR, generate, stale, write
 from tests.unit.helpers import SAMPLES
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.pipeline import KeySequencer
+from consumer.engine.pipeline import KeySequencer
 
 pytestmark = pytest.mark.asyncio
 

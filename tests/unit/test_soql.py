@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from consumer.soql import encode_query, escape_literal, in_queries, quote_literal
+from consumer.salesforce.soql import encode_query, escape_literal, in_queries, quote_literal
 
 PATH = "/services/data/v62.0/query"
 

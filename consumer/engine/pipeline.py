@@ -7,7 +7,7 @@ Three rules keep it from losing or reordering anything:
   for one person are never reordered (:class:`KeySequencer`);
 - an offset is marked done only after the batch's Salesforce writes and its outcome and
   dead-letter publishes are acknowledged, and a partition commits only its done prefix
-  (:class:`~consumer.offsets.OffsetBook`);
+  (:class:`~consumer.engine.offsets.OffsetBook`);
 - when work piles up, partitions are paused and polling goes on, so the member stays in its
   group however long Salesforce takes.
 """
@@ -28,23 +28,25 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
-from consumer.batch import BatchAccumulator
-from consumer.dedup import PersonWrite, Sourced, merge_by_person
+from consumer.engine.health import Health, PauseState
+from consumer.engine.offsets import OffsetBook, PartitionOffsets
 from consumer.errors import (
     ApiBudgetExceededError,
     AuthenticationError,
     RequestLimitExceededError,
     RetryBudgetExhaustedError,
 )
-from consumer.health import Health, PauseState
 from consumer.mapping import TargetPlan
-from consumer.metrics import Metrics
-from consumer.offsets import OffsetBook, PartitionOffsets
-from consumer.outcomes import Outcome, SalesforceErrorInfo
-from consumer.parse import Accepted, ParseResult, ParseRules, parse_message
-from consumer.report import DeadLetterOut, InputMessage, Publication, assemble
+from consumer.model.changes import Accepted, ParseResult, PersonResult, PersonWrite, Sourced
+from consumer.model.messages import InputMessage
+from consumer.model.outcomes import Outcome, SalesforceErrorInfo
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.writer import TargetWriter
 from consumer.settings import Settings
-from consumer.writer import PersonResult, TargetWriter
+from consumer.stages.batch import BatchAccumulator
+from consumer.stages.merge import merge_by_person
+from consumer.stages.parse import ParseRules, parse_message
+from consumer.stages.report import DeadLetterOut, Publication, assemble
 
 logger = logging.getLogger(__name__)
 

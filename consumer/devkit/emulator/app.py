@@ -2,7 +2,7 @@
 
 This layer stays thin: routing, authentication, the API usage header, faults/latency, the
 request-size cap and compression live here; every Salesforce rule about records, queries and
-tokens lives in :mod:`consumer.emulator.state`.
+tokens lives in :mod:`consumer.devkit.emulator.state`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_response import ContentCoding
 
-from consumer.emulator import soql
-from consumer.emulator.state import (
+from consumer.devkit.emulator import soql
+from consumer.devkit.emulator.state import (
     ApiError,
     EmulatorError,
     EmulatorState,

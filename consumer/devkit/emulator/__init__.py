@@ -6,7 +6,7 @@ Used by the integration tests and the demo::
         token_url = f"{emu.url}/services/oauth2/token"
 """
 
-from consumer.emulator.app import SalesforceEmulator
-from consumer.emulator.state import EmulatorError, FieldSpec
+from consumer.devkit.emulator.app import SalesforceEmulator
+from consumer.devkit.emulator.state import EmulatorError, FieldSpec
 
 __all__ = ["EmulatorError", "FieldSpec", "SalesforceEmulator"]

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from consumer.health import Health
-from consumer.metrics import Metrics
+from consumer.engine.health import Health
+from consumer.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Kafka adapter: builds the consumer and producer from Settings, with TLS and SASL.
 
-Only construction and lifecycle live here; the poll loop is in :mod:`consumer.pipeline`.
+Only construction and lifecycle live here; the poll loop is in :mod:`consumer.engine.pipeline`.
 """
 
 from __future__ import annotations

@@ -10,24 +10,31 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from consumer.events import (
+from consumer.model.changes import (
+    Accepted,
+    ConsentChange,
+    Ignored,
+    ParseResult,
+    Rejected,
+)
+from consumer.model.events import (
     KNOWN_TYPES,
     ConsentEvent,
     Envelope,
     EventCreated,
     EventDeleted,
     EventUpdated,
-    Purpose,
     User,
     UserCreated,
     UserDeleted,
     UserUpdated,
 )
+from consumer.model.messages import email_key
 
 _ENVELOPE: TypeAdapter[Any] = TypeAdapter(Envelope)
 
@@ -44,62 +51,6 @@ class ParseRules:
 
     regulations: Collection[str] = ("gdpr",)
     max_message_bytes: int = 1_048_576
-
-
-@dataclass(frozen=True)
-class ConsentChange:
-    """A validated choice of one person, normalised for the map and dedup stages."""
-
-    event_id: str
-    event_type: str
-    organization_user_id: str
-    #: ``organization_user_id`` trimmed and lower-cased: the dedup and match key.
-    email_key: str
-    event_time: datetime
-    regulation: str | None
-    purposes: tuple[Purpose, ...]
-    #: True for user entities (whole state), False for events (only what changed).
-    full_state: bool
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The message carries a change to apply."""
-
-    change: ConsentChange
-    kind: Literal["accepted"] = "accepted"
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """A valid message that, by the product's rules, changes nothing."""
-
-    reason: str
-    event_id: str | None
-    event_type: str
-    organization_user_id: str | None
-    event_time: datetime | None
-    kind: Literal["ignored"] = "ignored"
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A message that cannot be processed; it goes to the dead-letter topic."""
-
-    error_class: str
-    reason: str
-    event_type: str | None = None
-    event_id: str | None = None
-    organization_user_id: str | None = None
-    kind: Literal["rejected"] = "rejected"
-
-
-ParseResult = Accepted | Ignored | Rejected
-
-
-def email_key(organization_user_id: str) -> str:
-    """The case-insensitive key under which one person's events are merged and matched."""
-    return organization_user_id.strip().lower()
 
 
 def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:

@@ -21,22 +21,23 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
-from consumer.dedup import PersonWrite
 from consumer.errors import (
     RetryBudgetExhaustedError,
     SalesforceRequestError,
     SalesforceTransientError,
 )
 from consumer.mapping import TargetPlan
-from consumer.outcomes import SalesforceErrorInfo
-from consumer.parse import email_key
-from consumer.retry import Backoff
-from consumer.salesforce import COLLECTION_LIMIT, RecordResult, SalesforceClient
+from consumer.model.changes import PersonResult, PersonWrite
+from consumer.model.messages import email_key
+from consumer.model.outcomes import SalesforceErrorInfo
+from consumer.salesforce.client import COLLECTION_LIMIT, RecordResult, SalesforceClient
+from consumer.salesforce.retry import Backoff
+from consumer.salesforce.soql import encode_query, in_queries
+from consumer.salesforce.wire import format_datetime, parse_datetime
 from consumer.settings import Settings
-from consumer.soql import encode_query, in_queries
 
 logger = logging.getLogger(__name__)
 
@@ -46,49 +47,12 @@ RETRIABLE_RECORD_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION
 Operation = Literal["update", "create", "upsert"]
 
 
-@dataclass
-class PersonResult:
-    """What happened to one person on one target."""
-
-    status: Literal["updated", "created", "stale", "not_found", "failed"]
-    record_ids: list[str] = field(default_factory=list)
-    error: SalesforceErrorInfo | None = None
-    note: str | None = None
-    #: Batch indexes of events skipped because every record held newer data.
-    stale_indexes: set[int] = field(default_factory=set)
-
-
 @dataclass(frozen=True)
 class Match:
     """A record found for a person, with its last-synced stamp when the target has one."""
 
     id: str
     synced: datetime | None = None
-
-
-def millis(moment: datetime) -> datetime:
-    """``moment`` at Salesforce's precision (milliseconds), so comparisons are exact."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def format_datetime(moment: datetime) -> str:
-    """A datetime as Salesforce takes it (``2026-11-20T09:14:03.512Z``)."""
-    text = millis(moment).astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
-def parse_datetime(value: object) -> datetime | None:
-    """A Salesforce datetime (``2026-11-20T09:14:03.512+0000``), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.replace("Z", "+00:00")
-    if len(text) > 5 and text[-5] in "+-" and text[-3] != ":":
-        text = text[:-2] + ":" + text[-2:]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @dataclass

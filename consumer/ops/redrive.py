@@ -45,8 +45,16 @@ from consumer.errors import (
     RedrivePublishError,
     UsageError,
 )
-from consumer.kafka import connection_options, make_producer
-from consumer.replay import (
+from consumer.kafka.clients import connection_options, make_producer
+from consumer.model.messages import (
+    DLQ_HEADER_PREFIX,
+    ERROR_CLASS_HEADER,
+    FIRST_SEEN_HEADER,
+    REDRIVEN_AT_HEADER,
+    REDRIVEN_FROM_HEADER,
+    VALUE_OMITTED_HEADER,
+)
+from consumer.ops.replay import (
     DEFAULT_JOIN_TIMEOUT,
     EXIT_FAILED,
     EXIT_OK,
@@ -57,17 +65,10 @@ from consumer.replay import (
     make_reader,
     topic_partitions,
 )
-from consumer.report import FIRST_SEEN_HEADER
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DLQ_HEADER_PREFIX = "x-dlq-"
-ERROR_CLASS_HEADER = "x-dlq-error-class"
-#: Set by the service on a dead letter sent without its value (too large for the DLQ).
-VALUE_OMITTED_HEADER = "x-dlq-value-omitted"
-REDRIVEN_AT_HEADER = "x-redriven-at"
-REDRIVEN_FROM_HEADER = "x-redriven-from"
 #: How a message without an error-class header is shown.
 NO_CLASS = "(no class)"
 DEFAULT_IDLE_SECONDS = 2.0

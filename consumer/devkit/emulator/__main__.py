@@ -1,4 +1,4 @@
-"""Run the emulator standalone: ``python -m consumer.emulator --port 8080 [--seed-demo]``."""
+"""Run the emulator standalone: ``python -m consumer.devkit.emulator --port 8080 [--seed-demo]``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import contextlib
 import logging
 import signal
 
-from consumer.emulator import SalesforceEmulator
-from consumer.emulator.fields import example_custom_fields
+from consumer.devkit.emulator import SalesforceEmulator
+from consumer.devkit.emulator.fields import example_custom_fields
 
 
 def seed_demo(emu: SalesforceEmulator) -> None:
@@ -25,7 +25,8 @@ def seed_demo(emu: SalesforceEmulator) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m consumer.emulator", description="Run the Salesforce REST API emulator."
+        prog="python -m consumer.devkit.emulator",
+        description="Run the Salesforce REST API emulator.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -66,7 +67,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m consumer.emulator``."""
+    """Entry point of ``python -m consumer.devkit.emulator``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(_parse_args(argv)))

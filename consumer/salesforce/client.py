@@ -31,11 +31,11 @@ from consumer.errors import (
     SalesforceTransientError,
     SessionExpiredError,
 )
-from consumer.metrics import Metrics
-from consumer.outcomes import SalesforceErrorInfo
-from consumer.retry import Backoff
+from consumer.model.outcomes import SalesforceErrorInfo
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.retry import Backoff
+from consumer.salesforce.soql import encode_query
 from consumer.settings import TOKEN_PATH, Settings
-from consumer.soql import encode_query
 
 logger = logging.getLogger(__name__)
 

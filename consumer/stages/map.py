@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from consumer.events import Purpose
 from consumer.mapping import TargetPlan
-
-FieldValue = bool | str | None
-FieldValues = dict[str, FieldValue]
+from consumer.model.changes import FieldValues
+from consumer.model.events import Purpose
 
 
 def selected_values(raw: str) -> list[str]:

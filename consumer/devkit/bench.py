@@ -22,11 +22,12 @@ from typing import Any
 
 import orjson
 
-from consumer.dedup import Sourced, merge_by_person
 from consumer.mapping import TargetPlan, parse_mapping, plan_target
-from consumer.parse import Accepted, ParseRules, parse_message
-from consumer.report import InputMessage, assemble
-from consumer.writer import PersonResult
+from consumer.model.changes import Accepted, PersonResult, Sourced
+from consumer.model.messages import InputMessage
+from consumer.stages.merge import merge_by_person
+from consumer.stages.parse import ParseRules, parse_message
+from consumer.stages.report import assemble
 
 MAPPING = """
 targets:
@@ -143,11 +144,11 @@ async def run_e2e(count: int, people: int) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from consumer.emulator import FieldSpec, SalesforceEmulator
-    from consumer.metrics import Metrics
+    from consumer.devkit.broker import EmbeddedBroker, create_topics
+    from consumer.devkit.emulator import FieldSpec, SalesforceEmulator
+    from consumer.observability.metrics import Metrics
     from consumer.service import Service
     from consumer.settings import Settings
-    from consumer.testing.broker import EmbeddedBroker, create_topics
 
     values = messages(count, people)
     tag = uuid.uuid4().hex[:8]
@@ -233,8 +234,8 @@ async def run_e2e(count: int, people: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m consumer.bench``."""
-    parser = argparse.ArgumentParser(prog="python -m consumer.bench", description=__doc__)
+    """Entry point of ``python -m consumer.devkit.bench``."""
+    parser = argparse.ArgumentParser(prog="python -m consumer.devkit.bench", description=__doc__)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--people", type=int, default=2_000)
     parser.add_argument("--batch", type=int, default=1_000)

@@ -13,7 +13,7 @@ from consumer.mapping import (
     plan_target,
     validate_against_describe,
 )
-from consumer.salesforce import SalesforceClient
+from consumer.salesforce.client import SalesforceClient
 
 
 @dataclass

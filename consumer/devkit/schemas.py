@@ -1,6 +1,6 @@
 """JSON Schemas of the service's contracts, generated from the pydantic models.
 
-``python -m consumer.schemas write`` regenerates ``schemas/``; ``check`` exits non-zero when
+``python -m consumer.devkit.schemas write`` regenerates ``schemas/``; ``check`` exits non-zero when
 the files are out of date (a test runs the same comparison).
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter
 
-from consumer.events import Envelope
 from consumer.mapping import MappingConfig
-from consumer.outcomes import DeadLetter, Outcome
+from consumer.model.events import Envelope
+from consumer.model.outcomes import DeadLetter, Outcome
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
             print(f"out of date: {', '.join(bad)}; run `make schemas`", file=sys.stderr)
             return 1
         return 0
-    print("usage: python -m consumer.schemas write|check", file=sys.stderr)
+    print("usage: python -m consumer.devkit.schemas write|check", file=sys.stderr)
     return 2
 
 

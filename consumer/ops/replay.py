@@ -39,7 +39,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.errors import InconsistentGroupProtocolError, KafkaError
 
 from consumer.errors import JoinTimeoutError, LiveMembersError, TimeLookupError, UsageError
-from consumer.kafka import connection_options
+from consumer.kafka.clients import connection_options
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)

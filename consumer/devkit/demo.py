@@ -24,9 +24,9 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumer.emulator import SalesforceEmulator
-from consumer.emulator.fields import example_custom_fields
-from consumer.testing.broker import EmbeddedBroker, create_topics, free_port
+from consumer.devkit.broker import EmbeddedBroker, create_topics, free_port
+from consumer.devkit.emulator import SalesforceEmulator
+from consumer.devkit.emulator.fields import example_custom_fields
 
 CLIENT_ID = "demo-client-id"
 CLIENT_SECRET = "demo-client-secret"  # the emulator's; never a real credential

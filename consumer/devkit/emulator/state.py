@@ -1,6 +1,6 @@
 """Everything the Salesforce emulator remembers, in plain Python (no HTTP here).
 
-The aiohttp layer in :mod:`consumer.emulator.app` only translates requests into calls on
+The aiohttp layer in :mod:`consumer.devkit.emulator.app` only translates requests into calls on
 :class:`EmulatorState` and results (or :class:`ApiError`) into responses, so the behaviour that
 matters (validation rules, per-record results, paging, tokens, limits, faults) can be read and
 tested in one place.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from consumer.emulator import soql
+from consumer.devkit.emulator import soql
 
 __all__ = [
     "MAX_COLLECTION_RECORDS",

@@ -1,11 +1,11 @@
 """The custom fields of the example mapping (``mapping.example.yaml``), for the emulator.
 
-One definition shared by the demo, ``python -m consumer.emulator`` and the tests.
+One definition shared by the demo, ``python -m consumer.devkit.emulator`` and the tests.
 """
 
 from __future__ import annotations
 
-from consumer.emulator.state import FieldSpec
+from consumer.devkit.emulator.state import FieldSpec
 
 
 def example_custom_fields() -> dict[str, list[FieldSpec]]:

@@ -10,45 +10,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from consumer.dedup import PersonWrite
 from consumer.mapping import TargetPlan
-from consumer.outcomes import (
+from consumer.model.changes import (
+    Accepted,
+    Ignored,
+    ParseResult,
+    PersonResult,
+    PersonWrite,
+    Rejected,
+)
+from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
+from consumer.model.outcomes import (
     DeadLetter,
     Outcome,
     SourcePosition,
     TargetResult,
     overall_status,
 )
-from consumer.parse import Accepted, Ignored, ParseResult, Rejected
-from consumer.writer import PersonResult
-
-#: Header a dead letter keeps from its first trip, so a redriven message keeps its history.
-FIRST_SEEN_HEADER = "x-dlq-first-seen"
-
-
-@dataclass(frozen=True)
-class InputMessage:
-    """An input message as read from Kafka (what outcomes and dead letters refer to)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-    @property
-    def size(self) -> int:
-        """Bytes of key and value."""
-        return len(self.key or b"") + len(self.value or b"")
-
-    def header(self, name: str) -> bytes | None:
-        """The last value of a header, or None."""
-        found = None
-        for key, value in self.headers:
-            if key == name:
-                found = value
-        return found
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Kafka adapter: consumer and producer construction (TLS, SASL)."""

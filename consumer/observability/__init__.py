@@ -1,0 +1,1 @@
+"""Metrics (one definition on an injected registry) and the /metrics, /healthz, /readyz server."""

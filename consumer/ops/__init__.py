@@ -1,0 +1,1 @@
+"""Operator commands: ``replay`` (offset reset) and ``redrive`` (dead letters back to input)."""

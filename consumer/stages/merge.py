@@ -1,0 +1,39 @@
+"""Merge stage: many events of one person become one write per target.
+
+Pure. Within a batch, the events of one ``organization_user_id`` (compared case-insensitively)
+merge field by field in event-time order, ties broken by partition and offset: a later event
+wins each field it mentions, and a partial event never erases a field it did not mention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from consumer.mapping import TargetPlan
+from consumer.model.changes import PersonWrite, Sourced, Step
+from consumer.stages.map import map_purposes
+
+
+def merge_by_person(
+    changes: Iterable[Sourced], plans: Sequence[TargetPlan]
+) -> dict[str, PersonWrite]:
+    """Group changes by person and merge them per target, in event order."""
+    ordered = sorted(changes, key=lambda s: (s.change.event_time, s.partition, s.offset, s.index))
+    people: dict[str, PersonWrite] = {}
+    for item in ordered:
+        change = item.change
+        person = people.get(change.email_key)
+        if person is None:
+            person = people[change.email_key] = PersonWrite(
+                change.email_key, change.organization_user_id
+            )
+        person.email = change.organization_user_id.strip()
+        person.indexes.append(item.index)
+        step = Step(change.event_time, item.index, {})
+        for plan in plans:
+            values = map_purposes(change.purposes, plan)
+            if values:
+                person.fields.setdefault(plan.sobject, {}).update(values)
+                step.fields[plan.sobject] = values
+        person.steps.append(step)
+    return people
