@@ -1,9 +1,11 @@
 """The service's one exception hierarchy.
 
-Every class says whether retrying can help (``retriable``) and, for Salesforce answers, which
-of the four reactions applies: retry with backoff, refresh the token, pause consumption, or
-report per record. Callers catch by class, never by message text. Messages never carry
-secrets or access tokens.
+Every class says what the service does about it (``reaction``), and the code decides by that
+attribute, never by message text: the Salesforce transport retries ``RETRY`` and refreshes the
+token on ``REFRESH``; the writer reports ``REPORT`` per record and retries ``RETRY`` chunks; the
+write gate pauses writing on ``PAUSE`` (for ``pause_reason``), applies the configured policy on
+``EXHAUSTED``; ``STOP`` ends the service with a non-zero exit so that Kubernetes restarts it.
+Messages never carry secrets or access tokens.
 """
 
 from __future__ import annotations
@@ -13,20 +15,27 @@ from typing import Any
 
 
 class Reaction(StrEnum):
-    """What the pipeline does about an error."""
+    """What the service does about an error."""
 
     RETRY = "retry"  # transient: back off with jitter and try again
     REFRESH = "refresh"  # the session expired: get one new token, retry once
-    PAUSE = "pause"  # the org's quota is spent: stop writing until it recovers
+    PAUSE = "pause"  # stop writing for a while (quota, budget); nothing is acknowledged
     REPORT = "report"  # permanent: give the affected events a failed outcome
-    CONFIGURATION = "configuration"  # an operator must fix settings; retry slowly
+    CONFIGURATION = "configuration"  # an operator must fix settings; retried slowly (paused)
+    EXHAUSTED = "exhausted"  # retries outlasted their budget: SALESFORCE_ON_RETRY_EXHAUSTED
+    STOP = "stop"  # the service cannot go on safely: stop, exit non-zero, be restarted
+
+
+#: Reactions after which the same call can succeed later.
+_RETRIABLE = frozenset({Reaction.RETRY, Reaction.REFRESH, Reaction.PAUSE})
 
 
 class SyncError(Exception):
     """Base of every error raised by this service."""
 
-    retriable: bool = False
     reaction: Reaction = Reaction.REPORT
+    #: For ``PAUSE`` and ``CONFIGURATION``: the reason label of the pause (metrics, logs).
+    pause_reason: str = "unexpected_error"
     #: A stable, machine-readable name, used in outcomes, DLQ headers and metric labels.
     code: str = "SYNC_ERROR"
 
@@ -35,6 +44,11 @@ class SyncError(Exception):
         self.message = message
         if code is not None:
             self.code = code
+
+    @property
+    def retriable(self) -> bool:
+        """Whether the same call can succeed if tried again later (derived from reaction)."""
+        return self.reaction in _RETRIABLE
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -51,19 +65,6 @@ class MappingError(ConfigurationError):
     """The mapping file does not load, or does not fit the Salesforce org's fields."""
 
     code = "MAPPING_ERROR"
-
-
-# --- input ------------------------------------------------------------------------------
-
-
-class RejectedMessage(SyncError):
-    """An input message that cannot be processed; it goes to the dead-letter topic."""
-
-    code = "REJECTED"
-
-    def __init__(self, message: str, *, error_class: str) -> None:
-        super().__init__(message, code=error_class)
-        self.error_class = error_class
 
 
 # --- Salesforce -------------------------------------------------------------------------
@@ -90,7 +91,6 @@ class SalesforceError(SyncError):
 class SalesforceTransientError(SalesforceError):
     """5xx, timeouts, connection resets, concurrency limits: retry with backoff."""
 
-    retriable = True
     reaction = Reaction.RETRY
     code = "TRANSIENT"
 
@@ -98,31 +98,35 @@ class SalesforceTransientError(SalesforceError):
 class SessionExpiredError(SalesforceError):
     """401 INVALID_SESSION_ID: the access token expired or was revoked."""
 
-    retriable = True
     reaction = Reaction.REFRESH
     code = "INVALID_SESSION_ID"
 
 
 class AuthenticationError(SalesforceError):
-    """The token endpoint refused the credentials, or the session may not use the REST API."""
+    """The token endpoint refused the credentials, or the session may not use the REST API.
+
+    Writing pauses and the login is tried again every ``SALESFORCE_AUTH_RETRY_SECONDS``, so a
+    fixed secret is picked up without a restart loop.
+    """
 
     reaction = Reaction.CONFIGURATION
+    pause_reason = "authentication"
     code = "AUTHENTICATION_FAILED"
 
 
 class RequestLimitExceededError(SalesforceError):
     """403 REQUEST_LIMIT_EXCEEDED (TotalRequests): the org's 24-hour quota is spent."""
 
-    retriable = True
     reaction = Reaction.PAUSE
+    pause_reason = "daily_limit"
     code = "REQUEST_LIMIT_EXCEEDED"
 
 
 class ApiBudgetExceededError(SalesforceError):
     """The org's API usage passed the share this service may use; writing waits."""
 
-    retriable = True
     reaction = Reaction.PAUSE
+    pause_reason = "api_budget"
     code = "API_BUDGET_EXCEEDED"
 
 
@@ -132,13 +136,17 @@ class SalesforceRequestError(SalesforceError):
     reaction = Reaction.REPORT
 
 
-class RetryBudgetExhaustedError(SalesforceTransientError):
+class RetryBudgetExhaustedError(SalesforceError):
     """Transient errors went on for longer than the configured time budget.
 
-    ``done`` holds the results of the people written before the budget ran out (by email
-    key) and ``pending`` the keys still unwritten, so a caller can report exactly those.
+    ``SALESFORCE_ON_RETRY_EXHAUSTED`` decides: ``pause`` keeps the batch (reason
+    ``unavailable``), ``dead_letter`` reports the people still pending as failed. ``done`` holds
+    the results of the people written before the budget ran out (by email key) and ``pending``
+    the keys still unwritten, so a caller can report exactly those.
     """
 
+    reaction = Reaction.EXHAUSTED
+    pause_reason = "unavailable"
     code = "RETRY_BUDGET_EXHAUSTED"
 
     def __init__(
@@ -158,10 +166,11 @@ class RetryBudgetExhaustedError(SalesforceTransientError):
 
 
 class PublishError(SyncError):
-    """An outcome or dead-letter record could not be published; nothing is committed."""
+    """An outcome or dead letter the broker refused for a reason retrying cannot fix (unknown
+    topic, authorization, still too large once shrunk). Without its outcome a message cannot be
+    acknowledged, so the service stops (exit non-zero) instead of stalling."""
 
-    retriable = True
-    reaction = Reaction.RETRY
+    reaction = Reaction.STOP
     code = "PUBLISH_FAILED"
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 
+from consumer.engine.gate import GatePolicy, WriteGate
 from consumer.engine.health import Health
-from consumer.engine.pipeline import Pipeline
+from consumer.engine.pipeline import EngineConfig, Pipeline
+from consumer.engine.publisher import Publisher
 from consumer.errors import AuthenticationError, SalesforceTransientError
 from consumer.kafka.clients import make_consumer, make_producer
 from consumer.mapping import MappingConfig
@@ -26,13 +29,16 @@ from consumer.salesforce.check import CheckReport, check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter
 from consumer.settings import Settings
+from consumer.stages.parse import ParseRules
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Exit codes of ``run``.
+#: Exit codes of ``run``: done; stopped by an error nobody classified (restart me); the
+#: settings or the mapping need an operator.
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
@@ -67,8 +73,7 @@ class Service:
                 logger.error("the mapping does not fit the org:\n%s", report.render())
                 return EXIT_CONFIG
             self.health.salesforce_ok = True
-            await self._consume(report, stop)
-            return EXIT_OK
+            return await self._consume(report, stop)
         finally:
             await self.client.stop()
             await self.server.stop()
@@ -88,24 +93,51 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
-    async def _consume(self, report: CheckReport, stop: asyncio.Event) -> None:
+    async def _consume(self, report: CheckReport, stop: asyncio.Event) -> int:
         s = self.settings
         writers = [TargetWriter(self.client, plan, s) for plan in report.plans]
         producer = make_producer(s)
         consumer = make_consumer(s)
         if not await _start_with_retries(producer.start, stop, "producer"):
             await producer.stop()
-            return
+            return EXIT_OK
         try:
-            pipeline = Pipeline(
-                s,
-                report.plans,
-                self.mapping.regulations,
-                writers,
-                consumer,
-                producer,
+            clock = time.monotonic
+            gate = WriteGate(
+                GatePolicy(
+                    pause_seconds={
+                        "daily_limit": s.salesforce_limit_pause_seconds,
+                        "api_budget": s.salesforce_budget_pause_seconds,
+                        "authentication": s.salesforce_auth_retry_seconds,
+                        "unavailable": s.salesforce_retry_max_seconds,
+                    },
+                    default_pause_seconds=s.salesforce_retry_max_seconds,
+                    on_retry_exhausted=s.salesforce_on_retry_exhausted,
+                ),
                 self.metrics,
                 self.health,
+                clock=clock,
+            )
+            publisher = Publisher(
+                producer,
+                results_topic=s.kafka_results_topic,
+                dlq_topic=s.kafka_dlq_topic,
+                metrics=self.metrics,
+            )
+            pipeline = Pipeline(
+                EngineConfig.from_settings(s),
+                ParseRules(
+                    regulations=tuple(self.mapping.regulations),
+                    max_message_bytes=s.sync_max_message_bytes,
+                ),
+                report.plans,
+                writers,
+                consumer,
+                publisher,
+                gate,
+                self.metrics,
+                self.health,
+                clock=clock,
             )
             self.pipeline = pipeline
             consumer.subscribe([s.kafka_input_topic], listener=pipeline.listener())
@@ -113,12 +145,13 @@ class Service:
                 # start() waits for the first assignment, which can take a session timeout;
                 # a stop during that wait must still end the process promptly.
                 if not await _start_with_retries(consumer.start, stop, "consumer"):
-                    return
+                    return EXIT_OK
                 await pipeline.run(stop)
             finally:
                 await consumer.stop()
         finally:
             await producer.stop()
+        return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
 
 
 async def _start_with_retries(

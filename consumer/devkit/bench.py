@@ -25,6 +25,7 @@ import orjson
 from consumer.mapping import TargetPlan, parse_mapping, plan_target
 from consumer.model.changes import Accepted, PersonResult, Sourced
 from consumer.model.messages import InputMessage
+from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
 from consumer.stages.parse import ParseRules, parse_message
 from consumer.stages.report import assemble
@@ -100,11 +101,11 @@ def pure_path(values: list[bytes], plans: list[TargetPlan], batch: int) -> None:
         msgs = [InputMessage("t", 0, start + i, None, v) for i, v in enumerate(chunk)]
         parsed = [parse_message(v, rules) for v in chunk]
         sourced = [
-            Sourced(r.change, 0, m.offset, i)
+            Sourced(r.change, 0, m.offset, i, map_change(r.change, plans))
             for i, (m, r) in enumerate(zip(msgs, parsed, strict=True))
             if isinstance(r, Accepted)
         ]
-        people = merge_by_person(sourced, plans)
+        people = merge_by_person(sourced)
         results = {p.sobject: {k: PersonResult("updated", ["003"]) for k in people} for p in plans}
         publications, _ = assemble(msgs, parsed, people, results, plans, now)
         for pub in publications:

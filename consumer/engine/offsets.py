@@ -37,6 +37,10 @@ class PartitionOffsets:
             done.discard(first)
             self._committable = first + 1
 
+    def first_pending(self) -> int | None:
+        """The first registered offset not yet done (None when all are done)."""
+        return self._pending[0] if self._pending else None
+
     def committable(self) -> int | None:
         """The offset to commit (the next one to read), or None when nothing is done yet."""
         return self._committable
@@ -45,41 +49,3 @@ class PartitionOffsets:
     def in_flight(self) -> int:
         """How many registered offsets are not yet committable."""
         return len(self._pending)
-
-
-class OffsetBook:
-    """Per-partition trackers plus what was last committed, to commit only what moved."""
-
-    def __init__(self) -> None:
-        self._parts: dict[tuple[str, int], PartitionOffsets] = {}
-        self._committed: dict[tuple[str, int], int] = {}
-
-    def track(self, key: tuple[str, int]) -> PartitionOffsets:
-        """The tracker of one partition, created on first use."""
-        part = self._parts.get(key)
-        if part is None:
-            part = self._parts[key] = PartitionOffsets()
-        return part
-
-    def to_commit(self) -> dict[tuple[str, int], int]:
-        """Partitions whose committable offset moved since the last :meth:`committed`."""
-        out: dict[tuple[str, int], int] = {}
-        for key, part in self._parts.items():
-            pos = part.committable()
-            if pos is not None and self._committed.get(key) != pos:
-                out[key] = pos
-        return out
-
-    def committed(self, positions: dict[tuple[str, int], int]) -> None:
-        """Record positions the broker acknowledged."""
-        self._committed.update(positions)
-
-    def forget(self, keys: list[tuple[str, int]]) -> None:
-        """Drop partitions this member no longer owns."""
-        for key in keys:
-            self._parts.pop(key, None)
-            self._committed.pop(key, None)
-
-    def in_flight(self) -> int:
-        """Offsets registered and not yet committable, over all partitions."""
-        return sum(p.in_flight for p in self._parts.values())

@@ -7,6 +7,7 @@ and target; the report stage joins all of them back to the input messages.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -78,6 +79,8 @@ class Sourced:
     offset: int
     #: The index of the message in its batch; outcomes are joined back on it.
     index: int
+    #: What the change writes, by sObject (the map stage's answer; only non-empty targets).
+    fields: Mapping[str, FieldValues] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from consumer.mapping import TargetPlan
-from consumer.model.changes import FieldValues
+from consumer.model.changes import ConsentChange, FieldValues
 from consumer.model.events import Purpose
 
 
@@ -25,6 +25,16 @@ def selected_values(raw: str) -> list[str]:
         if value and value not in seen:
             seen.append(value)
     return seen
+
+
+def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, FieldValues]:
+    """What one change writes to each target (targets with nothing to write are left out)."""
+    out: dict[str, FieldValues] = {}
+    for plan in plans:
+        values = map_purposes(change.purposes, plan)
+        if values:
+            out[plan.sobject] = values
+    return out
 
 
 def map_purposes(purposes: Iterable[Purpose], plan: TargetPlan) -> FieldValues:

@@ -7,17 +7,13 @@ wins each field it mentions, and a partial event never erases a field it did not
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from consumer.mapping import TargetPlan
 from consumer.model.changes import PersonWrite, Sourced, Step
-from consumer.stages.map import map_purposes
 
 
-def merge_by_person(
-    changes: Iterable[Sourced], plans: Sequence[TargetPlan]
-) -> dict[str, PersonWrite]:
-    """Group changes by person and merge them per target, in event order."""
+def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
+    """Group changes by person and merge their mapped fields per target, in event order."""
     ordered = sorted(changes, key=lambda s: (s.change.event_time, s.partition, s.offset, s.index))
     people: dict[str, PersonWrite] = {}
     for item in ordered:
@@ -30,10 +26,9 @@ def merge_by_person(
         person.email = change.organization_user_id.strip()
         person.indexes.append(item.index)
         step = Step(change.event_time, item.index, {})
-        for plan in plans:
-            values = map_purposes(change.purposes, plan)
+        for sobject, values in item.fields.items():
             if values:
-                person.fields.setdefault(plan.sobject, {}).update(values)
-                step.fields[plan.sobject] = values
+                person.fields.setdefault(sobject, {}).update(values)
+                step.fields[sobject] = dict(values)
         person.steps.append(step)
     return people

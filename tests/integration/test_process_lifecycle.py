@@ -48,6 +48,10 @@ async def test_sigterm_finishes_in_flight_work_then_commits_exactly_it(
             emulator.url,
             SYNC_BATCH_MAX_EVENTS="100",
             SYNC_SHUTDOWN_TIMEOUT_SECONDS="15",
+            # Little fetched ahead, so the stop lands mid-way: the drain finishes what was
+            # fetched and the rest stays for the next run.
+            SYNC_MAX_PENDING_EVENTS="300",
+            KAFKA_FETCH_MAX_RECORDS="100",
         )
         async with collect(kafka_bootstrap, topics.results) as results:
             service = ServiceProcess(env, tmp_path / "service.log")

@@ -60,7 +60,8 @@ async def test_one_persons_validation_error_does_not_fail_the_others(kafka_boots
             "unable to obtain exclusive access",
             email="p2@example.com",
         )
-        settings = settings_for(kafka_bootstrap, topics, emulator.url)
+        # One lane, so everybody shares one batch and its calls can be counted.
+        settings = settings_for(kafka_bootstrap, topics, emulator.url, sync_concurrency=1)
         async with (
             collect(kafka_bootstrap, topics.results) as results,
             collect(kafka_bootstrap, topics.dlq) as dlq,

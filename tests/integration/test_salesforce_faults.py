@@ -13,11 +13,16 @@ from typing import Any
 
 import pytest
 
+from consumer.engine.lanes import lane_of
 from consumer.mapping import parse_mapping
+from consumer.model.messages import email_key
 from tests.integration.scenario import build
 from tests.integration.support import (
+    Topics,
     collect,
     make_emulator,
+    make_topics,
+    produce,
     running_service,
     sample_value,
     scenario_topics,
@@ -156,7 +161,10 @@ async def test_refused_login_keeps_the_service_up_and_unready_until_fixed(
 
 async def test_rest_api_revoked_mid_run_pauses_and_resumes(kafka_bootstrap: str) -> None:
     scenario = build(n_people=30, n_events=400, seed=34)
-    topics = await scenario_topics(kafka_bootstrap, scenario)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics)
+    pairs = [(m.key, m.value) for m in scenario.messages]
+    await produce(kafka_bootstrap, topics.input, pairs[:100])
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=10)
@@ -171,11 +179,25 @@ async def test_rest_api_revoked_mid_run_pauses_and_resumes(kafka_bootstrap: str)
             collect(kafka_bootstrap, topics.results) as results,
             running_service(settings) as running,
         ):
-            await wait_for(lambda: len(results.records) >= 50, 60, "first outcomes")
+            await wait_for(lambda: len(results.records) >= 100, 60, "first outcomes")
             emulator.rest_api_disabled = True
+            # The rest arrives while the integration user has lost API access.
+            await produce(kafka_bootstrap, topics.input, pairs[100:])
             health = running.service.health
             await wait_for(lambda: not health.salesforce_ok, 20, "not ready")
-            await asyncio.sleep(1.5)
+            metrics = running.service.metrics
+            await wait_for(
+                lambda: (
+                    sample_value(
+                        metrics,
+                        "consent_sync_salesforce_calls_total",
+                        {"operation": "query", "status": "401"},
+                    )
+                    >= 2
+                ),
+                20,
+                "a refused probe after the pause",
+            )
             emulator.rest_api_disabled = False
             await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
             await wait_for(lambda: health.salesforce_ok, 10, "ready again")
@@ -338,8 +360,19 @@ async def test_external_id_mode_upserts_without_queries(kafka_bootstrap: str) ->
             collect(kafka_bootstrap, topics.results) as results,
             running_service(settings, parse_mapping(EXTERNAL_ID_MAPPING)) as running,
         ):
-            await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
+            # Everything is fetched while the lanes linger; the shutdown writes each lane's
+            # one batch, so the calls can be counted lane by lane.
+            consumed = "consent_sync_messages_consumed_total"
+            await wait_for(
+                lambda: (
+                    sample_value(running.service.metrics, consumed, {"topic": topics.input})
+                    >= len(scenario.messages)
+                ),
+                60,
+                "every message fetched",
+            )
             assert await running.finish() == 0
+            await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
         stats = emulator.stats
         expected = scenario.expected_contacts()
         for person, email in enumerate(scenario.emails):
@@ -356,12 +389,15 @@ async def test_external_id_mode_upserts_without_queries(kafka_bootstrap: str) ->
                 assert record["LastName"] == "Unknown"
             for name, value in expected[person].items():
                 assert record[name] == value, (email, name)
-    people = len(expected)
     new_people = sum(1 for p in expected if p not in existing)
     assert stats["query"] == 0
-    # One call per 200 people, plus one for the people Salesforce could only create with
-    # create_defaults (a second pass, so that defaults never overwrite existing records).
-    assert stats["upsert"] == -(-people // 200) + -(-new_people // 200)
+    # One call per 200 people of a lane's batch, plus one for the people Salesforce could only
+    # create with create_defaults (a second pass, so that defaults never overwrite records).
+    calls = 0
+    for n in range(settings.sync_concurrency):
+        mine = [p for p in expected if lane_of(email_key(scenario.emails[p]), 4) == n]
+        calls += -(-len(mine) // 200) + -(-sum(1 for p in mine if p not in existing) // 200)
+    assert stats["upsert"] == calls
     created = Counter(t["status"] for o in results.values() for t in o["targets"])
     assert created["created"] >= new_people
     assert created["failed"] == 0

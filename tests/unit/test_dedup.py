@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from consumer.model.changes import Sourced
+from consumer.model.changes import ConsentChange, Sourced
+from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
 from tests.unit.helpers import change, example_plans, purpose
 
 
-def src(c, partition: int = 0, offset: int = 0, index: int = 0) -> Sourced:  # type: ignore[no-untyped-def]
-    return Sourced(c, partition, offset, index)
+def src(c: ConsentChange, partition: int = 0, offset: int = 0, index: int = 0) -> Sourced:
+    return Sourced(c, partition, offset, index, map_change(c, example_plans()))
 
 
 def test_later_event_wins_per_field_and_partial_events_keep_other_fields() -> None:
-    plans = example_plans()
     first = change("jane@x.com", purpose("newsletter", True), purpose("analytics", True), minutes=1)
     second = change("jane@x.com", purpose("analytics", False), minutes=2)
-    people = merge_by_person([src(second, offset=1, index=1), src(first, offset=0, index=0)], plans)
+    people = merge_by_person([src(second, offset=1, index=1), src(first, offset=0, index=0)])
     assert list(people) == ["jane@x.com"]
     person = people["jane@x.com"]
     assert person.fields["Contact"] == {
@@ -27,57 +27,51 @@ def test_later_event_wins_per_field_and_partial_events_keep_other_fields() -> No
 
 
 def test_event_time_orders_even_when_offsets_disagree() -> None:
-    plans = example_plans()
     newer = change("a@x.com", purpose("newsletter", False), minutes=5)
     older = change("a@x.com", purpose("newsletter", True), minutes=1)
     # The newer event was read first (lower offset): event time still decides.
-    people = merge_by_person([src(newer, offset=0, index=0), src(older, offset=1, index=1)], plans)
+    people = merge_by_person([src(newer, offset=0, index=0), src(older, offset=1, index=1)])
     assert people["a@x.com"].fields["Contact"]["Newsletter_Consent__c"] is False
 
 
 def test_ties_in_event_time_are_broken_by_offset() -> None:
-    plans = example_plans()
     a = change("a@x.com", purpose("newsletter", True), minutes=1)
     b = change("a@x.com", purpose("newsletter", False), minutes=1)
-    people = merge_by_person([src(b, offset=8, index=1), src(a, offset=7, index=0)], plans)
+    people = merge_by_person([src(b, offset=8, index=1), src(a, offset=7, index=0)])
     assert people["a@x.com"].fields["Contact"]["Newsletter_Consent__c"] is False
 
 
 def test_emails_differing_in_case_are_one_person_with_latest_spelling() -> None:
-    plans = example_plans()
     a = change("Jane@X.com", purpose("newsletter", True), minutes=1)
     b = change("jane@x.COM ", purpose("analytics", True), minutes=2)
-    people = merge_by_person([src(a, index=0), src(b, offset=1, index=1)], plans)
+    people = merge_by_person([src(a, index=0), src(b, offset=1, index=1)])
     assert list(people) == ["jane@x.com"]
     assert people["jane@x.com"].email == "jane@x.COM"
 
 
 def test_person_with_nothing_mapped_for_a_target_has_no_write_there() -> None:
-    plans = example_plans()
     c = change("a@x.com", purpose("analytics", True))
-    person = merge_by_person([src(c)], plans)["a@x.com"]
+    person = merge_by_person([src(c)])["a@x.com"]
     assert "Lead" not in person.fields
     assert person.fields["Contact"] == {"Analytics_Consent__c": True}
 
 
 def test_many_people_stay_apart() -> None:
-    plans = example_plans()
     items = [
         src(change(f"p{i}@x.com", purpose("newsletter", i % 2 == 0)), offset=i, index=i)
         for i in range(50)
     ]
-    people = merge_by_person(items, plans)
+    people = merge_by_person(items)
     assert len(people) == 50
     assert people["p3@x.com"].fields["Contact"]["Newsletter_Consent__c"] is False
 
 
 def test_fields_after_keeps_only_newer_events_in_order() -> None:
-    plans = example_plans()
     a = change("a@x.com", purpose("newsletter", True), purpose("analytics", True), minutes=1)
     b = change("a@x.com", purpose("newsletter", False), minutes=2)
     c = change("a@x.com", purpose("analytics", False), minutes=3)
     person = merge_by_person(
-        [src(a, offset=0, index=0), src(b, offset=1, index=1), src(c, offset=2, index=2)], plans
+        [src(a, offset=0, index=0), src(b, offset=1, index=1), src(c, offset=2, index=2)]
     )["a@x.com"]
     everything, used = person.fields_after("Contact", None)
     assert everything == person.fields["Contact"]

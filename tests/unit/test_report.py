@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from consumer.model.changes import Accepted, Ignored, ParseResult, PersonResult, Rejected, Sourced
 from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
 from consumer.model.outcomes import SalesforceErrorInfo
+from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
 from consumer.stages.report import assemble
 from tests.unit.helpers import change, example_plans, purpose
@@ -29,7 +30,12 @@ def test_every_kind_of_message_gets_exactly_one_outcome() -> None:
         Accepted(max_),
     ]
     messages = [message(i) for i in range(4)]
-    people = merge_by_person([Sourced(jane, 2, 2, 2), Sourced(max_, 2, 3, 3)], plans)
+    people = merge_by_person(
+        [
+            Sourced(jane, 2, 2, 2, map_change(jane, plans)),
+            Sourced(max_, 2, 3, 3, map_change(max_, plans)),
+        ]
+    )
     results = {
         "Contact": {
             "jane@x.com": PersonResult("updated", ["003A", "003B"], note="2 share this email"),
@@ -68,7 +74,11 @@ def test_stale_events_and_events_without_mapped_choices() -> None:
     nothing = change("b@x.com", purpose("cookies", True), minutes=3, event_id="none")
     parsed: list[ParseResult] = [Accepted(old), Accepted(new), Accepted(nothing)]
     people = merge_by_person(
-        [Sourced(old, 0, 0, 0), Sourced(new, 0, 1, 1), Sourced(nothing, 0, 2, 2)], plans
+        [
+            Sourced(old, 0, 0, 0, map_change(old, plans)),
+            Sourced(new, 0, 1, 1, map_change(new, plans)),
+            Sourced(nothing, 0, 2, 2, map_change(nothing, plans)),
+        ]
     )
     results = {
         "Contact": {"a@x.com": PersonResult("updated", ["003A"], stale_indexes={0})},

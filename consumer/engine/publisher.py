@@ -1,0 +1,212 @@
+"""The publisher: outcomes to the results topic and dead letters to the dead-letter topic.
+
+Waits until the broker acknowledged every record, because only then may the messages they
+answer be committed. Each failed record is handled by what its error says:
+
+- retriable (a leader moved, a timeout, a lost connection): only that record is sent again,
+  after a growing delay; what was acknowledged is never sent twice;
+- too large (for the producer's ``max_request_size`` or the topic's ``max.message.bytes``):
+  the record is shrunk, never retried as it is: a dead letter loses its value first (a
+  header says so; the ``x-dlq-source-*`` headers still say where the original is), then its key
+  and original headers; an outcome is cut down to its status, ids and position;
+- anything else (unknown topic, authorization, still too large once shrunk) cannot succeed by
+  retrying: :class:`~consumer.errors.PublishError`, and the service stops (exit non-zero)
+  instead of stalling with nothing acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from consumer.engine.ports import ProducerPort
+from consumer.errors import PublishError
+from consumer.model.messages import DLQ_HEADER_PREFIX, VALUE_OMITTED_HEADER
+from consumer.model.outcomes import Outcome
+from consumer.observability.metrics import Metrics
+from consumer.stages.report import DeadLetterOut, Publication
+
+logger = logging.getLogger(__name__)
+
+#: Set on a dead letter sent without its key and original headers (still too large without
+#: its value).
+KEY_OMITTED_HEADER = "x-dlq-key-omitted"
+#: Set on an outcome cut down to its status, ids and position (too large for the topic).
+OUTCOME_SHRUNK_HEADER = "x-outcome-shrunk"
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One record to send, and how it can still be shrunk."""
+
+    what: str  # "outcome" | "dead letter"
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    #: How many times it was shrunk already.
+    shrunk: int = 0
+    outcome: Outcome | None = None
+
+    def smaller(self) -> _Record | None:
+        """The next smaller form of this record, or None when nothing is left to cut."""
+        if self.what == "dead letter":
+            if self.shrunk == 0:
+                headers = (*self.headers, (VALUE_OMITTED_HEADER, b"too large for the topic"))
+                return replace(self, value=b"", headers=headers, shrunk=1)
+            if self.shrunk == 1:
+                ours = tuple((k, v) for k, v in self.headers if k.startswith(DLQ_HEADER_PREFIX))
+                headers = (*ours, (KEY_OMITTED_HEADER, b"too large for the topic"))
+                return replace(self, key=None, headers=headers, shrunk=2)
+            return None
+        if self.shrunk == 0 and self.outcome is not None:
+            small = _minimal(self.outcome)
+            headers = (*self.headers, (OUTCOME_SHRUNK_HEADER, b"too large for the topic"))
+            return replace(self, value=outcome_bytes(small), key=None, headers=headers, shrunk=1)
+        return None
+
+
+class Publisher:
+    """Publishes a batch's dead letters, then its outcomes, and waits for every ack."""
+
+    def __init__(
+        self,
+        producer: ProducerPort,
+        *,
+        results_topic: str,
+        dlq_topic: str,
+        metrics: Metrics,
+        retry_initial_seconds: float = 0.5,
+        retry_max_seconds: float = 10.0,
+    ) -> None:
+        self._producer = producer
+        self._results = results_topic
+        self._dlq = dlq_topic
+        self._metrics = metrics
+        self._initial = retry_initial_seconds
+        self._max = retry_max_seconds
+
+    async def publish(
+        self, publications: Sequence[Publication], dead: Sequence[DeadLetterOut]
+    ) -> None:
+        """Send dead letters, then outcomes; return once the broker acknowledged all of them.
+
+        Raises :class:`PublishError` when a record can never be published.
+        """
+        # Dead letters first: whoever reads an outcome saying "dead-lettered" finds it there.
+        await self._deliver([self._dead_letter(d) for d in dead])
+        await self._deliver([self._outcome(p) for p in publications])
+        if dead:
+            for cls, n in Counter(d.info.error_class for d in dead).items():
+                self._metrics.dead_letters.labels(cls).inc(n)
+        counts: Counter[tuple[str, str]] = Counter()
+        for pub in publications:
+            if not pub.outcome.targets:
+                counts[(pub.outcome.status, "")] += 1
+            for target in pub.outcome.targets:
+                counts[(target.status, target.sobject)] += 1
+        for (status, sobject), n in counts.items():
+            self._metrics.outcomes.labels(status, sobject).inc(n)
+
+    def _dead_letter(self, letter: DeadLetterOut) -> _Record:
+        message = letter.message
+        kept = tuple((k, v) for k, v in message.headers if not k.startswith(DLQ_HEADER_PREFIX))
+        return _Record(
+            "dead letter",
+            self._dlq,
+            message.key,
+            message.value,
+            (*kept, *letter.info.headers()),
+        )
+
+    def _outcome(self, pub: Publication) -> _Record:
+        return _Record(
+            "outcome", self._results, pub.key, outcome_bytes(pub.outcome), (), outcome=pub.outcome
+        )
+
+    async def _deliver(self, records: list[_Record]) -> None:
+        delay = self._initial
+        pending = records
+        while pending:
+            answers = await self._send_all(pending)
+            again: list[_Record] = []
+            transient: BaseException | None = None
+            for record, answer in zip(pending, answers, strict=True):
+                if not isinstance(answer, BaseException):
+                    continue
+                if isinstance(answer, MessageSizeTooLargeError):
+                    smaller = record.smaller()
+                    if smaller is None:
+                        raise PublishError(
+                            f"{record.what} for {record.topic} is too large even when shrunk"
+                        ) from answer
+                    logger.warning(
+                        "%s too large for %s; sending it shrunk", record.what, record.topic
+                    )
+                    again.append(smaller)
+                elif isinstance(answer, KafkaError) and answer.retriable:
+                    again.append(record)
+                    transient = answer
+                elif isinstance(answer, asyncio.CancelledError):
+                    raise answer
+                else:
+                    raise PublishError(
+                        f"publishing a {record.what} to {record.topic} failed: "
+                        f"{type(answer).__name__}"
+                    ) from answer
+            if transient is not None:
+                logger.warning(
+                    "publishing failed; retrying",
+                    extra={"records": len(again), "error": repr(transient), "delay_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max)
+            pending = again
+
+    async def _send_all(self, records: list[_Record]) -> list[object]:
+        """Queue every record, then wait for every delivery; one answer (or error) each."""
+        answers: list[object] = []
+        futures: list[asyncio.Future[Any]] = []
+        slots: list[int] = []
+        for record in records:
+            try:
+                future = await self._producer.send(
+                    record.topic, value=record.value, key=record.key, headers=list(record.headers)
+                )
+            except (KafkaError, ValueError, TypeError) as exc:
+                # send() itself refuses a record over max_request_size (before queuing it);
+                # the broker's refusals arrive on the delivery future instead.
+                answers.append(exc)
+                continue
+            slots.append(len(answers))
+            answers.append(None)
+            futures.append(future)
+        delivered = await asyncio.gather(*futures, return_exceptions=True)
+        for slot, answer in zip(slots, delivered, strict=True):
+            answers[slot] = answer
+        return answers
+
+
+def outcome_bytes(outcome: Outcome) -> bytes:
+    """An outcome as published (JSON, without null fields)."""
+    return orjson.dumps(outcome.model_dump(mode="json", exclude_none=True))
+
+
+def _minimal(outcome: Outcome) -> Outcome:
+    return Outcome(
+        status=outcome.status,
+        reason="outcome too large for the results topic: details dropped",
+        error_class=outcome.error_class,
+        event_id=(outcome.event_id or "")[:200] or None,
+        event_type=(outcome.event_type or "")[:100] or None,
+        source=outcome.source,
+        event_time=outcome.event_time,
+        processed_at=outcome.processed_at,
+    )

@@ -1,0 +1,233 @@
+"""In-memory stand-ins for the engine's ports: a group member, a producer, target writers.
+
+They keep what a broker keeps (logs, positions, committed offsets, an assignment, paused
+partitions) so the engine's ordering, commit, rebalance and drain rules can be tested in
+milliseconds; what only a real broker shows stays in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from consumer.model.changes import PersonResult, PersonWrite
+
+
+@dataclass(frozen=True)
+class Record:
+    """A fetched record (the fields of aiokafka's ConsumerRecord the engine reads)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class MemoryConsumer:
+    """One group member over in-memory partition logs."""
+
+    def __init__(self, topic: str, partitions: int = 1) -> None:
+        self.topic = topic
+        self.logs: dict[TopicPartition, list[Record]] = {
+            TopicPartition(topic, p): [] for p in range(partitions)
+        }
+        self.committed: dict[TopicPartition, int] = {}
+        self.commits: list[dict[TopicPartition, int]] = []
+        self._assigned: set[TopicPartition] = set(self.logs)
+        self._position: dict[TopicPartition, int] = dict.fromkeys(self.logs, 0)
+        self._paused: set[TopicPartition] = set()
+        self._wake = asyncio.Event()
+        self.listener: ConsumerRebalanceListener | None = None
+        #: Exceptions the next commits raise, in order.
+        self.commit_errors: list[BaseException] = []
+
+    # --- test side -----------------------------------------------------------------------
+
+    def append(
+        self, partition: int, value: bytes | None, key: bytes | None = None, timestamp: int = 0
+    ) -> int:
+        """Append a record; returns its offset."""
+        tp = TopicPartition(self.topic, partition)
+        log = self.logs[tp]
+        log.append(Record(self.topic, partition, len(log), timestamp, key, value))
+        self._wake.set()
+        return len(log) - 1
+
+    @property
+    def paused_partitions(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    async def rebalance(self, assignment: set[TopicPartition]) -> None:
+        """An eager rebalance: everything revoked, then ``assignment`` handed out from the
+        committed offsets."""
+        revoked = set(self._assigned)
+        if self.listener is not None:
+            await self.listener.on_partitions_revoked(revoked)
+        self._assigned = set()
+        self._paused.clear()
+        for tp in assignment:
+            self._position[tp] = self.committed.get(tp, 0)
+        self._assigned = set(assignment)
+        if self.listener is not None:
+            await self.listener.on_partitions_assigned(set(assignment))
+        self._wake.set()
+
+    # --- the port ------------------------------------------------------------------------
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Mapping[TopicPartition, Sequence[Any]]:
+        out = self._fetch(max_records)
+        if not out and timeout_ms > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout_ms / 1000)
+            except TimeoutError:
+                return {}
+            out = self._fetch(max_records)
+        return out
+
+    def _fetch(self, max_records: int | None) -> dict[TopicPartition, list[Record]]:
+        out: dict[TopicPartition, list[Record]] = {}
+        budget = max_records or 1_000_000
+        for tp in sorted(self._assigned - self._paused):
+            pos = self._position[tp]
+            batch = self.logs[tp][pos : pos + budget]
+            if batch:
+                out[tp] = batch
+                self._position[tp] = pos + len(batch)
+                budget -= len(batch)
+            if budget <= 0:
+                break
+        return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused.difference_update(partitions)
+        self._wake.set()
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return len(self.logs[partition])
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._position[partition] = offset
+        self._wake.set()
+
+    async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.commit_errors:
+            raise self.commit_errors.pop(0)
+        moved = {tp: meta.offset for tp, meta in offsets.items()}
+        self.commits.append(moved)
+        self.committed.update(moved)
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class MemoryProducer:
+    """A producer whose records land in lists; faults are injected per topic."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, list[Sent]] = defaultdict(list)
+        #: topic -> exceptions for the next deliveries to that topic (on the future).
+        self.fail_delivery: dict[str, list[BaseException]] = defaultdict(list)
+        #: Largest value accepted by send() itself (like max_request_size), None: no limit.
+        self.max_value_bytes: int | None = None
+        #: Decides a delivery's error from the record (None: delivered).
+        self.fail_when: Callable[[Sent], BaseException | None] | None = None
+        self.attempts = 0
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        self.attempts += 1
+        if self.max_value_bytes is not None and len(value or b"") > self.max_value_bytes:
+            raise MessageSizeTooLargeError("over max_request_size")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        sent = Sent(topic, key, value, list(headers or []))
+        faults = self.fail_delivery.get(topic)
+        error = faults.pop(0) if faults else None
+        if error is None and self.fail_when is not None:
+            error = self.fail_when(sent)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            self.topics[topic].append(sent)
+            future.set_result(None)
+        return future
+
+
+@dataclass
+class Call:
+    """One write call a fake writer received."""
+
+    people: dict[str, dict[str, Any]]
+
+
+@dataclass
+class MemoryWriter:
+    """A target writer that records calls; each person gets ``updated``."""
+
+    sobject: str
+    calls: list[Call] = field(default_factory=list)
+    #: Exceptions the next calls raise, in order.
+    errors: list[BaseException] = field(default_factory=list)
+    #: Seconds each call takes (popped per call; 0 when empty).
+    latencies: list[float] = field(default_factory=list)
+    #: When set, calls wait for it (a Salesforce that hangs until the test lets it go).
+    gate: asyncio.Event | None = None
+    #: email key -> an event the calls holding that person wait for.
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    async def write(self, people: Sequence[PersonWrite]) -> dict[str, PersonResult]:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            for person in people:
+                held = self.hold.get(person.email_key)
+                if held is not None and person.fields.get(self.sobject):
+                    await held.wait()
+            if self.latencies:
+                await asyncio.sleep(self.latencies.pop(0))
+            if self.errors:
+                raise self.errors.pop(0)
+            mine = {
+                p.email_key: dict(p.fields[self.sobject])
+                for p in people
+                if p.fields.get(self.sobject)
+            }
+            self.calls.append(Call(mine))
+            return {k: PersonResult("updated", [f"id-{k}"]) for k in mine}
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,316 @@
+"""The engine's rules on in-memory ports: order per person, in-order commits, lanes in
+parallel, failures that stop the service, rebalance and drain. No broker, no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import TopicAuthorizationFailedError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from consumer.engine.gate import GatePolicy, WriteGate
+from consumer.engine.health import Health
+from consumer.engine.pipeline import EngineConfig, Pipeline
+from consumer.engine.publisher import Publisher
+from consumer.errors import PublishError
+from consumer.observability.metrics import Metrics
+from consumer.stages.parse import ParseRules
+from tests.unit.fakes import MemoryConsumer, MemoryProducer, MemoryWriter
+from tests.unit.helpers import example_plans
+
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+TOPIC = "in"
+
+
+def event(email: str, seq: int, *, newsletter: bool | None = True) -> bytes:
+    """An event.created whose Newsletter_Frequency__c value names its sequence number."""
+    purpose: dict[str, Any] = {"id": "newsletter", "values": {"frequency": {"value": f"v{seq}"}}}
+    if newsletter is not None:
+        purpose["enabled"] = newsletter
+    return orjson.dumps(
+        {
+            "type": "event.created",
+            "parameters": {
+                "entity": {
+                    "id": f"ev-{seq}",
+                    "created_at": (T0 + timedelta(seconds=seq)).isoformat(),
+                    "user": {"organization_user_id": email},
+                    "consents": {"purposes": [purpose]},
+                }
+            },
+        }
+    )
+
+
+class Harness:
+    """A pipeline on in-memory ports."""
+
+    def __init__(self, partitions: int = 1, **config: Any) -> None:
+        self.consumer = MemoryConsumer(TOPIC, partitions)
+        self.producer = MemoryProducer()
+        self.contact = MemoryWriter("Contact")
+        self.lead = MemoryWriter("Lead")
+        self.metrics = Metrics(CollectorRegistry())
+        self.health = Health()
+        self.gate = WriteGate(
+            GatePolicy(pause_seconds={"daily_limit": 0.05}, default_pause_seconds=0.05),
+            self.metrics,
+            self.health,
+            clock=time.monotonic,
+        )
+        publisher = Publisher(
+            self.producer,
+            results_topic="results",
+            dlq_topic="dlq",
+            metrics=self.metrics,
+            retry_initial_seconds=0.001,
+        )
+        defaults: dict[str, Any] = {
+            "concurrency": 4,
+            "linger_seconds": 0.0,
+            "commit_interval_seconds": 0.0,
+            "shutdown_timeout_seconds": 5.0,
+            "rebalance_timeout_seconds": 0.2,
+        }
+        defaults.update(config)
+        self.pipeline = Pipeline(
+            EngineConfig(**defaults),
+            ParseRules(),
+            example_plans(),
+            [self.contact, self.lead],
+            self.consumer,
+            publisher,
+            self.gate,
+            self.metrics,
+            self.health,
+        )
+        self.consumer.listener = self.pipeline.listener()
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.pipeline.run(self.stop))
+
+    async def finish(self) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 10)
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        return [orjson.loads(s.value or b"{}") for s in self.producer.topics["results"]]
+
+    async def until(self, what: str, predicate: Callable[[], bool], timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.task is not None and self.task.done():
+                self.task.result()
+                raise AssertionError(f"the pipeline ended before {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.002)
+
+
+def tp(p: int) -> TopicPartition:
+    return TopicPartition(TOPIC, p)
+
+
+@pytest.mark.asyncio
+async def test_every_message_gets_one_outcome_and_commits_reach_the_end() -> None:
+    h = Harness(partitions=3)
+    for i in range(30):
+        h.consumer.append(i % 3, event(f"p{i % 5}@x.com", i))
+    h.consumer.append(0, b"not json")
+    h.consumer.append(1, b"")
+    h.start()
+    await h.until("32 outcomes", lambda: len(h.outcomes()) == 32)
+    await h.until("commits", lambda: h.consumer.committed == {tp(0): 11, tp(1): 11, tp(2): 10})
+    await h.finish()
+    assert len(h.producer.topics["dlq"]) == 2
+    offsets = sorted((o["source"]["partition"], o["source"]["offset"]) for o in h.outcomes())
+    assert len(set(offsets)) == 32
+    assert h.pipeline.failure is None
+
+
+def _person_sequences(writer: MemoryWriter) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {}
+    for call in writer.calls:
+        for person, fields in call.people.items():
+            seen.setdefault(person, []).append(int(str(fields["Newsletter_Frequency__c"])[1:]))
+    return seen
+
+
+async def _ordered_run(people: list[int], latencies: list[float], partitions: int) -> None:
+    h = Harness(partitions=partitions, concurrency=3, batch_max_people=2, batch_max_events=4)
+    h.contact.latencies = list(latencies)
+    for seq, person in enumerate(people):
+        # Producers key by person, so one person's events share a partition.
+        h.consumer.append(person % partitions, event(f"p{person}@x.com", seq))
+    h.start()
+    await h.until("every outcome", lambda: len(h.outcomes()) == len(people))
+    await h.finish()
+    expected: dict[str, list[int]] = {}
+    for seq, person in enumerate(people):
+        expected.setdefault(f"p{person}@x.com", []).append(seq)
+    for email, written in _person_sequences(h.contact).items():
+        # Coalescing may skip intermediate values, never reorder them, and the last write
+        # of each person is their latest event.
+        assert written == sorted(written), (email, written)
+        assert set(written) <= set(expected[email])
+        assert written[-1] == expected[email][-1]
+    assert set(_person_sequences(h.contact)) == set(expected)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    people=st.lists(st.integers(0, 6), min_size=1, max_size=40),
+    latencies=st.lists(st.floats(0, 0.004), max_size=40),
+    partitions=st.integers(1, 3),
+)
+def test_one_person_is_written_in_order_whatever_the_latencies(
+    people: list[int], latencies: list[float], partitions: int
+) -> None:
+    asyncio.run(_ordered_run(people, latencies, partitions))
+
+
+@pytest.mark.asyncio
+async def test_lanes_write_in_parallel_under_skew() -> None:
+    # One person in every other event (realistic skew): a lane per person keeps the others
+    # moving while the hot person's lane is busy.
+    h = Harness(concurrency=4, batch_max_people=5)
+    h.contact.latencies = [0.02] * 200
+    for i in range(120):
+        email = "hot@x.com" if i % 2 == 0 else f"p{i}@x.com"
+        h.consumer.append(0, event(email, i))
+    h.start()
+    await h.until("every outcome", lambda: len(h.outcomes()) == 120)
+    await h.finish()
+    assert h.contact.max_in_flight >= 3
+
+
+@pytest.mark.asyncio
+async def test_commits_only_the_done_prefix() -> None:
+    h = Harness()
+    slow, fast = "slow@x.com", "fast@x.com"
+    h.contact.hold[slow] = asyncio.Event()
+    h.consumer.append(0, event(slow, 0))
+    h.consumer.append(0, event(fast, 1))
+    h.start()
+    await h.until("the fast person's outcome", lambda: len(h.outcomes()) == 1)
+    assert h.outcomes()[0]["organization_user_id"] == fast
+    assert tp(0) not in h.consumer.committed  # offset 0 is not done: nothing moves
+    h.contact.hold[slow].set()
+    await h.until("commit past both", lambda: h.consumer.committed.get(tp(0)) == 2)
+    await h.finish()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_that_fails_unexpectedly_stops_the_service_after_committing() -> None:
+    h = Harness(concurrency=1, batch_max_people=1)
+
+    def refuse(sent: Any) -> BaseException | None:
+        return TopicAuthorizationFailedError() if sent.key == b"b@x.com" else None
+
+    h.producer.fail_when = refuse
+    h.consumer.append(0, event("a@x.com", 0))
+    h.consumer.append(0, event("b@x.com", 1))
+    h.consumer.append(0, event("c@x.com", 2))
+    h.start()
+    assert h.task is not None
+    await asyncio.wait_for(h.task, 10)  # it stops by itself, without a stop request
+    assert isinstance(h.pipeline.failure, PublishError)
+    assert [o["organization_user_id"] for o in h.outcomes()] == ["a@x.com"]
+    assert h.consumer.committed == {tp(0): 1}  # a is done; b and c are read again
+
+
+@pytest.mark.asyncio
+async def test_pending_work_pauses_partitions_and_resumes_when_it_drains() -> None:
+    h = Harness(max_pending_events=3)
+    h.contact.gate = asyncio.Event()
+    for i in range(10):
+        h.consumer.append(0, event(f"p{i}@x.com", i))
+    h.start()
+    await h.until("the partition paused", lambda: tp(0) in h.consumer.paused_partitions)
+    h.contact.gate.set()
+    await h.until("every outcome", lambda: len(h.outcomes()) == 10)
+    await h.until("resumed", lambda: not h.consumer.paused_partitions)
+    await h.finish()
+
+
+@pytest.mark.asyncio
+async def test_shutdown_writes_what_was_fetched_and_commits() -> None:
+    h = Harness(linger_seconds=60.0)
+    for i in range(5):
+        h.consumer.append(0, event(f"p{i}@x.com", i))
+    h.start()
+    await h.until("fetched", lambda: h.pipeline._parts.in_flight() == 5)
+    assert h.outcomes() == []  # still lingering
+    await h.finish()
+    assert len(h.outcomes()) == 5
+    assert h.consumer.committed == {tp(0): 5}
+
+
+@pytest.mark.asyncio
+async def test_rebalance_abandons_late_batches_and_their_events_are_read_again() -> None:
+    h = Harness(rebalance_timeout_seconds=0.05)
+    stuck = asyncio.Event()
+    h.contact.hold["a@x.com"] = stuck
+    h.consumer.append(0, event("a@x.com", 0))
+    h.consumer.append(0, event("b@x.com", 1))
+    h.start()
+    await h.until("b's outcome", lambda: len(h.outcomes()) == 1)
+    await h.consumer.rebalance({tp(0)})  # revokes everything, reassigns from committed
+    assert h.consumer.committed.get(tp(0)) is None  # a (offset 0) was not done
+    stuck.set()
+    await h.until(
+        "a's outcome", lambda: any(o["organization_user_id"] == "a@x.com" for o in h.outcomes())
+    )
+    await h.until("commit past both", lambda: h.consumer.committed.get(tp(0)) == 2)
+    await h.finish()
+
+
+@pytest.mark.asyncio
+async def test_a_kept_partition_with_abandoned_work_is_read_again_from_its_first_gap() -> None:
+    h = Harness(partitions=2, concurrency=1, rebalance_timeout_seconds=0.05)
+    stuck = asyncio.Event()
+    h.contact.hold["a@x.com"] = stuck
+    h.consumer.append(0, event("a@x.com", 0))
+    h.consumer.append(1, event("a@x.com", 1))
+    h.start()
+    await h.until("both fetched", lambda: h.pipeline._parts.in_flight() == 2)
+    # A cooperative-style revocation of partition 0 only: the batch holding a's events of both
+    # partitions is abandoned, so partition 1 (kept) must be read again, or it never commits.
+    await h.pipeline.on_revoked({tp(0)})
+    stuck.set()
+    await h.until("partition 1 committed", lambda: h.consumer.committed.get(tp(1)) == 1)
+    await h.finish()
+
+
+@pytest.mark.asyncio
+async def test_a_daily_limit_pauses_writing_and_partitions_then_resumes() -> None:
+    from consumer.errors import RequestLimitExceededError
+
+    h = Harness()
+    h.contact.errors = [RequestLimitExceededError("limit", status=403)]
+    h.consumer.append(0, event("a@x.com", 0))
+    h.start()
+    await h.until("paused", lambda: h.gate.closed())
+    assert h.gate.deliberate()
+    await h.until("the outcome", lambda: len(h.outcomes()) == 1)
+    assert h.outcomes()[0]["status"] == "updated"
+    assert len(h.contact.calls) == 1
+    assert (
+        h.metrics.registry.get_sample_value(
+            "consent_sync_salesforce_pauses_total", {"reason": "daily_limit"}
+        )
+        == 1
+    )
+    await h.finish()
