@@ -15,7 +15,6 @@ from tests.integration.support import (
     make_topics,
     produce,
     running_service,
-    scenario_topics,
     settings_for,
     wait_for,
 )
@@ -26,7 +25,11 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
 async def test_token_expiring_mid_run_is_replaced_once_per_expiry(kafka_bootstrap: str) -> None:
     scenario = build(n_people=80, n_events=1200, seed=23)
-    topics = await scenario_topics(kafka_bootstrap, scenario, 3)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 3)
+    pairs = [(m.key, m.value) for m in scenario.messages]
+    quarters = [pairs[i * 300 : (i + 1) * 300] for i in range(4)]
+    await produce(kafka_bootstrap, topics.input, quarters[0])
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=10, jitter_ms=20, seed=1)
@@ -44,9 +47,11 @@ async def test_token_expiring_mid_run_is_replaced_once_per_expiry(kafka_bootstra
             collect(kafka_bootstrap, topics.results) as results,
             running_service(settings) as running,
         ):
-            for share in (0.25, 0.5, 0.75):
-                await wait_for(lambda s=share: len(results.records) >= total * s, 60, "progress")
-                emulator.revoke_tokens()  # every session dies at once, with batches in flight
+            for n in (1, 2, 3):
+                await wait_for(lambda n=n: len(results.records) >= 300 * n, 60, "progress")
+                # Every session dies at once; the next quarter of the input needs new calls.
+                emulator.revoke_tokens()
+                await produce(kafka_bootstrap, topics.input, quarters[n])
             await wait_for(lambda: len(results.records) >= total, 60, "outcomes")
             assert await running.finish() == 0
             client = running.service.client
