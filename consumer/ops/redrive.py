@@ -54,17 +54,14 @@ from consumer.model.messages import (
     REDRIVEN_FROM_HEADER,
     VALUE_OMITTED_HEADER,
 )
-from consumer.ops.replay import (
+from consumer.ops.group import (
     DEFAULT_JOIN_TIMEOUT,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_USAGE,
     GroupMember,
     group_member,
     make_reader,
     topic_partitions,
 )
+from consumer.ops.replay import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
