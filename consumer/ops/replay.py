@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
 
-from aiokafka.errors import KafkaError
-
-from consumer.errors import JoinTimeoutError, LiveMembersError, TimeLookupError, UsageError
+from consumer.errors import UsageError
+from consumer.ops.command import EXIT_OK, run_command
 from consumer.ops.group import (
     DEFAULT_JOIN_TIMEOUT,
     Bounds,
@@ -37,11 +36,6 @@ from consumer.ops.group import (
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
 
 #: How long fetches may take to report each partition's high watermark.
 HIGHWATER_TIMEOUT = 15.0
@@ -323,25 +317,9 @@ async def replay(
     settings: Settings, options: ReplayOptions, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     """Plan the reset, refuse while the group has live members, commit unless a dry run."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    try:
-        return await _replay(settings, options, out)
-    except LiveMembersError as exc:
-        print(exc.refusal(), file=err)
-        return EXIT_REFUSED
-    except JoinTimeoutError as exc:
-        print(f"refused: {exc}", file=err)
-        return EXIT_REFUSED
-    except UsageError as exc:
-        print(f"replay: error: {exc}", file=err)
-        return EXIT_USAGE
-    except TimeLookupError as exc:
-        print(f"replay: {exc}", file=err)
-        return EXIT_FAILED
-    except KafkaError as exc:
-        print(f"replay failed, nothing changed: {exc!r}", file=err)
-        return EXIT_FAILED
+    return await run_command(
+        "replay", _replay(settings, options, out or sys.stdout), err or sys.stderr
+    )
 
 
 async def _replay(settings: Settings, options: ReplayOptions, out: TextIO) -> int:
