@@ -5,9 +5,9 @@ JSON Schemas, generated from here.
 
 Every text that comes from the input (or from Salesforce, which may repeat the input) is
 clipped to a fixed length by the models themselves (:func:`clip`), so that an outcome or a
-dead letter's ``x-dlq-*`` headers stay small whatever a producer sends: about 1,000 characters
-of such text at most, which JSON encodes in under 6 KB even when every character needs an
-escape (an ordinary outcome is well under 2 KB).
+dead letter's ``x-dlq-*`` headers stay small whatever a producer sends: an outcome without
+targets holds under 1,000 such characters, so it stays under 6.5 KB of JSON even if every
+character needs a 6-byte escape, and under 2 KB for printable ASCII text.
 """
 
 from __future__ import annotations
