@@ -11,7 +11,7 @@ Messages never carry secrets or access tokens.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class Reaction(StrEnum):
@@ -176,26 +176,48 @@ class PublishError(SyncError):
 
 # --- operator commands (replay, redrive) ------------------------------------------------
 
+#: The operator commands' names, as the operator types them.
+Command = Literal["replay", "redrive"]
+
+# Exit codes of the operator commands (0 is success, dry runs included).
+#: The command failed; its message says what was and was not changed.
+EXIT_FAILED = 1
+#: The arguments, topics or settings do not make sense.
+EXIT_USAGE = 2
+#: Refused: somebody else is in the group the command needs to itself.
+EXIT_REFUSED = 3
+
 
 class CommandError(SyncError):
-    """An operator command (``replay``, ``redrive``) cannot go on; it prints the message."""
+    """An operator command (``replay``, ``redrive``) cannot go on.
 
-    code = "COMMAND_ERROR"
+    ``exit_code`` is what the command exits with; :meth:`render` is what it prints.
+    """
+
+    exit_code: int = EXIT_FAILED
 
     def __str__(self) -> str:
         return self.message
+
+    def render(self, command: Command) -> str:
+        """The line ``command`` prints for the operator."""
+        return f"{command}: {self.message}"
 
 
 class UsageError(CommandError):
     """The command's arguments or topics do not make sense."""
 
-    code = "USAGE"
+    exit_code = EXIT_USAGE
+
+    def render(self, command: Command) -> str:
+        """``replay: error: ...``, worded like argparse's own usage errors."""
+        return f"{command}: error: {self.message}"
 
 
 class LiveMembersError(CommandError):
     """The consumer group has members other than this client."""
 
-    code = "LIVE_MEMBERS"
+    exit_code = EXIT_REFUSED
 
     def __init__(self, group: str, count: int | None, detail: str = "") -> None:
         self.group = group
@@ -212,37 +234,54 @@ class LiveMembersError(CommandError):
         text = f"group {self.group} has {who}"
         return f"{text} ({self.detail})" if self.detail else text
 
-    def refusal(self) -> str:
-        """The refusal ``replay`` prints."""
+    def render(self, command: Command) -> str:
+        """The refusal, with what the other member most likely is."""
+        if command == "redrive":
+            # The redrive groups are redrive's own: a member is another redrive run.
+            return f"refused: {self.describe()}; is another redrive running? Nothing was published"
+        # replay works on the service's group: a member is a running instance of the service.
         return f"stop the service first: {self.describe()}"
 
 
 class JoinTimeoutError(CommandError):
     """The group did not hand out an assignment in time."""
 
-    retriable = True
-    code = "JOIN_TIMEOUT"
+    exit_code = EXIT_REFUSED
+
+    def render(self, command: Command) -> str:
+        """The refusal; redrive adds that it published nothing."""
+        if command == "redrive":
+            return f"refused: {self.message}; nothing published"
+        return f"refused: {self.message}"
 
 
 class TimeLookupError(CommandError):
     """The broker's answer to offsets_for_times is not believable."""
 
-    code = "TIME_LOOKUP"
-
 
 class RedrivePublishError(CommandError):
     """Redrive could not publish; nothing was committed."""
 
-    retriable = True
-    code = "REDRIVE_PUBLISH_FAILED"
+    def render(self, command: Command) -> str:
+        """What failed, and that the next run publishes it again."""
+        return (
+            f"{command} failed while publishing ({self.__cause__!r}): nothing committed, so the "
+            "next run re-publishes what this one sent"
+        )
 
 
 class RedriveCommitError(CommandError):
     """Redrive published messages but could not commit its progress."""
 
-    retriable = True
-    code = "REDRIVE_COMMIT_FAILED"
-
     def __init__(self, published: int) -> None:
         super().__init__(f"published {published} message(s) but could not commit")
         self.published = published
+
+    def render(self, command: Command) -> str:
+        """How many were published, why the commit failed, what the next run does."""
+        cause = self.__cause__
+        why = cause.describe() if isinstance(cause, LiveMembersError) else repr(cause)
+        return (
+            f"{command} published {self.published} message(s) but could not commit ({why}): "
+            "the next run re-publishes those not recorded"
+        )

@@ -1,8 +1,16 @@
-"""Logging set-up: JSON lines in production, plain text for people. Called at the edge only."""
+"""Logging set-up: JSON lines in production, plain text for people. Called at the edge only.
+
+Log lines carry no personal data: outcomes name people (that is their job), logs do not. A
+log line that must name a person uses :func:`person_ref`; as a safeguard both formatters replace
+anything shaped like an email address in a finished line (message, ``extra`` fields, traceback)
+by its person reference, whatever the level.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +19,34 @@ import orjson
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+# An email address inside free text. The local part is limited to the usual characters (an
+# exotic one is cut at its last unusual character, which still hides the address): quotes,
+# braces and slashes belong to the JSON or repr around it. Not preceded by a backslash, so that
+# in an escaped line "\njane@x.com" is read as "jane@x.com", not "njane@x.com". The domain
+# must end in a label of letters, which leaves versions ("pkg@1.2.3") alone. "%40" is an "@"
+# in a URL (a query string). Every part has its RFC maximum length so that a huge run of word
+# characters costs linear time, not squared.
+_EMAIL_IN_TEXT = re.compile(r"(?<!\\)[\w.+-]{1,64}(?:@|%40)(?:[\w-]{1,63}\.){1,8}[^\W\d_]{2,63}\b")
+
+
+def person_ref(email_key: str) -> str:
+    """A short, stable reference to a person for log lines, instead of their email.
+
+    The first 12 hex characters of the SHA-256 of the trimmed, lower-cased email: every
+    spelling of one address gives the same reference, so lines about one person can be found
+    (from their email) and correlated, without the email being written anywhere.
+    """
+    return hashlib.sha256(email_key.strip().lower().encode("utf-8")).hexdigest()[:12]
+
+
+def redact(text: str) -> str:
+    """``text`` with every email address replaced by ``<person REF>`` (see :func:`person_ref`)."""
+    if "@" not in text and "%40" not in text:  # nearly every line: skip the expression
+        return text
+    return _EMAIL_IN_TEXT.sub(
+        lambda m: f"<person {person_ref(m.group(0).replace('%40', '@'))}>", text
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +64,7 @@ class JsonFormatter(logging.Formatter):
                 doc[key] = value
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        return redact(orjson.dumps(doc, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -44,7 +80,7 @@ class TextFormatter(logging.Formatter):
         }
         if extra:
             line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
-        return line
+        return redact(line)
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:

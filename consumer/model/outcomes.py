@@ -2,14 +2,82 @@
 
 These models are the contract of the results and dead-letter topics; ``schemas/`` holds their
 JSON Schemas, generated from here.
+
+Every text that comes from the input (or from Salesforce, which may repeat the input) is
+clipped to a fixed length by the models themselves (:func:`clip`), so that an outcome or a
+dead letter's ``x-dlq-*`` headers stay small whatever a producer sends: an outcome without
+targets holds under 1,000 such characters, so it stays under 6.5 KB of JSON even if every
+character needs a 6-byte escape, and under 2 KB for printable ASCII text.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+#: Ids repeated from the input: ``event_id``, ``organization_user_id``. A Didomi id has 36
+#: characters and an email Salesforce stores at most 80, so a real id is never clipped.
+MAX_ID_CHARS = 128
+#: Event types, error classes and Salesforce error codes (the real ones are under 40).
+MAX_CODE_CHARS = 64
+#: A reason (also ``x-dlq-reason``) and a Salesforce error message.
+MAX_REASON_CHARS = 600
+#: A name from the input quoted inside a reason: a regulation, a part of an error's location.
+MAX_NAME_CHARS = 60
+#: An outcome's Kafka key (the input message's key when the outcome has no
+#: organization_user_id), in bytes.
+MAX_KEY_BYTES = 512
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and ``…[+N chars]``.
+
+    The result never has more than ``limit`` characters, and N says how many were cut, so a
+    reader can tell a clipped value from a real one. Clipping twice changes nothing. (A limit
+    too small for the marker cuts without one.)
+    """
+    if len(text) <= limit:
+        return text
+    # The marker is at most as long as the one for removing everything.
+    keep = limit - len(_marker(len(text)))
+    if keep < 1:
+        return text[:limit]
+    return text[:keep] + _marker(len(text) - keep)
+
+
+def clip_bytes(data: bytes, limit: int) -> bytes:
+    """:func:`clip` for bytes (a Kafka key): the start and ``...[+N bytes]``."""
+    if len(data) <= limit:
+        return data
+    keep = limit - len(_byte_marker(len(data)))
+    if keep < 1:
+        return data[:limit]
+    return data[:keep] + _byte_marker(len(data) - keep)
+
+
+def _marker(removed: int) -> str:
+    return f"…[+{removed} chars]"
+
+
+def _byte_marker(removed: int) -> bytes:
+    return f"...[+{removed} bytes]".encode()
+
+
+def _clip_to(limit: int) -> BeforeValidator:
+    # Runs before the str validation, so the field's max_length (there to document the limit
+    # in the JSON Schemas) never refuses a value: it is clipped instead.
+    def clip_value(value: Any) -> Any:
+        return clip(value, limit) if isinstance(value, str) else value
+
+    return BeforeValidator(clip_value)
+
+
+#: Text clipped to its limit by the model (see the MAX_* constants).
+IdText = Annotated[str, _clip_to(MAX_ID_CHARS), Field(max_length=MAX_ID_CHARS)]
+CodeText = Annotated[str, _clip_to(MAX_CODE_CHARS), Field(max_length=MAX_CODE_CHARS)]
+ReasonText = Annotated[str, _clip_to(MAX_REASON_CHARS), Field(max_length=MAX_REASON_CHARS)]
 
 Status = Literal["updated", "created", "stale", "not_found", "ignored", "rejected", "failed"]
 TargetStatus = Literal["updated", "created", "stale", "not_found", "failed", "unchanged"]
@@ -40,8 +108,8 @@ class SalesforceErrorInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    code: str
-    message: str
+    code: CodeText
+    message: ReasonText
     fields: list[str] = Field(default_factory=list)
 
 
@@ -71,11 +139,11 @@ class Outcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     status: Status
-    reason: str | None = None
-    error_class: str | None = None
-    event_id: str | None = None
-    event_type: str | None = None
-    organization_user_id: str | None = None
+    reason: ReasonText | None = None
+    error_class: CodeText | None = None
+    event_id: IdText | None = None
+    event_type: CodeText | None = None
+    organization_user_id: IdText | None = None
     targets: list[TargetResult] = Field(default_factory=list)
     source: SourcePosition
     event_time: datetime | None = None
@@ -94,18 +162,19 @@ class DeadLetter(BaseModel):
     """What the dead-letter topic adds to a message, as Kafka headers (``x-dlq-*``).
 
     The dead letter's key, value and original headers are the input message's, byte for byte,
-    so that it can be re-published unchanged once the cause is fixed.
+    so that it can be re-published unchanged once the cause is fixed. Only these added headers
+    are clipped.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    error_class: str
-    reason: str
+    error_class: CodeText
+    reason: ReasonText
     source_topic: str
     source_partition: int
     source_offset: int
     first_seen: datetime
-    event_id: str | None = None
+    event_id: IdText | None = None
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The Kafka headers carrying this information."""

@@ -39,7 +39,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer.errors import (
-    JoinTimeoutError,
     LiveMembersError,
     RedriveCommitError,
     RedrivePublishError,
@@ -54,12 +53,9 @@ from consumer.model.messages import (
     REDRIVEN_FROM_HEADER,
     VALUE_OMITTED_HEADER,
 )
-from consumer.ops.replay import (
+from consumer.ops.command import EXIT_OK, run_command
+from consumer.ops.group import (
     DEFAULT_JOIN_TIMEOUT,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_USAGE,
     GroupMember,
     group_member,
     make_reader,
@@ -283,41 +279,9 @@ async def redrive(
     err: TextIO | None = None,
 ) -> int:
     """Redrive, print the summary; returns the exit code."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    try:
-        return await _redrive(settings, options, out)
-    except LiveMembersError as exc:
-        print(
-            f"refused: {exc.describe()}; is another redrive running? Nothing was published",
-            file=err,
-        )
-        return EXIT_REFUSED
-    except JoinTimeoutError as exc:
-        print(f"refused: {exc}; nothing published", file=err)
-        return EXIT_REFUSED
-    except UsageError as exc:
-        print(f"redrive: error: {exc}", file=err)
-        return EXIT_USAGE
-    except RedriveCommitError as exc:
-        cause = exc.__cause__
-        why = cause.describe() if isinstance(cause, LiveMembersError) else repr(cause)
-        print(
-            f"redrive published {exc.published} message(s) but could not commit ({why}): the "
-            "next run re-publishes those not recorded",
-            file=err,
-        )
-        return EXIT_FAILED
-    except RedrivePublishError as exc:
-        print(
-            f"redrive failed while publishing ({exc.__cause__!r}): nothing committed, so the "
-            "next run re-publishes what this one sent",
-            file=err,
-        )
-        return EXIT_FAILED
-    except KafkaError as exc:
-        print(f"redrive failed: {exc!r}", file=err)
-        return EXIT_FAILED
+    return await run_command(
+        "redrive", _redrive(settings, options, out or sys.stdout), err or sys.stderr
+    )
 
 
 async def _redrive(settings: Settings, options: RedriveOptions, out: TextIO) -> int:

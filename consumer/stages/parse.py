@@ -2,6 +2,10 @@
 
 Pure: no I/O, no clock. Every way a value can be wrong gets its own ``error_class`` (used in
 outcomes, DLQ headers and metric labels) and a reason precise enough to fix the producer.
+
+Whatever a rejected or ignored result repeats from the input is clipped here, with the limits
+of :mod:`consumer.model.outcomes` (which clips again, harmlessly): a name quoted inside a reason
+to ``MAX_NAME_CHARS``, so that the reason keeps its shape, and ids to ``MAX_ID_CHARS``.
 """
 
 from __future__ import annotations
@@ -35,11 +39,15 @@ from consumer.model.events import (
     UserUpdated,
 )
 from consumer.model.messages import email_key
+from consumer.model.outcomes import MAX_CODE_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, clip
 
 _ENVELOPE: TypeAdapter[Any] = TypeAdapter(Envelope)
 
 #: Salesforce's Email field holds at most 80 characters.
 MAX_EMAIL_LENGTH = 80
+#: Longest validation or JSON error message quoted in a reason (pydantic's own are shorter;
+#: this bounds any that would repeat a value). A reason quotes at most five of them.
+_ERROR_MESSAGE_CHARS = 100
 # Deliberately loose: quotes and backslashes are legal in a local part and must be matched,
 # but whitespace, control characters or a second "@" can never be an email Salesforce stores.
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
@@ -71,7 +79,9 @@ def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:
             return Rejected(
                 "INVALID_UTF8", f"the message is not UTF-8 (bad byte at position {uexc.start})"
             )
-        return Rejected("INVALID_JSON", f"the message is not valid JSON: {exc}")
+        return Rejected(
+            "INVALID_JSON", f"the message is not valid JSON: {clip(str(exc), _ERROR_MESSAGE_CHARS)}"
+        )
     if not isinstance(doc, dict):
         return Rejected("NOT_AN_OBJECT", f"expected a JSON object, got {_json_kind(doc)}")
     event_type = doc.get("type")
@@ -80,8 +90,9 @@ def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:
     if event_type not in KNOWN_TYPES:
         return Rejected(
             "UNKNOWN_EVENT_TYPE",
-            f"unknown event type {event_type[:100]!r}; expected one of {sorted(KNOWN_TYPES)}",
-            event_type=event_type[:100],
+            f"unknown event type {clip(event_type, MAX_NAME_CHARS)!r}; "
+            f"expected one of {sorted(KNOWN_TYPES)}",
+            event_type=clip(event_type, MAX_CODE_CHARS),
         )
     try:
         envelope = _ENVELOPE.validate_python(doc)
@@ -120,18 +131,18 @@ def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
         ent = envelope.parameters.entity
         return Ignored(
             "deleted events are not synced: Salesforce keeps the last applied state",
-            ent.id,
+            clip(ent.id, MAX_ID_CHARS),
             envelope.type,
-            ent.user.organization_user_id,
+            clip(ent.user.organization_user_id, MAX_ID_CHARS),
             _utc(ent.updated_at or ent.created_at),
         )
     assert isinstance(envelope, UserDeleted)
     u = envelope.parameters.entity
     return Ignored(
         "deleted users are not synced: Salesforce keeps the last applied state",
-        u.id,
+        clip(u.id, MAX_ID_CHARS),
         envelope.type,
-        u.organization_user_id,
+        clip(u.organization_user_id, MAX_ID_CHARS),
         _utc(u.updated_at or u.created_at),
     )
 
@@ -142,18 +153,18 @@ def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> Par
     if entity.status == "pending_approval":
         return Ignored(
             "status is pending_approval: applied only once approved",
-            entity.id,
+            clip(entity.id, MAX_ID_CHARS),
             event_type,
-            org_user_id,
+            clip(org_user_id, MAX_ID_CHARS),
             when,
         )
     if entity.regulation not in rules.regulations:
         return Ignored(
-            f"regulation {entity.regulation!r} is not synced "
+            f"regulation {clip(entity.regulation, MAX_NAME_CHARS)!r} is not synced "
             f"(synced: {', '.join(rules.regulations)})",
-            entity.id,
+            clip(entity.id, MAX_ID_CHARS),
             event_type,
-            org_user_id,
+            clip(org_user_id, MAX_ID_CHARS),
             when,
         )
     bad = _check_email(org_user_id, entity.id, event_type)
@@ -199,8 +210,8 @@ def _check_email(org_user_id: str, event_id: str, event_type: str) -> Rejected |
             f"organization_user_id is {len(key)} characters; a Salesforce email holds at most "
             f"{MAX_EMAIL_LENGTH}",
             event_type,
-            event_id,
-            org_user_id[:200],
+            clip(event_id, MAX_ID_CHARS),
+            clip(org_user_id, MAX_ID_CHARS),
         )
     if not _EMAIL.match(key):
         return Rejected(
@@ -208,8 +219,8 @@ def _check_email(org_user_id: str, event_id: str, event_type: str) -> Rejected |
             "organization_user_id is not an email address (it is matched against the record's "
             "email)",
             event_type,
-            event_id,
-            org_user_id[:200],
+            clip(event_id, MAX_ID_CHARS),
+            clip(org_user_id, MAX_ID_CHARS),
         )
     return None
 
@@ -221,13 +232,13 @@ def _rejected_by_schema(exc: ValidationError, doc: dict[str, Any], event_type: s
     for err in errors[:5]:
         # The first element of loc is the union's tag (the event type); drop it.
         # Dict keys (a preference's value ids) are the producer's: never repeat a long one.
-        loc = [_clip(str(p)) for p in err["loc"]]
+        loc = [clip(str(p), MAX_NAME_CHARS) for p in err["loc"]]
         if loc and loc[0] == event_type:
             loc = loc[1:]
         path = ".".join(loc) or "(message)"
         if loc and loc[-1] == "organization_user_id" and err["type"] == "missing":
             error_class = "MISSING_ORGANIZATION_USER_ID"
-        parts.append(f"{path}: {err['msg']}")
+        parts.append(f"{path}: {clip(err['msg'], _ERROR_MESSAGE_CHARS)}")
     if len(errors) > 5:
         parts.append(f"and {len(errors) - 5} more")
     params = doc.get("parameters")
@@ -247,13 +258,9 @@ def _rejected_by_schema(exc: ValidationError, doc: dict[str, Any], event_type: s
         error_class,
         "; ".join(parts),
         event_type,
-        event_id if isinstance(event_id, str) else None,
-        org_user_id[:200] if isinstance(org_user_id, str) else None,
+        clip(event_id, MAX_ID_CHARS) if isinstance(event_id, str) else None,
+        clip(org_user_id, MAX_ID_CHARS) if isinstance(org_user_id, str) else None,
     )
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _utc(moment: datetime) -> datetime:

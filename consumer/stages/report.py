@@ -21,10 +21,12 @@ from consumer.model.changes import (
 )
 from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
 from consumer.model.outcomes import (
+    MAX_KEY_BYTES,
     DeadLetter,
     Outcome,
     SourcePosition,
     TargetResult,
+    clip_bytes,
     overall_status,
 )
 
@@ -80,8 +82,7 @@ def assemble(
                     _dead_letter(message, result.error_class, result.reason, result.event_id, now),
                 )
             )
-            key = result.organization_user_id.encode() if result.organization_user_id else None
-            outcomes.append(Publication(key or message.key, outcome))
+            outcomes.append(Publication(_key(outcome, message), outcome))
             continue
         if isinstance(result, Ignored):
             outcome = Outcome(
@@ -94,8 +95,7 @@ def assemble(
                 event_time=result.event_time,
                 processed_at=now,
             )
-            key = result.organization_user_id.encode() if result.organization_user_id else None
-            outcomes.append(Publication(key or message.key, outcome))
+            outcomes.append(Publication(_key(outcome, message), outcome))
             continue
         assert isinstance(result, Accepted)
         change = result.change
@@ -132,24 +132,32 @@ def assemble(
                     message, _dead_letter(message, error_class, reason, change.event_id, now)
                 )
             )
-        outcomes.append(
-            Publication(
-                change.organization_user_id.encode(),
-                Outcome(
-                    status=status,
-                    reason=reason,
-                    error_class=error_class,
-                    event_id=change.event_id,
-                    event_type=change.event_type,
-                    organization_user_id=change.organization_user_id,
-                    targets=targets,
-                    source=source,
-                    event_time=change.event_time,
-                    processed_at=now,
-                ),
-            )
+        outcome = Outcome(
+            status=status,
+            reason=reason,
+            error_class=error_class,
+            event_id=change.event_id,
+            event_type=change.event_type,
+            organization_user_id=change.organization_user_id,
+            targets=targets,
+            source=source,
+            event_time=change.event_time,
+            processed_at=now,
         )
+        outcomes.append(Publication(_key(outcome, message), outcome))
     return outcomes, dead
+
+
+def _key(outcome: Outcome, message: InputMessage) -> bytes | None:
+    """The outcome's Kafka key: its person (as clipped in the outcome), else the input's key.
+
+    Either comes from the producer, so its length is bounded too.
+    """
+    if outcome.organization_user_id:
+        key: bytes | None = outcome.organization_user_id.encode()
+    else:
+        key = message.key
+    return None if key is None else clip_bytes(key, MAX_KEY_BYTES)
 
 
 def _dead_letter(
@@ -164,7 +172,7 @@ def _dead_letter(
             first_seen = now
     return DeadLetter(
         error_class=error_class,
-        reason=reason[:1000],
+        reason=reason,
         source_topic=message.topic,
         source_partition=message.partition,
         source_offset=message.offset,

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from consumer.model.changes import Accepted, Ignored, ParseResult, Rejected
 from consumer.model.events import KNOWN_TYPES
 from consumer.model.messages import email_key
+from consumer.model.outcomes import MAX_CODE_CHARS, MAX_ID_CHARS
 from consumer.stages.parse import MAX_EMAIL_LENGTH, ParseRules, parse_message
 
 settings.register_profile(
@@ -89,11 +90,21 @@ def check(value: bytes | None, rules: ParseRules = RULES) -> ParseResult:
         piece = echoed(result.reason, raw)
         assert piece is None, f"{result.error_class} reason repeats the input: {piece[:80]!r}..."
         if result.organization_user_id is not None:
-            assert len(result.organization_user_id) <= 200
+            assert len(result.organization_user_id) <= MAX_ID_CHARS
+        if result.event_id is not None:
+            assert len(result.event_id) <= MAX_ID_CHARS
         if result.event_type is not None:
-            assert len(result.event_type) <= 100
+            assert len(result.event_type) <= MAX_CODE_CHARS
     elif isinstance(result, Ignored):
         assert result.reason.strip()
+        assert len(result.reason) < MAX_REASON
+        raw = (value or b"").decode("utf-8", errors="replace")
+        piece = echoed(result.reason, raw)
+        assert piece is None, f"ignored reason repeats the input: {piece[:80]!r}..."
+        if result.organization_user_id is not None:
+            assert len(result.organization_user_id) <= MAX_ID_CHARS
+        if result.event_id is not None:
+            assert len(result.event_id) <= MAX_ID_CHARS
     else:
         change = result.change
         assert change.email_key == email_key(change.organization_user_id)
