@@ -2,7 +2,8 @@
 
 This layer stays thin: routing, authentication, the API usage header, faults/latency, the
 request-size cap and compression live here; every Salesforce rule about records, queries and
-tokens lives in :mod:`consumer.devkit.emulator.state`.
+tokens lives behind :class:`consumer.devkit.emulator.state.EmulatorState` (see that module for
+the map of the others).
 """
 
 from __future__ import annotations
