@@ -351,7 +351,7 @@ class SalesforceEmulator:
 
     def inject_record_error(
         self,
-        kind: str,
+        kind: str | None,
         status_code: str,
         message: str,
         count: int = 1,
@@ -359,8 +359,14 @@ class SalesforceEmulator:
         email: str | None = None,
     ) -> None:
         """Fail the next ``count`` records of collections calls of ``kind`` (optionally only
-        those whose Email, given or stored, equals ``email`` ignoring case)."""
-        if kind not in _RECORD_FAULT_KINDS:
+        those whose Email, given or stored, equals ``email`` ignoring case).
+
+        ``kind`` None means any call that saves a record (create, update or upsert), for tests
+        that do not care which one the client picks. ``fields`` names the offending fields, as
+        Salesforce does for e.g. ``FIELD_CUSTOM_VALIDATION_EXCEPTION`` (a validation rule whose
+        error is shown at a field). The failed record writes nothing.
+        """
+        if kind is not None and kind not in _RECORD_FAULT_KINDS:
             raise EmulatorError(f"record errors apply to {sorted(_RECORD_FAULT_KINDS)}, not {kind}")
         self.state.faults.add_record(kind, status_code, message, count, fields, email)
 

@@ -31,7 +31,7 @@ class HttpFault:
 class RecordFault:
     """A per-record error given to the next matching record(s) of collections calls."""
 
-    kind: str
+    kind: str | None  # None: any call that saves records (create, update, upsert)
     status_code: str
     message: str
     fields: list[str]
@@ -79,14 +79,14 @@ class FaultPlan:
 
     def add_record(
         self,
-        kind: str,
+        kind: str | None,
         status_code: str,
         message: str,
         count: int,
         fields: list[str] | None,
         email: str | None,
     ) -> None:
-        """Queue a per-record error for collections calls of ``kind``."""
+        """Queue a per-record error for collections calls of ``kind`` (None: any save)."""
         self._records.append(
             RecordFault(kind, status_code, message, list(fields or []), email, count)
         )
@@ -154,7 +154,7 @@ class FaultPlan:
         """The first queued per-record fault matching ``kind`` and one of ``emails``."""
         folded = {e.casefold() for e in emails if isinstance(e, str)}
         for fault in self._records:
-            if fault.kind != kind:
+            if fault.kind != kind and not (fault.kind is None and kind != "delete"):
                 continue
             if fault.email is not None and fault.email.casefold() not in folded:
                 continue

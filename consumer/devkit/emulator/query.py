@@ -49,7 +49,7 @@ class QueryEngine:
             )
         selected = [_bind_field(query, schema, ref) for ref in query.fields]
         conditions = [_bind_condition(query, schema, cond) for cond in query.where]
-        order = [(_bind_field(query, schema, o.field), o.descending) for o in query.order_by]
+        order = [(_bind_sort(query, schema, o.field), o.descending) for o in query.order_by]
 
         matched = [
             record
@@ -115,10 +115,30 @@ def _bind_field(query: soql.SoqlQuery, schema: SObjectSchema, ref: soql.FieldRef
     return spec
 
 
+def _bind_sort(query: soql.SoqlQuery, schema: SObjectSchema, ref: soql.FieldRef) -> FieldSpec:
+    spec = _bind_field(query, schema, ref)
+    if not spec.sortable:
+        raise soql.error_at(
+            query.source,
+            ref.pos,
+            f"field '{spec.name}' can not be sorted in a query call",
+            "INVALID_FIELD",
+        )
+    return spec
+
+
 def _bind_condition(
     query: soql.SoqlQuery, schema: SObjectSchema, cond: soql.Condition
 ) -> tuple[FieldSpec, soql.Condition]:
     spec = _bind_field(query, schema, cond.field)
+    if not spec.filterable:
+        # Long Text Areas can be selected but never filtered on.
+        raise soql.error_at(
+            query.source,
+            cond.field.pos,
+            f"field '{spec.name}' can not be filtered in a query call",
+            "INVALID_FIELD",
+        )
     for literal in cond.values:
         if literal.kind == "null":
             continue

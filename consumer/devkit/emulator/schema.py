@@ -16,7 +16,9 @@ from consumer.devkit.emulator.errors import EmulatorError, JsonObj
 __all__ = [
     "KNOWN_TYPES",
     "LENGTH_TYPES",
+    "MAX_TEXT_AREA_LENGTH",
     "NUMBER_TYPES",
+    "SHORT_TEXT_AREA_LENGTH",
     "STRING_TYPES",
     "FieldSpec",
     "SObjectSchema",
@@ -43,6 +45,11 @@ STRING_TYPES = frozenset(
 LENGTH_TYPES = STRING_TYPES - {"id", "reference"}
 NUMBER_TYPES = frozenset({"double", "int", "currency", "percent"})
 KNOWN_TYPES = STRING_TYPES | NUMBER_TYPES | {"boolean", "datetime", "date"}
+
+SHORT_TEXT_AREA_LENGTH = 255
+"""A Text Area holds 255 characters; a longer ``textarea`` is a Long Text Area."""
+MAX_TEXT_AREA_LENGTH = 131_072
+"""The largest Long Text Area Salesforce allows."""
 
 _SOAP_TYPES = {
     "boolean": "xsd:boolean",
@@ -72,6 +79,21 @@ class FieldSpec:
     picklist_values: tuple[str, ...] = ()
     restricted_picklist: bool = False
 
+    @property
+    def long_text(self) -> bool:
+        """A Long Text Area: ``textarea`` longer than 255 characters."""
+        return self.type == "textarea" and self.length > SHORT_TEXT_AREA_LENGTH
+
+    @property
+    def filterable(self) -> bool:
+        """Whether SOQL may use the field in ``WHERE`` (a Long Text Area may not)."""
+        return not self.long_text
+
+    @property
+    def sortable(self) -> bool:
+        """Whether SOQL may use the field in ``ORDER BY`` (not long text, not multipicklist)."""
+        return not self.long_text and self.type != "multipicklist"
+
 
 def _default_label(name: str) -> str:
     base = name.removesuffix("__c")
@@ -89,6 +111,11 @@ def _default_label(name: str) -> str:
 def _normalize_spec(spec: FieldSpec) -> FieldSpec:
     if spec.type not in KNOWN_TYPES:
         raise EmulatorError(f"field {spec.name}: unknown type {spec.type!r}")
+    if spec.type == "textarea" and not 1 <= spec.length <= MAX_TEXT_AREA_LENGTH:
+        raise EmulatorError(
+            f"field {spec.name}: a textarea holds 1 to {MAX_TEXT_AREA_LENGTH} characters, "
+            f"not {spec.length}"
+        )
     if spec.type == "boolean":
         # Checkboxes are never null in Salesforce: they default to false on create.
         return replace(spec, nillable=False, defaulted_on_create=True)
@@ -190,7 +217,10 @@ class SObjectSchema:
             "idLookup": spec.type == "id" or spec.name == "Email" or spec.external_id,
             "unique": False,
             "custom": spec.name.endswith("__c"),
-            "filterable": True,
+            "filterable": spec.filterable,
+            "sortable": spec.sortable,
+            # Salesforce marks plain (not rich) text areas, short or long, this way.
+            "extraTypeInfo": "plaintextarea" if spec.type == "textarea" else None,
             "picklistValues": picklist,
             "restrictedPicklist": spec.restricted_picklist,
             "referenceTo": [self._references[spec.name]] if spec.name in self._references else [],

@@ -24,6 +24,7 @@ from consumer.devkit.emulator.schema import (
 )
 
 __all__ = [
+    "MAX_MULTIPICKLIST_VALUES",
     "field_errors",
     "fold",
     "format_sf_datetime",
@@ -34,6 +35,9 @@ __all__ = [
     "normalize_value",
     "stored_datetimes",
 ]
+
+MAX_MULTIPICKLIST_VALUES = 100
+"""A multi-select picklist holds at most 100 selected values."""
 
 # The Java type names Salesforce's JSON deserializer mentions in JSON_PARSER_ERROR messages.
 _JAVA_TYPES = {"boolean": "boolean", "datetime": "datetime", "date": "date", "int": "int"}
@@ -179,6 +183,18 @@ def field_errors(
             errors.append(
                 record_error(
                     "INVALID_EMAIL_ADDRESS", f"{label}: invalid email address: {value}", [name]
+                )
+            )
+        elif spec.type == "multipicklist" and len(value.split(";")) > MAX_MULTIPICKLIST_VALUES:
+            # TOO_MANY_ENUM_VALUE is the status code Salesforce's StatusCode enum has for this
+            # (clients list it with STRING_TOO_LONG and the picklist errors); the message
+            # wording is ours, Salesforce does not document it.
+            errors.append(
+                record_error(
+                    "TOO_MANY_ENUM_VALUE",
+                    f"{label}: too many values selected: {len(value.split(';'))} "
+                    f"(max {MAX_MULTIPICKLIST_VALUES})",
+                    [name],
                 )
             )
         elif spec.restricted_picklist and spec.type in ("picklist", "multipicklist"):
