@@ -7,6 +7,7 @@ errors, converted Leads, duplicate rules and the token answer's ``instance_url``
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -301,3 +302,336 @@ async def test_injected_validation_error_names_fields_for_one_email_on_any_save(
     again = await api.collections("PATCH", [contact(Id=target, Newsletter_Consent__c=True)])
     assert again.body[0]["success"] is True
     assert emu.stats["faults_injected"] == 2
+
+
+# ---- converted Leads ------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_converted_lead_stays_in_soql_unless_the_query_excludes_it(
+    api: Api, emu: SalesforceEmulator
+) -> None:
+    converted = emu.seed("Lead", {"Email": "a@example.com", "LastName": "A", "Company": "C"})
+    open_lead = emu.seed("Lead", {"Email": "b@example.com", "LastName": "B", "Company": "C"})
+    person = emu.seed("Contact", {"Email": "a@example.com", "LastName": "A"})
+    assert emu.convert_lead(converted, person) == person
+
+    both = await api.query(
+        "SELECT Id, IsConverted, ConvertedContactId, ConvertedAccountId, Status FROM Lead "
+        "WHERE Email IN ('A@example.com', 'b@example.com')"
+    )
+    assert both.status == 200, both.text
+    rows = {r["Id"]: r for r in both.body["records"]}
+    assert set(rows) == {converted, open_lead}
+    assert rows[converted]["IsConverted"] is True
+    assert rows[converted]["ConvertedContactId"] == person
+    assert rows[converted]["ConvertedAccountId"].startswith("001")
+    assert rows[converted]["Status"] == "Closed - Converted"
+    assert rows[open_lead]["IsConverted"] is False
+    assert rows[open_lead]["ConvertedContactId"] is None
+
+    open_only = await api.query(
+        "SELECT Id FROM Lead WHERE Email IN ('a@example.com', 'b@example.com') "
+        "AND IsConverted = false"
+    )
+    assert [r["Id"] for r in open_only.body["records"]] == [open_lead]
+    by_contact = await api.query(
+        f"select id from lead where isconverted = TRUE and convertedcontactid = '{person[:15]}'"
+    )
+    assert [r["Id"] for r in by_contact.body["records"]] == [converted]
+    # The Contact now belongs to the Account the conversion names.
+    stored = emu.get("Contact", person)
+    assert stored is not None
+    assert stored["AccountId"] == rows[converted]["ConvertedAccountId"]
+
+
+@pytest.mark.asyncio
+async def test_update_or_upsert_of_a_converted_lead_fails_per_record(
+    api: Api, emu: SalesforceEmulator
+) -> None:
+    converted = emu.seed("Lead", {"Email": "c@example.com", "LastName": "C", "Company": "C"})
+    emu.convert_lead(converted)
+    other = emu.seed("Lead", {"Email": "d@example.com", "LastName": "D", "Company": "D"})
+    refused = {
+        "success": False,
+        "errors": [
+            {
+                "statusCode": "CANNOT_UPDATE_CONVERTED_LEAD",
+                "message": "cannot reference converted lead",
+                "fields": [],
+            }
+        ],
+    }
+    update = await api.collections(
+        "PATCH",
+        [
+            lead(Id=converted, Newsletter_Consent__c=True),
+            lead(Id=other, Newsletter_Consent__c=True),
+        ],
+    )
+    assert update.status == 200
+    assert update.body == [refused, {"id": other, "success": True, "errors": []}]
+
+    upsert = await api.collections("PATCH", [lead(Id=converted, FirstName="Cee")], tail="/Lead/Id")
+    assert upsert.body == [refused]
+    stored = emu.get("Lead", converted)
+    assert stored is not None
+    assert stored["Newsletter_Consent__c"] is False
+    assert stored["FirstName"] is None
+
+    # The conversion fields themselves are not writable through the API.
+    forged = await api.collections("PATCH", [lead(Id=other, ConvertedContactId=None)])
+    assert codes(forged.body[0]) == ["INVALID_FIELD_FOR_INSERT_UPDATE"]
+    assert forged.body[0]["errors"][0]["fields"] == ["ConvertedContactId"]
+
+
+def test_convert_lead_without_a_contact_makes_one_from_the_lead() -> None:
+    emu = SalesforceEmulator(custom_fields=example_custom_fields())
+    lead_id = emu.seed(
+        "Lead", {"Email": "e@example.com", "FirstName": "Eve", "LastName": "E", "Company": "C"}
+    )
+    contact_id = emu.convert_lead(lead_id[:15], account_id="001Dn0000000001")
+    made = emu.get("Contact", contact_id)
+    assert made is not None
+    assert (made["Email"], made["FirstName"], made["LastName"]) == ("e@example.com", "Eve", "E")
+    converted = emu.get("Lead", lead_id)
+    assert converted is not None
+    assert converted["IsConverted"] is True
+    assert converted["ConvertedContactId"] == contact_id
+    assert converted["ConvertedAccountId"] == made["AccountId"]
+    assert converted["ConvertedAccountId"].startswith("001Dn0000000001")
+    assert isinstance(converted["ConvertedDate"], str)
+    assert len(converted["ConvertedDate"]) == 10
+    with pytest.raises(EmulatorError, match="already converted"):
+        emu.convert_lead(lead_id)
+    with pytest.raises(EmulatorError):
+        emu.convert_lead("00QDn0000000zzz")
+    other = emu.seed("Lead", {"Email": "f@example.com", "LastName": "F", "Company": "C"})
+    with pytest.raises(EmulatorError):
+        emu.convert_lead(other, "003Dn0000000zzz")
+    with pytest.raises(EmulatorError):
+        emu.convert_lead(other, account_id=contact_id)
+
+
+# ---- duplicate rules ------------------------------------------------------------------------
+
+
+def _duplicate_ids(result: dict[str, Any]) -> list[str]:
+    error = result["errors"][0]
+    match_results = error["duplicateResult"]["matchResults"]
+    return [m["record"]["Id"] for m in match_results[0]["matchRecords"]]
+
+
+@pytest.mark.asyncio
+async def test_alert_rule_fails_a_duplicate_create_unless_allow_save(
+    api: Api, emu: SalesforceEmulator
+) -> None:
+    existing = emu.seed("Contact", {"Email": "dup@example.com", "LastName": "D"})
+    rule = emu.add_duplicate_rule("Contact", action="alert", match_field="Email")
+    assert rule.name == "Standard_Contact_Duplicate_Rule"
+
+    reply = await api.collections(
+        "POST",
+        [
+            contact(Email="DUP@example.com", LastName="D2"),
+            contact(Email="fresh@example.com", LastName="F"),
+        ],
+    )
+    assert reply.status == 200
+    duplicate, fresh = reply.body
+    assert fresh["success"] is True
+    assert duplicate == {
+        "success": False,
+        "errors": [
+            {
+                "statusCode": "DUPLICATES_DETECTED",
+                "message": "Use one of these records?",
+                "fields": [],
+                "duplicateResult": {
+                    "allowSave": True,
+                    "duplicateRule": "Standard_Contact_Duplicate_Rule",
+                    "duplicateRuleEntityType": "Contact",
+                    "errorMessage": "Use one of these records?",
+                    "matchResults": [
+                        {
+                            "entityType": "Contact",
+                            "errors": [],
+                            "matchEngine": "ExactMatchEngine",
+                            "matchRecords": [
+                                {
+                                    "additionalInformation": [],
+                                    "fieldDiffs": [],
+                                    "matchConfidence": 100.0,
+                                    "record": {
+                                        "attributes": {
+                                            "type": "Contact",
+                                            "url": f"/services/data/v{VERSION}/sobjects/"
+                                            f"Contact/{existing}",
+                                        },
+                                        "Id": existing,
+                                    },
+                                }
+                            ],
+                            "rule": "Contact_Email_Matching_Rule",
+                            "size": 1,
+                            "success": True,
+                        }
+                    ],
+                },
+            }
+        ],
+    }
+    assert len(emu.find_by_email("Contact", "dup@example.com")) == 1
+
+    refused = await api.request(
+        "POST",
+        api.data_path("composite/sobjects"),
+        body={"records": [contact(Email="dup@example.com", LastName="D3")]},
+        headers={"Sforce-Duplicate-Rule-Header": "allowSave=false; includeRecordDetails=true"},
+    )
+    assert codes(refused.body[0]) == ["DUPLICATES_DETECTED"]
+    record = refused.body[0]["errors"][0]["duplicateResult"]["matchResults"][0]["matchRecords"][0]
+    assert record["record"]["Email"] == "dup@example.com"
+    assert record["record"]["LastName"] == "D"
+
+    allowed = await api.request(
+        "POST",
+        api.data_path("composite/sobjects"),
+        body={"records": [contact(Email="dup@example.com", LastName="D4")]},
+        headers={"sforce-duplicate-rule-header": " AllowSave = TRUE ;runAsCurrentUser=false"},
+    )
+    assert allowed.body[0]["success"] is True
+    assert len(emu.find_by_email("Contact", "dup@example.com")) == 2
+
+
+@pytest.mark.asyncio
+async def test_block_rule_fails_even_with_allow_save(api: Api, emu: SalesforceEmulator) -> None:
+    existing = emu.seed("Lead", {"Email": "blk@example.com", "LastName": "B", "Company": "C"})
+    emu.add_duplicate_rule("Lead", action="block", name="No_Lead_Twice", message="Blocked.")
+    reply = await api.request(
+        "POST",
+        api.data_path("composite/sobjects"),
+        body={"records": [lead(Email="Blk@Example.com", LastName="B", Company="C")]},
+        headers={"Sforce-Duplicate-Rule-Header": "allowSave=true"},
+    )
+    error = reply.body[0]["errors"][0]
+    assert error["statusCode"] == "DUPLICATES_DETECTED"
+    assert error["message"] == "Blocked."
+    assert error["duplicateResult"]["allowSave"] is False
+    assert error["duplicateResult"]["duplicateRule"] == "No_Lead_Twice"
+    assert _duplicate_ids(reply.body[0]) == [existing]
+    assert len(emu.records("Lead")) == 1
+
+
+@pytest.mark.asyncio
+async def test_duplicate_rules_on_updates_and_upserts(api: Api, emu: SalesforceEmulator) -> None:
+    first = emu.seed("Contact", {"Email": "same@example.com", "LastName": "One"})
+    second = emu.seed("Contact", {"Email": "same@example.com", "LastName": "Two"})
+    other = emu.seed(
+        "Contact", {"Email": "other@example.com", "LastName": "O", "Didomi_Id__c": "o@x.com"}
+    )
+    emu.add_duplicate_rule("Contact", action="block")
+
+    reply = await api.collections(
+        "PATCH",
+        [
+            # Consent only: the rule does not run on an edit that leaves Email alone, even
+            # though duplicates already exist.
+            contact(Id=first, Newsletter_Consent__c=True),
+            # Email written but unchanged: not a change either.
+            contact(Id=second, Email="same@example.com", FirstName="T"),
+            # Own email in another case: a change, but a record never matches itself.
+            contact(Id=other, Email="OTHER@example.com"),
+        ],
+    )
+    assert [r["success"] for r in reply.body] == [True, True, True]
+
+    moved = await api.collections("PATCH", [contact(Id=other, Email="Same@example.com")])
+    assert codes(moved.body[0]) == ["DUPLICATES_DETECTED"]
+    assert _duplicate_ids(moved.body[0]) == [first, second]
+    stored = emu.get("Contact", other)
+    assert stored is not None
+    assert stored["Email"] == "OTHER@example.com"
+
+    upserts = await api.collections(
+        "PATCH",
+        [
+            contact(Didomi_Id__c="o@x.com", Analytics_Consent__c=True),
+            contact(Didomi_Id__c="n@x.com", Email="same@EXAMPLE.com", LastName="N"),
+        ],
+        tail="/Contact/Didomi_Id__c",
+    )
+    updated, created = upserts.body
+    assert updated == {"id": other, "success": True, "errors": [], "created": False}
+    assert codes(created) == ["DUPLICATES_DETECTED"]
+    assert len(emu.records("Contact")) == 3
+
+
+@pytest.mark.asyncio
+async def test_records_of_one_request_are_compared_only_with_stored_ones(
+    api: Api, emu: SalesforceEmulator
+) -> None:
+    emu.add_duplicate_rule("Contact", action="block")
+    reply = await api.collections(
+        "POST",
+        [
+            contact(Email="twin@example.com", LastName="A"),
+            contact(Email="TWIN@example.com", LastName="B"),
+        ],
+    )
+    assert [r["success"] for r in reply.body] == [True, True]
+    again = await api.collections("POST", [contact(Email="twin@example.com", LastName="C")])
+    assert _duplicate_ids(again.body[0]) == [r["id"] for r in reply.body]
+    emu.clear_duplicate_rules()
+    cleared = await api.collections("POST", [contact(Email="twin@example.com", LastName="C")])
+    assert cleared.body[0]["success"] is True
+
+
+def test_duplicate_rule_misuse_is_an_emulator_error() -> None:
+    emu = SalesforceEmulator(custom_fields=example_custom_fields())
+    with pytest.raises(EmulatorError):
+        emu.add_duplicate_rule("Contact", action="warn")
+    with pytest.raises(EmulatorError):
+        emu.add_duplicate_rule("Contact", match_field="Shoe_Size__c")
+    with pytest.raises(EmulatorError):
+        emu.add_duplicate_rule("Account")
+    emu.add_duplicate_rule("Contact", name="R")
+    with pytest.raises(EmulatorError):
+        emu.add_duplicate_rule("Contact", name="R")
+    assert emu.add_duplicate_rule("Contact", match_field="lastname").match_field == "LastName"
+
+
+# ---- the token answer's instance_url --------------------------------------------------------
+
+
+async def _token_answer(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+    }
+    async with session.post(f"{base}/services/oauth2/token", data=form) as resp:
+        assert resp.status == 200
+        answer: dict[str, Any] = await resp.json()
+    return answer
+
+
+@pytest.mark.asyncio
+async def test_token_answer_can_name_another_instance(emu: SalesforceEmulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        assert (await _token_answer(session, emu.url))["instance_url"] == emu.url
+        emu.set_instance_url("http://evil.example:1234")
+        answer = await _token_answer(session, emu.url)
+        assert answer["instance_url"] == "http://evil.example:1234"
+        assert answer["id"].startswith("http://evil.example:1234/id/00D")
+        emu.set_instance_url(None)
+        assert (await _token_answer(session, emu.url))["instance_url"] == emu.url
+
+    configured = SalesforceEmulator(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        instance_url="https://acme.my.salesforce.com/",
+    )
+    async with configured, aiohttp.ClientSession() as session:
+        answer = await _token_answer(session, configured.url)
+        assert answer["instance_url"] == "https://acme.my.salesforce.com"

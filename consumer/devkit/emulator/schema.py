@@ -259,7 +259,11 @@ def builtin_schemas(custom_fields: Mapping[str, Sequence[FieldSpec]]) -> dict[st
             picklist_values=("Open - Not Contacted", "Working - Contacted", "Closed - Converted"),
             restricted_picklist=True,
         ),
+        # Set by lead conversion only (see RecordStore.convert_lead): read-only to the API.
         FieldSpec("IsConverted", "boolean", updateable=False),
+        FieldSpec("ConvertedContactId", "reference", createable=False, updateable=False),
+        FieldSpec("ConvertedAccountId", "reference", createable=False, updateable=False),
+        FieldSpec("ConvertedDate", "date", createable=False, updateable=False),
         *audit,
     ]
     known = {"Contact": ("003", contact), "Lead": ("00Q", lead)}
@@ -273,12 +277,19 @@ def builtin_schemas(custom_fields: Mapping[str, Sequence[FieldSpec]]) -> dict[st
             "AccountId": "Account ID",
             "Status": "Lead Status",
             "IsConverted": "Converted",
+            "ConvertedContactId": "Converted Contact ID",
+            "ConvertedAccountId": "Converted Account ID",
+            "ConvertedDate": "Converted Date",
         }
         schemas[sobject] = SObjectSchema(
             sobject,
             prefix,
             [*standard, *custom_fields.get(sobject, ())],
             labels=labels,
-            references={"AccountId": "Account"},
+            references={
+                "AccountId": "Account",
+                "ConvertedContactId": "Contact",
+                "ConvertedAccountId": "Account",
+            },
         )
     return schemas

@@ -9,7 +9,8 @@ its own module:
 * :mod:`~consumer.devkit.emulator.store` -- the records (and the Python-side seeding);
 * :mod:`~consumer.devkit.emulator.query` -- SOQL execution and paging;
 * :mod:`~consumer.devkit.emulator.writes` -- sObject Collections (validation in
-  :mod:`~consumer.devkit.emulator.values`);
+  :mod:`~consumer.devkit.emulator.values`, duplicate rules in
+  :mod:`~consumer.devkit.emulator.duplicates`);
 * :mod:`~consumer.devkit.emulator.auth` -- tokens;
 * :mod:`~consumer.devkit.emulator.limits` -- API usage and stats;
 * :mod:`~consumer.devkit.emulator.faults` -- injected faults, latency, hangs;
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from consumer.devkit.emulator.auth import TokenStore, token_response
+from consumer.devkit.emulator.duplicates import DuplicateRule, DuplicateRuleHeader, DuplicateRules
 from consumer.devkit.emulator.errors import ApiError, EmulatorError, JsonObj, not_found
 from consumer.devkit.emulator.faults import FaultPlan, HttpFault, html_page
 from consumer.devkit.emulator.ids import normalize_id
@@ -33,7 +35,7 @@ from consumer.devkit.emulator.query import QueryEngine
 from consumer.devkit.emulator.schema import FieldSpec, SObjectSchema, builtin_schemas
 from consumer.devkit.emulator.store import RecordStore
 from consumer.devkit.emulator.values import format_sf_datetime, is_valid_email
-from consumer.devkit.emulator.writes import MAX_COLLECTION_RECORDS, CollectionWriter
+from consumer.devkit.emulator.writes import MAX_COLLECTION_RECORDS, CollectionWriter, SaveContext
 
 __all__ = [
     "MAX_COLLECTION_RECORDS",
@@ -85,9 +87,12 @@ class EmulatorState:
         self.usage = ApiUsage(0, api_limit)
         self.stats = Stats()
         self.faults = FaultPlan()
+        self.duplicates = DuplicateRules()
         self.queries = QueryEngine(self.store, page_size)
-        self.writes = CollectionWriter(self.store, self.faults, self.stats)
+        self.writes = CollectionWriter(self.store, self.faults, self.stats, self.duplicates)
         self.rest_api_disabled = False
+        #: The ``instance_url`` the token endpoint answers with; None: the URL it was called on.
+        self.instance_url: str | None = None
 
     @property
     def page_size(self) -> int:
@@ -122,16 +127,38 @@ class EmulatorState:
         """Copies of the records whose Email equals ``email`` ignoring case."""
         return self.store.find_by_email(sobject, email)
 
+    def convert_lead(
+        self, lead_id: str, contact_id: str | None = None, *, account_id: str | None = None
+    ) -> str:
+        """Convert a Lead (see :meth:`RecordStore.convert_lead`); return the Contact's id."""
+        return self.store.convert_lead(lead_id, contact_id, account_id=account_id)
+
+    def add_duplicate_rule(
+        self,
+        sobject: str,
+        action: str = "alert",
+        match_field: str = "Email",
+        *,
+        name: str | None = None,
+        message: str = "Use one of these records?",
+    ) -> DuplicateRule:
+        """Activate a duplicate rule on ``sobject`` matching ``match_field`` ignoring case."""
+        return self.duplicates.add(self.store.schema(sobject), action, match_field, name, message)
+
     # ---- OAuth ---------------------------------------------------------------------------
 
-    def issue_token(self, instance_url: str) -> JsonObj:
-        """The client-credentials token response (no expires_in, no refresh_token)."""
+    def issue_token(self, called_url: str) -> JsonObj:
+        """The client-credentials token response (no expires_in, no refresh_token).
+
+        ``called_url`` is the scheme and host the token request came to; the answer's
+        ``instance_url`` is that unless :attr:`instance_url` says otherwise.
+        """
         return token_response(
             access_token=self.tokens.issue(self.org_id),
             org_id=self.org_id,
             user_id=self.user_id,
             client_secret=self.client_secret,
-            instance_url=instance_url,
+            instance_url=self.instance_url or called_url,
             issued_at_ms=int(self._clock() * 1000),
         )
 
@@ -177,17 +204,37 @@ class EmulatorState:
 
     # ---- sObject Collections ----------------------------------------------------------
 
-    def create(self, body: object) -> list[JsonObj]:
-        """``POST composite/sobjects``."""
-        return self.writes.create(body)
+    def _save_context(self, version: str | None, duplicate_header: str | None) -> SaveContext:
+        return SaveContext(
+            version=version or self.api_versions[-1],
+            duplicate_header=DuplicateRuleHeader.parse(duplicate_header),
+        )
 
-    def update(self, body: object) -> list[JsonObj]:
+    def create(
+        self, body: object, *, version: str | None = None, duplicate_header: str | None = None
+    ) -> list[JsonObj]:
+        """``POST composite/sobjects``; ``duplicate_header`` is the raw
+        ``Sforce-Duplicate-Rule-Header`` value, if any."""
+        return self.writes.create(body, self._save_context(version, duplicate_header))
+
+    def update(
+        self, body: object, *, version: str | None = None, duplicate_header: str | None = None
+    ) -> list[JsonObj]:
         """``PATCH composite/sobjects`` (each record carries its id)."""
-        return self.writes.update(body)
+        return self.writes.update(body, self._save_context(version, duplicate_header))
 
-    def upsert(self, sobject: str, external_field: str, body: object) -> list[JsonObj]:
+    def upsert(
+        self,
+        sobject: str,
+        external_field: str,
+        body: object,
+        *,
+        version: str | None = None,
+        duplicate_header: str | None = None,
+    ) -> list[JsonObj]:
         """``PATCH composite/sobjects/{sobject}/{external_field}``."""
-        return self.writes.upsert(sobject, external_field, body)
+        context = self._save_context(version, duplicate_header)
+        return self.writes.upsert(sobject, external_field, body, context)
 
     def delete(self, ids: Sequence[str], all_or_none: bool) -> list[JsonObj]:
         """``DELETE composite/sobjects?ids=...``."""

@@ -9,6 +9,7 @@ the API would refuse).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from consumer.devkit.emulator.errors import EmulatorError, JsonObj
@@ -16,7 +17,11 @@ from consumer.devkit.emulator.ids import IdFactory, normalize_id
 from consumer.devkit.emulator.schema import SObjectSchema
 from consumer.devkit.emulator.values import format_sf_datetime
 
-__all__ = ["RecordStore"]
+__all__ = ["ACCOUNT_KEY_PREFIX", "CONVERTED_LEAD_STATUS", "RecordStore"]
+
+ACCOUNT_KEY_PREFIX = "001"
+"""Accounts are not stored, but conversion names one (``ConvertedAccountId``)."""
+CONVERTED_LEAD_STATUS = "Closed - Converted"
 
 
 class RecordStore:
@@ -112,3 +117,53 @@ class RecordStore:
             for r in self.records(sobject)
             if isinstance(r.get("Email"), str) and r["Email"].casefold() == folded
         ]
+
+    def convert_lead(
+        self, lead_id: str, contact_id: str | None = None, *, account_id: str | None = None
+    ) -> str:
+        """Convert a Lead as Salesforce's lead conversion does; return the Contact's id.
+
+        Without ``contact_id`` a Contact is created from the Lead's name and email (as
+        conversion does); with it, that existing Contact is the one the Lead became. The
+        account is ``account_id``, else the Contact's ``AccountId``, else a new Account id
+        (Accounts are not stored here), set on the Contact when it has none. The Lead stays
+        in the Lead table, read-only: ``IsConverted`` true, ``ConvertedContactId``,
+        ``ConvertedAccountId``, ``ConvertedDate`` today, ``Status`` "Closed - Converted".
+        """
+        canonical = normalize_id(lead_id)
+        lead = self.rows["Lead"].get(canonical) if canonical else None
+        if lead is None:
+            raise EmulatorError(f"no Lead {lead_id!r}")
+        if lead.get("IsConverted"):
+            raise EmulatorError(f"Lead {lead['Id']} is already converted")
+        if contact_id is None:
+            contact_id = self.seed(
+                "Contact",
+                {
+                    "Email": lead.get("Email"),
+                    "FirstName": lead.get("FirstName"),
+                    "LastName": lead.get("LastName"),
+                },
+            )
+        contact_key = normalize_id(contact_id)
+        contact = self.rows["Contact"].get(contact_key) if contact_key else None
+        if contact is None:
+            raise EmulatorError(f"no Contact {contact_id!r}")
+        if account_id is not None:
+            account = normalize_id(account_id)
+            if account is None or not account.startswith(ACCOUNT_KEY_PREFIX):
+                raise EmulatorError(f"{account_id!r} is not an Account id")
+        else:
+            account = contact.get("AccountId") or self.ids.make(ACCOUNT_KEY_PREFIX)
+        now = self.now()
+        if contact.get("AccountId") is None:
+            contact.update(AccountId=account, LastModifiedDate=now)
+        lead.update(
+            IsConverted=True,
+            ConvertedContactId=contact["Id"],
+            ConvertedAccountId=account,
+            ConvertedDate=datetime.fromtimestamp(self._clock(), tz=UTC).date().isoformat(),
+            Status=CONVERTED_LEAD_STATUS,
+            LastModifiedDate=now,
+        )
+        return str(contact["Id"])

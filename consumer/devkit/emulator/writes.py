@@ -6,8 +6,10 @@ Each call goes through the same stages, in Salesforce's order:
    shape, record count, sObject types, field names (any case) and JSON value types. Any
    failure here is a 400 and nothing is written;
 2. per record: resolve the target (id or external id) and mark duplicates within the request;
-3. per record: field rules (:func:`~consumer.devkit.emulator.values.field_errors`) and injected
-   faults, giving either a failure result or a planned write;
+3. per record: a converted Lead refuses any change; then field rules
+   (:func:`~consumer.devkit.emulator.values.field_errors`), injected faults and duplicate rules
+   (:mod:`~consumer.devkit.emulator.duplicates`), giving either a failure result or a planned
+   write;
 4. commit: with ``allOrNone`` one failure rolls every record back, otherwise the planned writes
    are applied and each record gets its result, in request order.
 """
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumer.devkit.emulator.duplicates import DuplicateRuleHeader, DuplicateRules
 from consumer.devkit.emulator.errors import ApiError, JsonObj, failure, not_found, record_error
 from consumer.devkit.emulator.faults import FaultPlan
 from consumer.devkit.emulator.ids import normalize_id
@@ -34,7 +37,7 @@ from consumer.devkit.emulator.values import (
     stored_datetimes,
 )
 
-__all__ = ["MAX_COLLECTION_RECORDS", "CollectionWriter"]
+__all__ = ["MAX_COLLECTION_RECORDS", "CollectionWriter", "SaveContext"]
 
 MAX_COLLECTION_RECORDS = 200
 """sObject Collections accept at most 200 records (or ids) per call."""
@@ -43,6 +46,14 @@ _ROLLED_BACK = (
     "Record rolled back because not all records were valid and the request was using AllOrNone "
     "header"
 )
+
+
+@dataclass(frozen=True)
+class SaveContext:
+    """What a collections request carries besides its body."""
+
+    version: str  # the API version of the URL, for the record URLs in error details
+    duplicate_header: DuplicateRuleHeader = field(default_factory=DuplicateRuleHeader)
 
 
 @dataclass
@@ -69,12 +80,15 @@ class _Planned:
 class CollectionWriter:
     """The four sObject Collections calls over one :class:`RecordStore`."""
 
-    def __init__(self, store: RecordStore, faults: FaultPlan, stats: Stats) -> None:
+    def __init__(
+        self, store: RecordStore, faults: FaultPlan, stats: Stats, duplicates: DuplicateRules
+    ) -> None:
         self._store = store
         self._faults = faults
         self._stats = stats
+        self._duplicates = duplicates
 
-    def create(self, body: object) -> list[JsonObj]:
+    def create(self, body: object, context: SaveContext) -> list[JsonObj]:
         """``POST composite/sobjects``."""
         all_or_none, raw_records = _collection_body(body)
         prepared = [self._prepare(raw, None) for raw in raw_records]
@@ -92,14 +106,14 @@ class CollectionWriter:
                     ]
                 )
                 continue
-            planned = self._plan_write(i, item, None, "create", emails=[item.values.get("Email")])
+            planned = self._plan_write(i, item, None, "create", [item.values.get("Email")], context)
             if isinstance(planned, _Planned):
                 plan.append(planned)
             else:
                 results[i] = planned
         return self._commit(all_or_none, results, plan, upsert=False)
 
-    def update(self, body: object) -> list[JsonObj]:
+    def update(self, body: object, context: SaveContext) -> list[JsonObj]:
         """``PATCH composite/sobjects`` (each record carries its id)."""
         all_or_none, raw_records = _collection_body(body)
         prepared = [self._prepare(raw, None) for raw in raw_records]
@@ -123,7 +137,8 @@ class CollectionWriter:
                 item,
                 existing,
                 "update",
-                emails=[item.values.get("Email"), existing.get("Email")],
+                [item.values.get("Email"), existing.get("Email")],
+                context,
             )
             if isinstance(planned, _Planned):
                 plan.append(planned)
@@ -131,7 +146,9 @@ class CollectionWriter:
                 results[i] = planned
         return self._commit(all_or_none, results, plan, upsert=False)
 
-    def upsert(self, sobject: str, external_field: str, body: object) -> list[JsonObj]:
+    def upsert(
+        self, sobject: str, external_field: str, body: object, context: SaveContext
+    ) -> list[JsonObj]:
         """``PATCH composite/sobjects/{sobject}/{external_field}``."""
         schema = self._store.schema_any_case(sobject)
         if schema is None:
@@ -171,7 +188,8 @@ class CollectionWriter:
                 item,
                 existing,
                 "upsert",
-                emails=[item.values.get("Email"), existing.get("Email") if existing else None],
+                [item.values.get("Email"), existing.get("Email") if existing else None],
+                context,
             )
             if isinstance(planned, _Planned):
                 plan.append(planned)
@@ -310,14 +328,31 @@ class CollectionWriter:
         existing: JsonObj | None,
         kind: str,
         emails: Sequence[object],
+        context: SaveContext,
     ) -> _Planned | JsonObj:
-        """Validate one record against the schema and faults; the plan or a failure result."""
+        """Validate one record against the schema, faults and duplicate rules; the plan or a
+        failure result."""
+        if existing is not None and item.schema.name == "Lead" and existing.get("IsConverted"):
+            # A converted Lead is read-only through the API, whatever the update sets.
+            return failure(
+                [record_error("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")]
+            )
         errors = field_errors(item.schema, item.values, existing)
         if errors:
             return failure(errors)
         error = self._injected_error(kind, emails, existing["Id"] if existing else None)
         if error is not None:
             return failure([error])
+        duplicate = self._duplicates.check(
+            item.schema,
+            existing,
+            item.values,
+            self._store.rows[item.schema.name],
+            context.duplicate_header,
+            context.version,
+        )
+        if duplicate is not None:
+            return failure([duplicate])
         if existing is None:
             record_id = self._store.ids.make(item.schema.key_prefix)
             return _Planned(index, "create", item.schema, record_id, item.values)
