@@ -1,4 +1,9 @@
-"""Run the emulator standalone: ``python -m consumer.devkit.emulator --port 8080 [--seed-demo]``."""
+"""Run the emulator standalone: ``python -m consumer.devkit.emulator --port 8080 [--seed-demo]``.
+
+``--latency-ms`` / ``--jitter-ms`` delay every answer, so a benchmark can run the emulator as
+its own process and measure a client against realistic round trips. ``--port 0`` picks a free
+port; the first line printed names the URL.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ def seed_demo(emu: SalesforceEmulator) -> None:
     emu.seed("Lead", {"Email": "dave@example.com", "LastName": "Petit", "Company": "Globex"})
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line's options (``argv`` None: ``sys.argv``)."""
     parser = argparse.ArgumentParser(
         prog="python -m consumer.devkit.emulator",
         description="Run the Salesforce REST API emulator.",
@@ -35,7 +41,32 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-limit", type=int, default=15000)
     parser.add_argument("--page-size", type=int, default=2000)
     parser.add_argument("--seed-demo", action="store_true", help="insert demo Contacts and Leads")
+    parser.add_argument(
+        "--latency-ms",
+        type=_non_negative,
+        default=0.0,
+        help="delay every answer by this many milliseconds",
+    )
+    parser.add_argument(
+        "--jitter-ms",
+        type=_non_negative,
+        default=0.0,
+        help="add a uniformly random 0..N milliseconds on top of --latency-ms",
+    )
+    parser.add_argument(
+        "--latency-seed", type=int, default=None, help="seed the jitter for repeatable runs"
+    )
     return parser.parse_args(argv)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -48,12 +79,15 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     if args.seed_demo:
         seed_demo(emu)
+    emu.set_latency(base_ms=args.latency_ms, jitter_ms=args.jitter_ms, seed=args.latency_seed)
     url = await emu.start(host=args.host, port=args.port)
     print(f"Salesforce emulator listening on {url}", flush=True)
     print(f"  token URL:     {url}/services/oauth2/token", flush=True)
     print(f"  client_id:     {args.client_id}", flush=True)
     print(f"  client_secret: {args.client_secret}", flush=True)
     print(f"  API versions:  {', '.join(emu.state.api_versions)}", flush=True)
+    if args.latency_ms or args.jitter_ms:
+        print(f"  latency:       {args.latency_ms:g} ms + 0..{args.jitter_ms:g} ms", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m consumer.devkit.emulator``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(_parse_args(argv)))
+        asyncio.run(_serve(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 This layer stays thin: routing, authentication, the API usage header, faults/latency, the
 request-size cap and compression live here; every Salesforce rule about records, queries and
-tokens lives in :mod:`consumer.devkit.emulator.state`.
+tokens lives behind :class:`consumer.devkit.emulator.state.EmulatorState` (see that module for
+the map of the others).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_response import ContentCoding
 
 from consumer.devkit.emulator import soql
+from consumer.devkit.emulator.duplicates import DUPLICATE_RULE_HEADER, DuplicateRule
 from consumer.devkit.emulator.state import (
     ApiError,
     EmulatorError,
@@ -175,6 +177,7 @@ class SalesforceEmulator:
         custom_fields: Mapping[str, Sequence[FieldSpec]] | None = None,
         api_limit: int = 15000,
         page_size: int = 2000,
+        instance_url: str | None = None,
     ) -> None:
         self.state = EmulatorState(
             client_id=client_id,
@@ -184,6 +187,7 @@ class SalesforceEmulator:
             api_limit=api_limit,
             page_size=page_size,
         )
+        self.set_instance_url(instance_url)
         self._runner: web.AppRunner | None = None
         #: "Header: value" -> requests that carried it (Sforce-Call-Options, Accept-Encoding).
         self.seen_headers: Counter[str] = Counter()
@@ -259,6 +263,38 @@ class SalesforceEmulator:
         """Copies of the records whose Email matches ``email`` ignoring case."""
         return self.state.find_by_email(sobject, email)
 
+    def convert_lead(
+        self, lead_id: str, contact_id: str | None = None, *, account_id: str | None = None
+    ) -> str:
+        """Convert a Lead into ``contact_id`` (or a new Contact made from the Lead); return the
+        Contact's id. The Lead stays queryable, with ``IsConverted`` true and
+        ``ConvertedContactId`` / ``ConvertedAccountId`` set, and any API update of it fails
+        with ``CANNOT_UPDATE_CONVERTED_LEAD``."""
+        return self.state.convert_lead(lead_id, contact_id, account_id=account_id)
+
+    # ---- duplicate rules ---------------------------------------------------------------
+
+    def add_duplicate_rule(
+        self,
+        sobject: str,
+        action: str = "alert",
+        match_field: str = "Email",
+        *,
+        name: str | None = None,
+        message: str = "Use one of these records?",
+    ) -> DuplicateRule:
+        """Activate a duplicate rule: a create, or an update changing ``match_field``, whose
+        value equals (ignoring case) another stored record's fails with
+        ``DUPLICATES_DETECTED``. An "alert" rule lets the save through when the request sends
+        ``Sforce-Duplicate-Rule-Header: allowSave=true``; a "block" rule never does."""
+        return self.state.add_duplicate_rule(
+            sobject, action, match_field, name=name, message=message
+        )
+
+    def clear_duplicate_rules(self) -> None:
+        """Deactivate every duplicate rule."""
+        self.state.duplicates.clear()
+
     # ---- stats and usage ---------------------------------------------------------------
 
     @property
@@ -301,6 +337,11 @@ class SalesforceEmulator:
     def issued_tokens(self) -> list[str]:
         """The access tokens handed out so far."""
         return self.state.tokens.values()
+
+    def set_instance_url(self, url: str | None) -> None:
+        """Make the token endpoint answer with ``instance_url`` = ``url`` (None: the URL the
+        token request came to), e.g. to check a client refuses to follow it elsewhere."""
+        self.state.instance_url = url.rstrip("/") if url is not None else None
 
     def set_client_secret(self, secret: str) -> None:
         """Change the Connected App's secret (an admin rotating it)."""
@@ -350,7 +391,7 @@ class SalesforceEmulator:
 
     def inject_record_error(
         self,
-        kind: str,
+        kind: str | None,
         status_code: str,
         message: str,
         count: int = 1,
@@ -358,8 +399,14 @@ class SalesforceEmulator:
         email: str | None = None,
     ) -> None:
         """Fail the next ``count`` records of collections calls of ``kind`` (optionally only
-        those whose Email, given or stored, equals ``email`` ignoring case)."""
-        if kind not in _RECORD_FAULT_KINDS:
+        those whose Email, given or stored, equals ``email`` ignoring case).
+
+        ``kind`` None means any call that saves a record (create, update or upsert), for tests
+        that do not care which one the client picks. ``fields`` names the offending fields, as
+        Salesforce does for e.g. ``FIELD_CUSTOM_VALIDATION_EXCEPTION`` (a validation rule whose
+        error is shown at a field). The failed record writes nothing.
+        """
+        if kind is not None and kind not in _RECORD_FAULT_KINDS:
             raise EmulatorError(f"record errors apply to {sorted(_RECORD_FAULT_KINDS)}, not {kind}")
         self.state.faults.add_record(kind, status_code, message, count, fields, email)
 
@@ -598,15 +645,24 @@ class SalesforceEmulator:
         return _json(self.state.limits())
 
     async def _create(self, request: web.Request, version: str) -> web.StreamResponse:
-        return _json(self.state.create(await _json_body(request)))
+        body = await _json_body(request)
+        header = request.headers.get(DUPLICATE_RULE_HEADER)
+        return _json(self.state.create(body, version=version, duplicate_header=header))
 
     async def _update(self, request: web.Request, version: str) -> web.StreamResponse:
-        return _json(self.state.update(await _json_body(request)))
+        body = await _json_body(request)
+        header = request.headers.get(DUPLICATE_RULE_HEADER)
+        return _json(self.state.update(body, version=version, duplicate_header=header))
 
     async def _upsert(self, request: web.Request, version: str) -> web.StreamResponse:
         body = await _json_body(request)
         info = request.match_info
-        return _json(self.state.upsert(info["sobject"], info["field"], body))
+        header = request.headers.get(DUPLICATE_RULE_HEADER)
+        return _json(
+            self.state.upsert(
+                info["sobject"], info["field"], body, version=version, duplicate_header=header
+            )
+        )
 
     async def _delete(self, request: web.Request, version: str) -> web.StreamResponse:
         ids = [i for i in request.query.get("ids", "").split(",") if i]

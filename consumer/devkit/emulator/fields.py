@@ -10,7 +10,10 @@ from consumer.devkit.emulator.state import FieldSpec
 
 def example_custom_fields() -> dict[str, list[FieldSpec]]:
     """Contact and Lead fields the example mapping writes, plus an External ID field
-    (``Didomi_Id__c``) and a datetime (``Consent_Synced_At__c``) for the optional modes."""
+    (``Didomi_Id__c``) and a datetime (``Consent_Synced_At__c``) for the optional modes, and
+    the Long Text Area ``Didomi_Sync_State__c`` where the service keeps per-field sync state
+    (selectable and writable, never filterable)."""
+    sync_state = FieldSpec("Didomi_Sync_State__c", "textarea", length=131_072)
     contact = [
         FieldSpec("Newsletter_Consent__c", "boolean"),
         FieldSpec("Analytics_Consent__c", "boolean"),
@@ -26,6 +29,7 @@ def example_custom_fields() -> dict[str, list[FieldSpec]]:
         FieldSpec("Topic_Offers__c", "boolean"),
         FieldSpec("Didomi_Id__c", "email", length=80, external_id=True),
         FieldSpec("Consent_Synced_At__c", "datetime"),
+        sync_state,
     ]
-    lead = [FieldSpec("Newsletter_Consent__c", "boolean")]
+    lead = [FieldSpec("Newsletter_Consent__c", "boolean"), sync_state]
     return {"Contact": contact, "Lead": lead}
