@@ -20,7 +20,7 @@ from consumer.engine.gate import GatePolicy, WriteGate
 from consumer.engine.health import Health
 from consumer.engine.pipeline import EngineConfig, Pipeline
 from consumer.engine.publisher import Publisher
-from consumer.errors import AuthenticationError, SalesforceTransientError
+from consumer.errors import Reaction, SalesforceError
 from consumer.kafka.clients import make_consumer, make_producer
 from consumer.mapping import MappingConfig
 from consumer.observability.metrics import Metrics
@@ -83,13 +83,16 @@ class Service:
         while True:
             try:
                 return await check_mapping(self.client, self.mapping)
-            except AuthenticationError as exc:
-                self.health.salesforce_ok = False
-                delay = self.settings.salesforce_auth_retry_seconds
-                logger.error("salesforce refused the login", extra={"error": str(exc)})
-            except SalesforceTransientError as exc:
-                delay = self.settings.salesforce_retry_max_seconds
-                logger.warning("salesforce unreachable at start-up", extra={"error": str(exc)})
+            except SalesforceError as exc:
+                if exc.reaction is Reaction.CONFIGURATION:
+                    self.health.salesforce_ok = False
+                    delay = self.settings.salesforce_auth_retry_seconds
+                    logger.error("salesforce refused the login", extra={"error": str(exc)})
+                elif exc.retriable or exc.reaction is Reaction.EXHAUSTED:
+                    delay = self.settings.salesforce_retry_max_seconds
+                    logger.warning("salesforce unreachable at start-up", extra={"error": str(exc)})
+                else:
+                    raise
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 

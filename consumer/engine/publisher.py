@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from consumer.engine.ports import ProducerPort
 from consumer.errors import PublishError
@@ -151,7 +151,7 @@ class Publisher:
                         "%s too large for %s; sending it shrunk", record.what, record.topic
                     )
                     again.append(smaller)
-                elif isinstance(answer, KafkaError) and answer.retriable:
+                elif isinstance(answer, KafkaError) and _retriable(answer):
                     again.append(record)
                     transient = answer
                 elif isinstance(answer, asyncio.CancelledError):
@@ -192,6 +192,12 @@ class Publisher:
         for slot, answer in zip(slots, delivered, strict=True):
             answers[slot] = answer
         return answers
+
+
+def _retriable(error: KafkaError) -> bool:
+    # aiokafka marks a delivery timeout as not retriable, but it is what a batch gets when
+    # the broker was unreachable for request_timeout_ms: sending it again can succeed.
+    return bool(error.retriable) or isinstance(error, KafkaTimeoutError)
 
 
 def outcome_bytes(outcome: Outcome) -> bytes:

@@ -24,6 +24,7 @@ from yarl import URL
 from consumer.errors import (
     ApiBudgetExceededError,
     AuthenticationError,
+    Reaction,
     RequestLimitExceededError,
     RetryBudgetExhaustedError,
     SalesforceError,
@@ -377,7 +378,9 @@ class SalesforceClient:
         while True:
             try:
                 return await call()
-            except SalesforceTransientError as exc:
+            except SalesforceError as exc:
+                if exc.reaction is not Reaction.RETRY:
+                    raise
                 delay = backoff.next_delay()
                 if delay is None:
                     raise RetryBudgetExhaustedError(

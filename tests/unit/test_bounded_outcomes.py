@@ -28,6 +28,7 @@ from consumer.model.outcomes import (
     clip,
     clip_bytes,
 )
+from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
 from consumer.stages.parse import ParseRules, parse_message
 from consumer.stages.report import DeadLetterOut, Publication, assemble
@@ -247,7 +248,7 @@ def test_a_failed_write_with_huge_ids_and_salesforce_message_stays_bounded() -> 
     # A padded email is valid once trimmed; the outcome repeats it as sent.
     email = "jane@x.com" + " " * 300_000
     jane = change(email, purpose("newsletter", True), event_id="e" * 300_000)
-    people = merge_by_person([Sourced(jane, 0, 0, 0)], plans)
+    people = merge_by_person([Sourced(jane, 0, 0, 0, map_change(jane, plans))])
     error = SalesforceErrorInfo(code="INVALID_EMAIL_ADDRESS", message="bad: " + "m" * 100_000)
     results = {"Contact": {"jane@x.com": PersonResult("failed", error=error)}}
     message = InputMessage("in", 0, 0, b"k", b"v")

@@ -1,0 +1,148 @@
+"""The publisher: retries only what can succeed, shrinks what is too large, stops otherwise."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from aiokafka.errors import (
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+)
+from prometheus_client import CollectorRegistry
+
+from consumer.engine.publisher import KEY_OMITTED_HEADER, OUTCOME_SHRUNK_HEADER, Publisher
+from consumer.errors import PublishError
+from consumer.model.messages import VALUE_OMITTED_HEADER, InputMessage
+from consumer.model.outcomes import DeadLetter, Outcome, SourcePosition
+from consumer.observability.metrics import Metrics
+from consumer.stages.report import DeadLetterOut, Publication
+from tests.unit.fakes import MemoryProducer, Sent
+
+pytestmark = pytest.mark.asyncio
+
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def outcome(n: int, reason: str = "r") -> Publication:
+    return Publication(
+        f"k{n}".encode(),
+        Outcome(
+            status="rejected",
+            reason=reason,
+            error_class="INVALID_JSON",
+            event_id=f"ev-{n}",
+            source=SourcePosition(topic="in", partition=0, offset=n),
+            processed_at=NOW,
+        ),
+    )
+
+
+def letter(n: int, value: bytes = b"v") -> DeadLetterOut:
+    message = InputMessage("in", 0, n, b"key", value, (("trace", b"t1"),))
+    info = DeadLetter(
+        error_class="INVALID_JSON",
+        reason="bad",
+        source_topic="in",
+        source_partition=0,
+        source_offset=n,
+        first_seen=NOW,
+    )
+    return DeadLetterOut(message, info)
+
+
+def publisher(producer: MemoryProducer) -> tuple[Publisher, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    return (
+        Publisher(
+            producer,
+            results_topic="results",
+            dlq_topic="dlq",
+            metrics=metrics,
+            retry_initial_seconds=0.001,
+        ),
+        metrics,
+    )
+
+
+async def test_dead_letters_go_first_with_original_bytes_and_metrics_count_once() -> None:
+    producer = MemoryProducer()
+    pub, metrics = publisher(producer)
+    await pub.publish([outcome(1), outcome(2)], [letter(1)])
+    (dead,) = producer.topics["dlq"]
+    assert (dead.key, dead.value) == (b"key", b"v")
+    headers = dict(dead.headers)
+    assert headers["trace"] == b"t1"
+    assert headers["x-dlq-error-class"] == b"INVALID_JSON"
+    assert [orjson.loads(s.value or b"")["event_id"] for s in producer.topics["results"]] == [
+        "ev-1",
+        "ev-2",
+    ]
+    get = metrics.registry.get_sample_value
+    assert get("consent_sync_dead_letters_total", {"error_class": "INVALID_JSON"}) == 1
+    assert get("consent_sync_outcomes_total", {"status": "rejected", "sobject": ""}) == 2
+
+
+async def test_a_retriable_error_resends_only_that_record() -> None:
+    producer = MemoryProducer()
+    producer.fail_delivery["results"] = [NotLeaderForPartitionError(), KafkaTimeoutError()]
+    pub, _ = publisher(producer)
+    await pub.publish([outcome(1), outcome(2), outcome(3)], [])
+    keys = [s.key or b"" for s in producer.topics["results"]]
+    # The first two failed once each (a moved leader, a delivery timeout) and were sent
+    # again; nothing acknowledged was sent twice.
+    assert sorted(keys) == [b"k1", b"k2", b"k3"]
+    assert producer.attempts == 3 + 2 + 0  # first round, then k1 again, then k2 again
+
+
+async def test_a_dead_letter_too_large_loses_its_value_then_its_key() -> None:
+    producer = MemoryProducer()
+    rounds = iter([True, True, False])
+
+    def too_large(sent: Sent) -> BaseException | None:
+        return MessageSizeTooLargeError() if sent.topic == "dlq" and next(rounds) else None
+
+    producer.fail_when = too_large
+    pub, _ = publisher(producer)
+    await pub.publish([outcome(1)], [letter(1, value=b"x" * 1000)])
+    (dead,) = producer.topics["dlq"]
+    headers = dict(dead.headers)
+    assert dead.value == b""
+    assert dead.key is None
+    assert VALUE_OMITTED_HEADER in headers
+    assert KEY_OMITTED_HEADER in headers
+    assert "trace" not in headers  # original headers go with the key
+    assert headers["x-dlq-source-offset"] == b"1"  # where the original is stays known
+
+
+async def test_an_outcome_too_large_for_the_producer_is_shrunk() -> None:
+    producer = MemoryProducer()
+    producer.max_value_bytes = 300
+    pub, _ = publisher(producer)
+    await pub.publish([outcome(1, reason="why " * 100)], [])
+    (sent,) = producer.topics["results"]
+    body = orjson.loads(sent.value or b"")
+    assert body["event_id"] == "ev-1"
+    assert body["status"] == "rejected"
+    assert body["source"]["offset"] == 1
+    assert "details dropped" in body["reason"]
+    assert OUTCOME_SHRUNK_HEADER in dict(sent.headers)
+
+
+async def test_a_record_too_large_even_when_shrunk_stops_the_service() -> None:
+    producer = MemoryProducer()
+    producer.max_value_bytes = 10
+    pub, _ = publisher(producer)
+    with pytest.raises(PublishError, match="too large even when shrunk"):
+        await pub.publish([outcome(1)], [])
+
+
+async def test_an_error_retrying_cannot_fix_stops_the_service() -> None:
+    producer = MemoryProducer()
+    producer.fail_delivery["results"] = [TopicAuthorizationFailedError()]
+    pub, _ = publisher(producer)
+    with pytest.raises(PublishError, match="TopicAuthorizationFailedError"):
+        await pub.publish([outcome(1)], [])
