@@ -31,3 +31,14 @@ def test_every_metric_is_documented() -> None:
 def test_quick_start_has_the_two_commands() -> None:
     assert "make demo" in README
     assert "make test" in README
+
+
+def test_the_architecture_section_has_one_line_per_folder() -> None:
+    section = README.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    package = Path(__file__).resolve().parents[2] / "consumer"
+    folders = sorted(
+        p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()
+    )
+    assert folders, "no sub-packages found"
+    missing = [f for f in folders if f"| `{f}/` |" not in section]
+    assert missing == []
