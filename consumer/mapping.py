@@ -8,7 +8,7 @@ per target); :func:`validate_against_describe` checks it against the org's real 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consumer.errors import MappingError
+from consumer.model import sync_state
 
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 ApiName = Annotated[str, Field(pattern=_API_NAME.pattern, max_length=80)]
@@ -36,9 +37,14 @@ class TargetMapping(BaseModel):
     #: An External ID field holding organization_user_id: with upsert_mode on, people are
     #: upserted by it (no query); with upsert_mode off, records are found by it.
     external_id_field: ApiName | None = None
-    #: A datetime field the service stamps with the event time of what it wrote; a record
-    #: whose stamp is newer than an event is never overwritten by it (outcome ``stale``), so a
-    #: replay or a late, reordered event cannot roll consent back.
+    #: A Long Text Area field in which the service keeps, per mapped field, the stamp (event
+    #: time, partition, offset, event id) of the value it last wrote. A write includes only the
+    #: fields whose incoming choice is newer, so that whatever order events arrive in (late
+    #: retries, replays, redrives, several replicas), each field ends with the latest choice.
+    #: Without it, a late event overwrites a newer choice (``check`` warns).
+    sync_state_field: ApiName | None = None
+    #: A datetime field stamped with the event time of the newest choice written: a
+    #: human-readable "last synced" mark for administrators (not an ordering guard).
     last_synced_field: ApiName | None = None
     create_defaults: dict[ApiName, str | int | float | bool] = Field(default_factory=dict)
     purposes: dict[str, ApiName] = Field(default_factory=dict)
@@ -61,7 +67,19 @@ class TargetMapping(BaseModel):
                 raise ValueError(f"field {name} ({where}) is the external id field")
             if self.last_synced_field and key == self.last_synced_field.lower():
                 raise ValueError(f"field {name} ({where}) is the last_synced_field")
+            if self.sync_state_field and key == self.sync_state_field.lower():
+                raise ValueError(f"field {name} ({where}) is the sync_state_field")
             seen[key] = where
+        special = [
+            f.lower()
+            for f in (self.match_field, self.external_id_field, self.last_synced_field)
+            if f
+        ]
+        if self.sync_state_field and self.sync_state_field.lower() in special:
+            raise ValueError(
+                f"sync_state_field {self.sync_state_field} is also the match, external id or "
+                "last_synced field"
+            )
         for pref in self.preference_format:
             if pref not in self.preferences:
                 raise ValueError(f"preference_format names {pref!r}, which is not in preferences")
@@ -130,6 +148,8 @@ def parse_mapping(text: str, *, source: str = "<mapping>") -> MappingConfig:
 
 BOOLEAN_TYPES = frozenset({"boolean"})
 STRING_TYPES = frozenset({"string", "textarea", "picklist", "multipicklist"})
+#: Salesforce's limit on the values selected in one multipicklist.
+MAX_MULTIPICKLIST_VALUES = 100
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,9 @@ class FieldInfo:
     defaulted_on_create: bool = False
     external_id: bool = False
     picklist_values: tuple[str, ...] = ()
+    #: A restricted picklist takes only its active values.
+    restricted: bool = False
+    filterable: bool = True
 
     @classmethod
     def from_describe(cls, raw: Mapping[str, Any]) -> FieldInfo:
@@ -161,6 +184,8 @@ class FieldInfo:
             picklist_values=tuple(
                 str(v["value"]) for v in raw.get("picklistValues") or () if v.get("active", True)
             ),
+            restricted=bool(raw.get("restrictedPicklist", False)),
+            filterable=bool(raw.get("filterable", True)),
         )
 
 
@@ -176,8 +201,24 @@ class Problem:
         return f"{self.sobject} {self.where}: {self.message}"
 
 
+def describe_fields(
+    raw_fields: Iterable[Mapping[str, Any]],
+) -> tuple[dict[str, FieldInfo], set[str]]:
+    """Describe's fields keyed by lower-cased name, and the lower-cased names that more than one
+    field answers to (ambiguous: a mapping cannot say which it means)."""
+    fields: dict[str, FieldInfo] = {}
+    ambiguous: set[str] = set()
+    for raw in raw_fields:
+        info = FieldInfo.from_describe(raw)
+        key = info.name.lower()
+        if key in fields:
+            ambiguous.add(key)
+        fields[key] = info
+    return fields, ambiguous
+
+
 def validate_against_describe(
-    target: TargetMapping, fields: Mapping[str, FieldInfo]
+    target: TargetMapping, fields: Mapping[str, FieldInfo], ambiguous: Set[str] = frozenset()
 ) -> list[Problem]:
     """Compare a target's mapping with its sObject's fields; return every problem found.
 
@@ -188,6 +229,9 @@ def validate_against_describe(
     def add(where: str, message: str) -> None:
         problems.append(Problem(target.sobject, where, message))
 
+    for where, name in _named_fields(target):
+        if name.lower() in ambiguous:
+            add(where, f"field name {name} is ambiguous: several fields answer to it")
     match = fields.get(target.match_field.lower())
     if match is None:
         add("match_field", f"field {target.match_field} does not exist")
@@ -209,6 +253,8 @@ def validate_against_describe(
             add("last_synced_field", f"field {synced.name} is {synced.type}, expected datetime")
         elif not synced.updateable or (target.upsert_mode and not synced.createable):
             add("last_synced_field", f"field {synced.name} is not writable")
+    if target.sync_state_field:
+        problems.extend(_check_state_field(target, fields))
     for where, name in target.mapped_fields():
         info = fields.get(name.lower())
         if info is None:
@@ -246,22 +292,126 @@ def validate_against_describe(
     return problems
 
 
+def _check_state_field(target: TargetMapping, fields: Mapping[str, FieldInfo]) -> list[Problem]:
+    name = target.sync_state_field
+    assert name is not None
+    info = fields.get(name.lower())
+    where = "sync_state_field"
+    if info is None:
+        return [Problem(target.sobject, where, f"field {name} does not exist")]
+    out: list[Problem] = []
+    if info.type != "textarea":
+        out.append(
+            Problem(
+                target.sobject,
+                where,
+                f"field {info.name} is {info.type}, expected a Long Text Area (textarea)",
+            )
+        )
+    need = sync_state.capacity(n for _, n in target.mapped_fields())
+    if info.length < need:
+        out.append(
+            Problem(
+                target.sobject,
+                where,
+                f"field {info.name} holds {info.length} characters; the state of "
+                f"{sum(1 for _ in target.mapped_fields())} mapped fields needs up to {need} "
+                "(use a Long Text Area, up to 131,072)",
+            )
+        )
+    if not info.updateable or (target.upsert_mode and not info.createable):
+        out.append(Problem(target.sobject, where, f"field {info.name} is not writable"))
+    return out
+
+
+def warnings_for(target: TargetMapping) -> list[Problem]:
+    """What is allowed but risky in a target's mapping (``check`` prints it; it does not fail)."""
+    if target.sync_state_field:
+        return []
+    return [
+        Problem(
+            target.sobject,
+            "sync_state_field",
+            "not set: without a per-field sync state, an event that arrives late (Didomi "
+            "retries for minutes and does not keep order; replays and redrives re-send old "
+            "events) overwrites a newer choice, and a withdrawal can be rolled back. Set it to "
+            "a Long Text Area field (e.g. Didomi_Sync_State__c).",
+        )
+    ]
+
+
+def _named_fields(target: TargetMapping) -> Iterable[tuple[str, str]]:
+    yield "match_field", target.match_field
+    for where in ("external_id_field", "last_synced_field", "sync_state_field"):
+        value = getattr(target, where)
+        if value:
+            yield where, value
+    yield from target.mapped_fields()
+    for name in target.create_defaults:
+        yield f"create_defaults.{name}", name
+
+
+def resolve_names(target: TargetMapping, fields: Mapping[str, FieldInfo]) -> TargetMapping:
+    """The mapping with every field name in describe's own spelling.
+
+    Salesforce takes names in any case, but query results and describe use the field's own
+    spelling: lookups and writes must use it too. Unknown names are left as they are (the
+    check reports them).
+    """
+
+    def own(name: str) -> str:
+        info = fields.get(name.lower())
+        return info.name if info is not None else name
+
+    def own_opt(name: str | None) -> str | None:
+        return own(name) if name else name
+
+    return target.model_copy(
+        update={
+            "match_field": own(target.match_field),
+            "external_id_field": own_opt(target.external_id_field),
+            "last_synced_field": own_opt(target.last_synced_field),
+            "sync_state_field": own_opt(target.sync_state_field),
+            "create_defaults": {own(k): v for k, v in target.create_defaults.items()},
+            "purposes": {k: own(v) for k, v in target.purposes.items()},
+            "preferences": {k: own(v) for k, v in target.preferences.items()},
+            "preference_values": {
+                k: {vk: own(vv) for vk, vv in v.items()}
+                for k, v in target.preference_values.items()
+            },
+        }
+    )
+
+
 @dataclass(frozen=True)
 class TargetPlan:
-    """A target mapping resolved against the org: what the pure mapper works from."""
+    """A target mapping resolved against the org: what the pure mapper and the writer use."""
 
     mapping: TargetMapping
     #: preference id -> the separator its selected values are joined with
     preference_separators: dict[str, str] = field(default_factory=dict)
+    #: Describe's fields by lower-cased name (empty when planned without describe).
+    fields: Mapping[str, FieldInfo] = field(default_factory=dict)
 
     @property
     def sobject(self) -> str:
         """The target's sObject name."""
         return self.mapping.sobject
 
+    @property
+    def converts(self) -> bool:
+        """True for an sObject whose records can be converted (Lead: ``IsConverted``)."""
+        return self.mapping.sobject.lower() == "lead" and "isconverted" in self.fields
+
+    def info(self, name: str) -> FieldInfo | None:
+        """Describe's entry of a field."""
+        return self.fields.get(name.lower())
+
 
 def plan_target(target: TargetMapping, fields: Mapping[str, FieldInfo] | None) -> TargetPlan:
-    """Decide how each preference is written, from the mapping and (if known) the field types."""
+    """Resolve names to describe's spelling and decide how each preference is written."""
+    if fields is not None:
+        target = resolve_names(target, fields)
     separators: dict[str, str] = {}
     for pref, name in target.preferences.items():
         fmt = target.preference_format.get(pref, "auto")
@@ -269,4 +419,4 @@ def plan_target(target: TargetMapping, fields: Mapping[str, FieldInfo] | None) -
             info = fields.get(name.lower()) if fields is not None else None
             fmt = "multipicklist" if info is not None and info.type == "multipicklist" else "text"
         separators[pref] = ";" if fmt == "multipicklist" else ","
-    return TargetPlan(mapping=target, preference_separators=separators)
+    return TargetPlan(mapping=target, preference_separators=separators, fields=fields or {})

@@ -72,6 +72,8 @@ class Service:
             if not report.ok:
                 logger.error("the mapping does not fit the org:\n%s", report.render())
                 return EXIT_CONFIG
+            for warning in report.warnings:
+                logger.warning("mapping: %s", warning)
             self.health.salesforce_ok = True
             return await self._consume(report, stop)
         finally:
@@ -132,6 +134,7 @@ class Service:
                 ParseRules(
                     regulations=tuple(self.mapping.regulations),
                     max_message_bytes=s.sync_max_message_bytes,
+                    max_future_skew_seconds=s.sync_max_future_skew_seconds,
                 ),
                 report.plans,
                 writers,

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     #: When transient errors outlast the retry budget: ``pause`` keeps the batch (partitions
     #: paused, retried later); ``dead_letter`` gives its events failed outcomes and DLQs them.
     salesforce_on_retry_exhausted: Literal["pause", "dead_letter"] = "pause"
+    #: ``allowSave`` of ``Sforce-Duplicate-Rule-Header`` on every write: true lets a duplicate
+    #: rule whose action is "Alert" save anyway (a consent write must not be blocked by an
+    #: alert); a "Block" rule still refuses the record.
+    salesforce_duplicate_rule_allow_save: bool = True
 
     # --- Sync ----------------------------------------------------------------------------
     sync_mapping_file: Path = Path("mapping.yaml")
@@ -116,6 +120,9 @@ class Settings(BaseSettings):
     sync_batch_linger_ms: Annotated[int, Field(ge=0)] = 500
     sync_concurrency: Annotated[int, Field(ge=1, le=25)] = 4
     sync_max_message_bytes: PositiveInt = 1024 * 1024
+    #: An event dated more than this after its Kafka record's timestamp is rejected (a
+    #: future date would stamp records so that every real later choice lost against it).
+    sync_max_future_skew_seconds: Annotated[float, Field(ge=0)] = 300.0
     sync_commit_interval_ms: Annotated[int, Field(ge=0)] = 1_000
     sync_shutdown_timeout_seconds: PositiveFloat = 20.0
     #: How long a rebalance waits for in-flight batches of revoked partitions before

@@ -248,7 +248,7 @@ class Pipeline:
             tuple(record.headers or ()),
             record.timestamp,
         )
-        parsed = parse_message(message.value, self._rules)
+        parsed = parse_message(message.value, self._rules, message.timestamp_ms)
         fields = map_change(parsed.change, self._plans) if isinstance(parsed, Accepted) else {}
         person = parsed.change.email_key if fields and isinstance(parsed, Accepted) else None
         part = self._parts.fetched(tp, message.offset, message.size)

@@ -33,6 +33,9 @@ class ConsentChange:
     purposes: tuple[Purpose, ...]
     #: True for user entities (whole state), False for events (only what changed).
     full_state: bool
+    #: ``user.updated``: the state before the change (``old_entity``). Only the fields whose
+    #: values differ between the two are applied; None applies the whole state.
+    previous_purposes: tuple[Purpose, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,20 @@ class Rejected:
 ParseResult = Accepted | Ignored | Rejected
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class Stamp:
+    """When a choice was made and where it was read: what orders the choices of one field.
+
+    Compared by event time (milliseconds), then by partition and offset (a tie in time is
+    broken by the order Kafka holds them in). The event id is kept for the record, not compared.
+    """
+
+    time_ms: int
+    partition: int
+    offset: int
+    event_id: str = field(default="", compare=False)
+
+
 @dataclass(frozen=True)
 class Sourced:
     """A change and where it was read from (its position orders ties)."""
@@ -90,6 +107,7 @@ class Step:
     event_time: datetime
     index: int
     fields: dict[str, FieldValues]
+    stamp: Stamp = Stamp(0, 0, 0)
 
 
 @dataclass
@@ -101,6 +119,8 @@ class PersonWrite:
     email: str
     #: sObject -> merged field values (only targets with something to write).
     fields: dict[str, FieldValues] = field(default_factory=dict)
+    #: sObject -> field -> the stamp of the event whose value ``fields`` holds.
+    stamps: dict[str, dict[str, Stamp]] = field(default_factory=dict)
     #: Batch indexes of the messages merged into this write, in merge order.
     indexes: list[int] = field(default_factory=list)
     #: The merged events in merge order, for writes that must skip what a record has newer.
@@ -118,13 +138,23 @@ class PersonWrite:
         return merged, used
 
 
+PersonStatus = Literal["updated", "created", "stale", "unchanged", "not_found", "failed"]
+
+
 @dataclass
 class PersonResult:
     """What happened to one person on one target."""
 
-    status: Literal["updated", "created", "stale", "not_found", "failed"]
+    status: PersonStatus
     record_ids: list[str] = field(default_factory=list)
     error: SalesforceErrorInfo | None = None
     note: str | None = None
     #: Batch indexes of events skipped because every record held newer data.
     stale_indexes: set[int] = field(default_factory=set)
+    #: Batch index -> the event's fields every record holds a newer choice for.
+    older: dict[int, list[str]] = field(default_factory=dict)
+    #: Fields left out of the write (refused by Salesforce or invalid for describe), with why;
+    #: the other fields were written (the report turns events carrying them into ``partial``).
+    refused: dict[str, SalesforceErrorInfo] = field(default_factory=dict)
+    #: Fields whose choice was applied to at least one record.
+    written: set[str] = field(default_factory=set)

@@ -8,10 +8,33 @@ Types that decide what gets written (ids, booleans, the selected values) are str
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
+
+_ISO_8601 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_8601_string(value: Any) -> Any:
+    # Didomi sends ISO-8601 strings; pydantic would also take a number or a string of digits
+    # as seconds since the epoch, which no Didomi payload holds: refused, not guessed.
+    if not isinstance(value, str) or not _ISO_8601.match(value):
+        raise ValueError("must be an ISO-8601 date and time string (2026-11-20T09:14:03.512Z)")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_iso_8601_string)]
+"""An ISO-8601 date-time string, nothing else."""
 
 EventType = Literal[
     "event.created",
@@ -71,8 +94,8 @@ class ConsentEvent(_Open):
 
     id: Annotated[StrictStr, Field(min_length=1)]
     organization_id: StrictStr | None = None
-    created_at: datetime
-    updated_at: datetime | None = None
+    created_at: Timestamp
+    updated_at: Timestamp | None = None
     status: Literal["confirmed", "pending_approval"] = "confirmed"
     regulation: StrictStr = "gdpr"
     user: EventUser
@@ -87,8 +110,8 @@ class User(_Open):
     organization_user_id: Annotated[StrictStr, Field(min_length=1)]
     organization_user_id_type: StrictStr | None = None
     version: StrictInt | None = None
-    created_at: datetime
-    updated_at: datetime | None = None
+    created_at: Timestamp
+    updated_at: Timestamp | None = None
     country: StrictStr | None = None
     consents: Consents = Field(default_factory=Consents)
 
@@ -97,7 +120,7 @@ class Source(_Open):
     """What caused an update (``*.updated`` only)."""
 
     id: StrictStr | None = None
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
 
 
 class EventCreatedParams(_Open):
@@ -107,10 +130,11 @@ class EventCreatedParams(_Open):
 
 
 class EventUpdatedParams(_Open):
-    """``parameters`` of ``event.updated``; only ``new_entity`` is applied."""
+    """``parameters`` of ``event.updated``; only ``new_entity`` is applied (``old_entity`` is
+    kept as sent, and a malformed one does not reject the message)."""
 
     source: Source | None = None
-    old_entity: ConsentEvent | None = None
+    old_entity: dict[str, Any] | None = None
     new_entity: ConsentEvent
 
 
@@ -121,10 +145,12 @@ class UserCreatedParams(_Open):
 
 
 class UserUpdatedParams(_Open):
-    """``parameters`` of ``user.updated``; only ``new_entity`` is applied."""
+    """``parameters`` of ``user.updated``: the fields that differ between ``old_entity`` and
+    ``new_entity`` are applied (the whole new state when ``old_entity`` is absent or
+    unreadable, so a malformed one does not reject the message)."""
 
     source: Source | None = None
-    old_entity: User | None = None
+    old_entity: dict[str, Any] | None = None
     new_entity: User
 
 

@@ -79,17 +79,28 @@ IdText = Annotated[str, _clip_to(MAX_ID_CHARS), Field(max_length=MAX_ID_CHARS)]
 CodeText = Annotated[str, _clip_to(MAX_CODE_CHARS), Field(max_length=MAX_CODE_CHARS)]
 ReasonText = Annotated[str, _clip_to(MAX_REASON_CHARS), Field(max_length=MAX_REASON_CHARS)]
 
-Status = Literal["updated", "created", "stale", "not_found", "ignored", "rejected", "failed"]
-TargetStatus = Literal["updated", "created", "stale", "not_found", "failed", "unchanged"]
+Status = Literal[
+    "updated",
+    "created",
+    "partial",
+    "stale",
+    "unchanged",
+    "not_found",
+    "ignored",
+    "rejected",
+    "failed",
+]
+TargetStatus = Literal["updated", "created", "partial", "stale", "unchanged", "not_found", "failed"]
 
 # Precedence when an event touches several targets: the overall status is the "strongest".
 _PRECEDENCE: dict[str, int] = {
-    "failed": 6,
+    "failed": 7,
+    "partial": 6,
     "created": 5,
     "updated": 4,
     "stale": 3,
-    "not_found": 2,
-    "unchanged": 1,
+    "unchanged": 2,
+    "not_found": 1,
 }
 
 
@@ -113,6 +124,16 @@ class SalesforceErrorInfo(BaseModel):
     fields: list[str] = Field(default_factory=list)
 
 
+class FieldRefusal(BaseModel):
+    """One field left out of a write, and Salesforce's (or describe's) reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    code: CodeText
+    message: ReasonText
+
+
 class TargetResult(BaseModel):
     """What happened on one target sObject for the event's person."""
 
@@ -126,14 +147,23 @@ class TargetResult(BaseModel):
     error: SalesforceErrorInfo | None = None
     #: How many events of this person were merged into the one write.
     merged_events: int = 1
+    #: ``partial``: the event's fields that were written.
+    fields_written: list[str] | None = None
+    #: ``partial`` (and ``failed`` for a field's own reason): fields Salesforce refused or that
+    #: failed validation against describe, with why; the other fields were written.
+    fields_refused: list[FieldRefusal] | None = None
+    #: Fields of the event not written because the record holds a newer choice for them (the
+    #: record's sync state); the event's other fields were applied.
+    fields_skipped_older: list[str] | None = None
 
 
 class Outcome(BaseModel):
     """The outcome of one input message, published to the results topic.
 
-    ``status`` sums up ``targets``: failed if any target failed, else created, updated,
-    stale (every record the event would change holds newer data), not_found in that order;
-    ``ignored`` and ``rejected`` messages have no targets.
+    ``status`` sums up ``targets``: failed if any target failed, else partial (some fields
+    refused), created, updated, stale (every record holds a newer choice for every field the
+    event mentions), unchanged (every record already holds the event's values), not_found, in
+    that order; ``ignored`` and ``rejected`` messages have no targets.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -153,7 +183,7 @@ class Outcome(BaseModel):
 def overall_status(targets: list[TargetResult]) -> Status:
     """The status an outcome reports for a set of target results."""
     best = max(targets, key=lambda t: _PRECEDENCE[t.status], default=None)
-    if best is None or best.status == "unchanged":
+    if best is None:
         return "ignored"
     return best.status
 

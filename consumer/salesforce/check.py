@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 from consumer.errors import SalesforceRequestError
 from consumer.mapping import (
-    FieldInfo,
     MappingConfig,
     Problem,
     TargetPlan,
+    describe_fields,
     plan_target,
     validate_against_describe,
+    warnings_for,
 )
 from consumer.salesforce.client import SalesforceClient
 
@@ -25,6 +26,8 @@ class CheckReport:
     api_usage: tuple[int, int] | None = None
     plans: list[TargetPlan] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    #: Allowed but risky (printed; they do not fail the check).
+    warnings: list[Problem] = field(default_factory=list)
     field_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -47,11 +50,15 @@ class CheckReport:
                 f"Target {mapping.sobject}: {self.field_counts.get(mapping.sobject, 0)} fields "
                 f"described; {sum(1 for _ in mapping.mapped_fields())} mapped; "
                 f"upsert_mode={'on' if mapping.upsert_mode else 'off'}; "
-                f"match_field={mapping.match_field}"
+                f"match_field={mapping.match_field}; "
+                f"sync_state_field={mapping.sync_state_field or '(none)'}"
             )
             for pref, sep in plan.preference_separators.items():
                 how = "';'-joined (multipicklist)" if sep == ";" else "comma list (text)"
                 lines.append(f"  preference {pref} -> {mapping.preferences[pref]}: {how}")
+        if self.warnings:
+            lines.append(f"WARNINGS ({len(self.warnings)}):")
+            lines.extend(f"  - {w}" for w in self.warnings)
         if self.problems:
             lines.append(f"PROBLEMS ({len(self.problems)}):")
             lines.extend(f"  - {p}" for p in self.problems)
@@ -87,12 +94,10 @@ async def check_mapping(client: SalesforceClient, mapping: MappingConfig) -> Che
                 Problem(target.sobject, "sobject", f"cannot describe {target.sobject}: {exc}")
             )
             continue
-        fields = {
-            str(raw["name"]).lower(): FieldInfo.from_describe(raw)
-            for raw in described.get("fields") or ()
-        }
+        fields, ambiguous = describe_fields(described.get("fields") or ())
         report.field_counts[target.sobject] = len(fields)
-        report.problems.extend(validate_against_describe(target, fields))
+        report.problems.extend(validate_against_describe(target, fields, ambiguous))
+        report.warnings.extend(warnings_for(target))
         report.plans.append(plan_target(target, fields))
     report.api_usage = client.api_usage
     return report

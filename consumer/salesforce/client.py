@@ -9,6 +9,7 @@ The access token never leaves this module: not in logs, not in exceptions.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import re
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -62,6 +64,8 @@ class RecordResult:
     id: str | None = None
     created: bool | None = None
     errors: tuple[SalesforceErrorInfo, ...] = ()
+    #: Ids of the existing records a duplicate rule matched (``DUPLICATES_DETECTED``).
+    duplicates: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> RecordResult:
@@ -73,6 +77,7 @@ class RecordResult:
                 fields=[str(f) for f in err.get("fields") or ()],
             )
             for err in raw.get("errors") or ()
+            if isinstance(err, Mapping)
         )
         created = raw.get("created")
         return cls(
@@ -80,7 +85,71 @@ class RecordResult:
             id=raw.get("id"),
             created=created if isinstance(created, bool) else None,
             errors=errors,
+            duplicates=_duplicate_ids(raw.get("errors") or ()),
         )
+
+
+def _duplicate_ids(errors: Any) -> tuple[str, ...]:
+    """The matched records' ids in a ``duplicateResult`` (Salesforce's shape), if any."""
+    found: list[str] = []
+    for err in errors if isinstance(errors, list) else ():
+        result = err.get("duplicateResult") if isinstance(err, Mapping) else None
+        if not isinstance(result, Mapping):
+            continue
+        for match in result.get("matchResults") or ():
+            for rec in (match.get("matchRecords") or ()) if isinstance(match, Mapping) else ():
+                record = rec.get("record") if isinstance(rec, Mapping) else None
+                rid = record.get("Id") if isinstance(record, Mapping) else None
+                if isinstance(rid, str) and rid not in found:
+                    found.append(rid)
+    return tuple(found)
+
+
+#: Registrable domains Salesforce serves orgs from (My Domain, sandboxes, Government Cloud,
+#: the Alibaba-operated China instance, legacy domains).
+SALESFORCE_DOMAINS = (
+    "salesforce.com",
+    "force.com",
+    "cloudforce.com",
+    "database.com",
+    "salesforce.mil",
+    "sfcrmproducts.cn",
+)
+
+
+def trusted_instance_url(answer: object, token_base: str) -> str:
+    """The ``instance_url`` of a token answer, once it is known to be Salesforce's.
+
+    The access token goes to this address on every call, so an answer pointing elsewhere (a
+    proxy gone wrong, a tampered answer) is refused before any bearer token is sent: https
+    only (http only for a loopback host, as for the token URL), on a Salesforce domain or on
+    the token URL's own host. A missing one means the token URL's host.
+    """
+    if answer is None or answer == "":
+        return token_base.rstrip("/")
+    parts = urlsplit(str(answer).strip().rstrip("/"))
+    host = (parts.hostname or "").lower()
+    base_host = (urlsplit(token_base).hostname or "").lower()
+    trusted = host == base_host or any(
+        host == d or host.endswith("." + d) for d in SALESFORCE_DOMAINS
+    )
+    secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
+    if not host or not trusted or not secure or parts.path not in ("", "/") or parts.query:
+        raise AuthenticationError(
+            "token: the answer's instance_url is not a Salesforce https address (nor the token "
+            f"URL's host): {str(answer)[:200]!r}; no request is sent there",
+            code="UNTRUSTED_INSTANCE_URL",
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_limit_info(header: str | None) -> tuple[int, int] | None:
@@ -178,6 +247,11 @@ class SalesforceClient:
         self._token_lock = asyncio.Lock()
         self.api_usage: tuple[int, int] | None = None
         self.token_grants = 0
+        allow = "true" if settings.salesforce_duplicate_rule_allow_save else "false"
+        #: Sent with every write: an "Alert" duplicate rule must not block a consent write.
+        self._duplicate_rule_header = (
+            f"allowSave={allow}; includeRecordDetails=false; runAsCurrentUser=false"
+        )
 
     async def start(self) -> None:
         """Open the HTTP session (idempotent)."""
@@ -269,9 +343,13 @@ class SalesforceClient:
         if not isinstance(body, dict) or not body.get("access_token"):
             self.metrics.token_grants.labels("error").inc()
             raise SalesforceTransientError("token: answer without access_token", code="BAD_TOKEN")
+        try:
+            instance = trusted_instance_url(body.get("instance_url"), s.salesforce_token_url)
+        except AuthenticationError:
+            self.metrics.token_grants.labels("refused").inc()
+            raise
         self.metrics.token_grants.labels("granted").inc()
         self.token_grants += 1
-        instance = str(body.get("instance_url") or s.salesforce_token_url).rstrip("/")
         logger.info("salesforce session granted", extra={"instance_url": instance})
         return AccessToken(str(body["access_token"]), instance, time.time())
 
@@ -297,6 +375,7 @@ class SalesforceClient:
         operation: str,
         body: Any = None,
         encoded_query: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """Send one API call and return its JSON, handling session expiry.
 
@@ -308,7 +387,9 @@ class SalesforceClient:
         token = await self.token()
         for attempt in (1, 2):
             try:
-                return await self._send(method, path, token, operation, body, encoded_query)
+                return await self._send(
+                    method, path, token, operation, body, encoded_query, headers
+                )
             except SessionExpiredError as exc:
                 if attempt == 2:
                     raise AuthenticationError(
@@ -329,12 +410,13 @@ class SalesforceClient:
         operation: str,
         body: Any,
         encoded_query: str | None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> Any:
         url_text = token.instance_url + path
         if encoded_query is not None:
             url_text += "?" + encoded_query
         url = URL(url_text, encoded=True)
-        headers = {"Authorization": f"Bearer {token.value}"}
+        headers = {"Authorization": f"Bearer {token.value}", **(extra_headers or {})}
         data: bytes | None = None
         if body is not None:
             data = orjson.dumps(body)
@@ -493,7 +575,13 @@ class SalesforceClient:
             raise ValueError(f"a collection call takes 1 to {COLLECTION_LIMIT} records")
         self.metrics.records_per_call.labels(operation).observe(len(records))
         body = {"allOrNone": False, "records": list(records)}
-        answer = await self.request(method, self._api_path(suffix), operation=operation, body=body)
+        answer = await self.request(
+            method,
+            self._api_path(suffix),
+            operation=operation,
+            body=body,
+            headers={"Sforce-Duplicate-Rule-Header": self._duplicate_rule_header},
+        )
         if not isinstance(answer, list) or len(answer) != len(records):
             raise SalesforceTransientError(
                 f"{operation}: expected {len(records)} results, got "

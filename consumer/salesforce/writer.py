@@ -1,13 +1,31 @@
-"""Write stage: one batch's merged people onto each target sObject in Salesforce.
+"""Write stage: one batch's merged people onto one target sObject in Salesforce.
 
-Two modes per target:
+Modes per target:
 
-- **match** (default): find records by email (URL-bounded ``IN`` queries), update every match
-  in collections of up to 200, create the missing when ``upsert_mode`` is on;
-- **external id** (``external_id_field`` with ``upsert_mode``): upsert by the external id,
-  200 people a call and no query. A person Salesforce cannot create for lack of required
-  fields is upserted once more with ``create_defaults`` and the match field, so defaults never
-  overwrite an existing record.
+- **match** (default): find records by email (URL-bounded ``IN`` queries that also read the
+  mapped fields and the sync state), update every match, create the missing when
+  ``upsert_mode`` is on;
+- **external id, no sync state** (``external_id_field`` with ``upsert_mode``): upsert by the
+  external id, 200 people a call and no query. A person Salesforce cannot create for lack of
+  required fields is upserted once more with ``create_defaults`` and the match field, so
+  defaults never overwrite an existing record. With a sync state, records are read first (a
+  query per 200 people more) and written as in match mode, keyed by the external id.
+
+What a record write holds, per field:
+
+- with ``sync_state_field``, only the fields whose incoming stamp (event time, partition,
+  offset) is newer than the one the record's state holds; the new stamps go into the state in
+  the same update. Values equal to what the record holds are not sent (their stamps are);
+- without it, only the values that differ from what the record holds;
+- never a value describe says Salesforce would refuse (too long, not in a restricted
+  picklist): it is left out with its own error. When Salesforce still refuses a record for
+  named fields, the record is written once more without them. Either way the other fields,
+  a withdrawal among them, are written and the person's result is ``partial``.
+
+A person whose records already hold everything is not written: ``stale`` when the sync state
+holds a newer (or the same) choice for every field, ``unchanged`` when the values are already
+there. Converted Leads are never written: a person whose only Leads are converted is
+``not_found`` with a note naming the Contact they became, and no Lead is created for them.
 
 Per-record answers (in request order) become one result per person. Records that failed for
 a transient reason (a lock, a 5xx on their chunk, a lost answer) are retried, and only they;
@@ -19,59 +37,106 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from consumer.errors import (
+    Reaction,
     RetryBudgetExhaustedError,
-    SalesforceRequestError,
-    SalesforceTransientError,
+    SalesforceError,
 )
 from consumer.mapping import TargetPlan
-from consumer.model.changes import PersonResult, PersonWrite
+from consumer.model import sync_state
+from consumer.model.changes import FieldValue, FieldValues, PersonResult, PersonWrite, Stamp
 from consumer.model.messages import email_key
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.salesforce.client import COLLECTION_LIMIT, RecordResult, SalesforceClient
+from consumer.salesforce.fields import FIELD_CODES, refusal
 from consumer.salesforce.retry import Backoff
 from consumer.salesforce.soql import encode_query, in_queries
-from consumer.salesforce.wire import format_datetime, parse_datetime
+from consumer.salesforce.wire import format_datetime
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 #: Per-record codes worth retrying (the record was fine; Salesforce was busy).
 RETRIABLE_RECORD_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "ALL_OR_NONE_OPERATION_ROLLED_BACK"})
+CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 
 Operation = Literal["update", "create", "upsert"]
 
 
 @dataclass(frozen=True)
 class Match:
-    """A record found for a person, with its last-synced stamp when the target has one."""
+    """A record found for a person: its id, the mapped values and the sync state it holds."""
 
     id: str
-    synced: datetime | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+    state: Mapping[str, Stamp] = field(default_factory=dict)
+    #: A converted Lead (read-only), and the Contact it became.
+    converted: bool = False
+    converted_contact: str | None = None
 
 
 @dataclass
-class _Pending:
+class _Write:
     """One record write of a person in the current round."""
 
     key: str
-    record: dict[str, Any]
+    operation: Operation
+    #: The record's id (update); None for a create or an upsert.
+    record_id: str | None
+    #: Mapped values to send.
+    values: FieldValues
+    #: The record's sync state after this write (None: the target keeps no state).
+    state: dict[str, Stamp] | None
+    #: Fields the write carries a newer choice for, whether or not their value is sent.
+    fields: set[str]
+    #: Fields left out already (describe, or Salesforce on the first attempt).
+    refused: dict[str, SalesforceErrorInfo] = field(default_factory=dict)
+    #: Extra fields of the body: defaults, match and external id (creates and upserts).
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: The time of the newest choice written (the ``last_synced_field`` stamp).
+    newest_ms: int = 0
+    #: A second attempt, without the fields Salesforce refused the first time.
+    fallback: bool = False
+    #: The state the record held before (refused fields keep their stamp from it).
+    held: Mapping[str, Stamp] = field(default_factory=dict)
+
+
+@dataclass
+class _Person:
+    """What the records of one person came to in a round."""
+
+    ids: list[str] = field(default_factory=list)
+    created: bool = False
+    updated: bool = False
+    error: SalesforceErrorInfo | None = None
+    refused: dict[str, SalesforceErrorInfo] = field(default_factory=dict)
+    written: set[str] = field(default_factory=set)
+    note: str | None = None
+    not_found: bool = False
+    retry: bool = False
+    needs_defaults: bool = False
 
 
 @dataclass
 class _Round:
-    """What one pass produced."""
+    """What one pass produced, per person."""
 
-    outcome: dict[str, PersonResult] = field(default_factory=dict)
-    retry: set[str] = field(default_factory=set)
-    #: People an external-id upsert could not create without create_defaults.
-    needs_defaults: set[str] = field(default_factory=set)
+    people: dict[str, _Person] = field(default_factory=dict)
     last_error: str = ""
+
+    def of(self, key: str) -> _Person:
+        person = self.people.get(key)
+        if person is None:
+            person = self.people[key] = _Person()
+        return person
+
+    @property
+    def retry(self) -> set[str]:
+        return {k for k, p in self.people.items() if p.retry}
 
 
 class TargetWriter:
@@ -81,6 +146,13 @@ class TargetWriter:
         self._client = client
         self._plan = plan
         self._settings = settings
+        mapping = plan.mapping
+        self._state_field = mapping.sync_state_field
+        self._mapped = [name for _, name in mapping.mapped_fields()]
+        #: Upsert by the external id without reading first (no state to compare with).
+        self._blind = bool(
+            mapping.external_id_field and mapping.upsert_mode and not mapping.sync_state_field
+        )
 
     @property
     def sobject(self) -> str:
@@ -93,7 +165,7 @@ class TargetWriter:
         Raises :class:`RetryBudgetExhaustedError` (with what was done and what was not) when
         transient errors outlast the budget, and the client's pause and configuration errors.
         """
-        sobject = self._plan.sobject
+        sobject = self.sobject
         todo = {p.email_key: p for p in people if p.fields.get(sobject)}
         results: dict[str, PersonResult] = {}
         s = self._settings
@@ -129,191 +201,357 @@ class TargetWriter:
             await asyncio.sleep(delay)
         return results
 
+    # --- one round -----------------------------------------------------------------------
+
     async def _round(
         self, todo: dict[str, PersonWrite], results: dict[str, PersonResult]
     ) -> tuple[set[str], str]:
         """One pass over ``todo``; final results go to ``results``. Returns keys to retry."""
-        mapping = self._plan.mapping
-        # The stale-write guard needs each record's stamp, so it always looks records up.
-        if mapping.external_id_field and mapping.upsert_mode and not mapping.last_synced_field:
-            done = await self._upsert_round(todo)
-            matches: dict[str, list[Match]] = {}
+        done = _Round()
+        matches: dict[str, list[Match]] = {}
+        writes: list[_Write] = []
+        skipped: dict[str, PersonResult] = {}
+        if self._blind:
+            for key, person in todo.items():
+                write = self._upsert_write(key, person)
+                if write.values:
+                    writes.append(write)
+                else:
+                    skipped[key] = self._all_refused(person, [], write.refused)
         else:
             matches = await self.find(todo.values())
-            done = await self._match_round(todo, matches, results)
-        for key, result in done.outcome.items():
-            if key in done.retry:
+            for key, person in todo.items():
+                planned, result = self._plan_person(key, person, matches.get(key, []))
+                writes.extend(planned)
+                if result is not None:
+                    skipped[key] = result
+        await self._send_all(writes, done)
+        if self._blind:
+            again = [
+                self._upsert_write(key, todo[key], defaults=True)
+                for key, p in sorted(done.people.items())
+                if p.needs_defaults
+            ]
+            for w in again:
+                done.people[w.key] = _Person()
+            await self._send_all(again, done)
+        for key, person in todo.items():
+            if key in skipped:
+                results[key] = skipped[key]
                 continue
-            ids = matches.get(key) or []
-            if result.status == "updated" and len(ids) > 1:
-                result.note = (
-                    f"{len(ids)} {self.sobject} records share this email; all were updated"
-                )
-            results[key] = result
+            acc = done.people.get(key)
+            if acc is None or acc.retry:
+                continue
+            live = [m for m in matches.get(key, []) if not m.converted]
+            results[key] = self._result(person, acc, live)
         return done.retry, done.last_error
 
-    async def _match_round(
-        self,
-        todo: dict[str, PersonWrite],
-        matches: dict[str, list[Match]],
-        results: dict[str, PersonResult],
-    ) -> _Round:
-        mapping, sobject = self._plan.mapping, self.sobject
-        updates: list[_Pending] = []
-        creates: list[_Pending] = []
-        stale: dict[str, set[int]] = {}
-        for key, person in todo.items():
-            found = matches.get(key)
-            if found:
-                writes, stale[key] = self._updates_for(key, person, found)
-                if writes:
-                    updates.extend(writes)
-                else:
-                    results[key] = PersonResult(
-                        "stale",
-                        record_ids=[m.id for m in found],
-                        stale_indexes=stale[key],
-                        note=f"every matching {sobject} holds newer data "
-                        f"({mapping.last_synced_field})",
-                    )
-            elif mapping.upsert_mode:
-                creates.append(_Pending(key, self._create_record(person)))
-            else:
-                results[key] = PersonResult(
-                    "not_found",
-                    note=f"no {sobject} has this {mapping.lookup_field}; upsert_mode is off",
-                )
-        done = _Round()
-        await self._send("update", updates, done)
-        await self._send("create", creates, done)
-        for key, indexes in stale.items():
-            if key in done.outcome:
-                done.outcome[key].stale_indexes = indexes
-        return done
-
-    def _updates_for(
+    def _plan_person(
         self, key: str, person: PersonWrite, found: list[Match]
-    ) -> tuple[list[_Pending], set[int]]:
-        """Record updates for a person, skipping what each record already has newer.
-
-        Returns the updates and the events that were stale on every record.
-        """
-        sobject, synced_field = self.sobject, self._plan.mapping.last_synced_field
-        mentioned = {s.index for s in person.steps if s.fields.get(sobject)}
-        stale_everywhere = set(mentioned)
-        writes: list[_Pending] = []
-        for match in found:
-            since = match.synced if synced_field else None
-            values, used = person.fields_after(sobject, since)
-            stale_everywhere &= mentioned - {s.index for s in used}
-            if not values:
-                continue
-            record: dict[str, Any] = {"attributes": {"type": sobject}, "id": match.id, **values}
-            if synced_field:
-                record[synced_field] = format_datetime(max(s.event_time for s in used))
-            writes.append(_Pending(key, record))
-        return writes, stale_everywhere
-
-    async def _upsert_round(self, todo: dict[str, PersonWrite]) -> _Round:
+    ) -> tuple[list[_Write], PersonResult | None]:
+        """The writes for one person, or (when nothing is to be written) their result."""
         mapping, sobject = self._plan.mapping, self.sobject
+        live = [m for m in found if not m.converted]
+        if live:
+            writes: list[_Write] = []
+            refused: dict[str, SalesforceErrorInfo] = {}
+            for match in live:
+                write, why = self._update_write(key, person, match)
+                refused.update(why)
+                if write is not None:
+                    writes.append(write)
+            if writes:
+                return writes, None
+            if refused:
+                return [], self._all_refused(person, live, refused)
+            if self._state_field:
+                note = (
+                    f"every matching {sobject} holds a newer choice for each field "
+                    f"({self._state_field})"
+                )
+                result = PersonResult("stale", [m.id for m in live], note=note)
+            else:
+                note = f"every matching {sobject} already holds these values"
+                result = PersonResult("unchanged", [m.id for m in live], note=note)
+            return [], self._finish(person, live, result)
+        if found:
+            contacts = sorted({m.converted_contact for m in found if m.converted_contact})
+            became = f" (to Contact {', '.join(contacts)})" if contacts else ""
+            return [], PersonResult(
+                "not_found",
+                note=f"every {sobject} with this email was converted{became}; converted "
+                f"{sobject}s are read-only and no new one is created",
+            )
+        if mapping.upsert_mode:
+            write = self._create_write(key, person)
+            if not write.values:
+                return [], self._all_refused(person, [], write.refused)
+            return [write], None
+        return [], PersonResult(
+            "not_found", note=f"no {sobject} has this {mapping.lookup_field}; upsert_mode is off"
+        )
+
+    def _all_refused(
+        self, person: PersonWrite, live: list[Match], refused: Mapping[str, SalesforceErrorInfo]
+    ) -> PersonResult:
+        """The result of a person whose only new choices were refused: nothing is written.
+
+        With records, they are as they were (the events that carried the refused fields fail
+        for them, the report says which); without, nobody could be created.
+        """
+        if live:
+            status: Literal["stale", "unchanged"] = "stale" if self._state_field else "unchanged"
+            result = PersonResult(status, [m.id for m in live])
+        else:
+            result = PersonResult("failed", error=next(iter(refused.values())))
+        return self._finish(person, live, result, refused=refused)
+
+    def _update_write(
+        self, key: str, person: PersonWrite, match: Match
+    ) -> tuple[_Write | None, dict[str, SalesforceErrorInfo]]:
+        """What to write to one record (newer choices only, different values only), and the
+        new choices describe says Salesforce would refuse."""
+        sobject = self.sobject
+        values = person.fields[sobject]
+        stamps = person.stamps.get(sobject, {})
+        newer: set[str] = set()
+        send: FieldValues = {}
+        for name, value in values.items():
+            stamp = stamps.get(name)
+            if self._state_field:
+                held = match.state.get(name)
+                if stamp is not None and held is not None and stamp <= held:
+                    continue
+            newer.add(name)
+            if not (name in match.values and self._same(name, match.values[name], value)):
+                send[name] = value
+        refused = self._validate(send)
+        for name in refused:
+            send.pop(name)
+            newer.discard(name)
+        state: dict[str, Stamp] | None = None
+        if self._state_field:
+            state = dict(match.state)
+            state.update({n: stamps[n] for n in newer if n in stamps})
+            if state == dict(match.state) and not send:
+                return None, refused
+        elif not send:
+            return None, refused
+        write = _Write(
+            key,
+            "update",
+            match.id,
+            send,
+            state,
+            newer,
+            refused,
+            newest_ms=max((stamps[n].time_ms for n in newer if n in stamps), default=0),
+            held=match.state,
+        )
+        return write, refused
+
+    def _create_write(self, key: str, person: PersonWrite) -> _Write:
+        mapping, sobject = self._plan.mapping, self.sobject
+        values = dict(person.fields[sobject])
+        stamps = person.stamps.get(sobject, {})
+        refused = self._validate(values)
+        for name in refused:
+            values.pop(name)
+        extra: dict[str, Any] = dict(mapping.create_defaults)
+        extra[mapping.match_field] = person.email
+        if mapping.external_id_field:
+            extra[mapping.external_id_field] = person.email
+        written = set(values)
+        state = {n: stamps[n] for n in written if n in stamps} if self._state_field else None
+        return _Write(
+            key,
+            "create",
+            None,
+            values,
+            state,
+            written,
+            refused,
+            extra,
+            newest_ms=max((stamps[n].time_ms for n in written if n in stamps), default=0),
+        )
+
+    def _upsert_write(self, key: str, person: PersonWrite, *, defaults: bool = False) -> _Write:
+        mapping = self._plan.mapping
         ext = mapping.external_id_field
         assert ext is not None
-        done = _Round()
-        plain = [
-            _Pending(
-                key,
-                {"attributes": {"type": sobject}, ext: person.email, **person.fields[sobject]},
-            )
-            for key, person in todo.items()
-        ]
-        await self._send("upsert", plain, done)
-        if done.needs_defaults:
-            again = [
-                _Pending(key, self._create_record(todo[key]) | {ext: todo[key].email})
-                for key in sorted(done.needs_defaults)
-            ]
-            for key in done.needs_defaults:
-                done.outcome.pop(key, None)
-            done.needs_defaults = set()
-            await self._send("upsert", again, done, second_pass=True)
-        return done
+        values = dict(person.fields[self.sobject])
+        stamps = person.stamps.get(self.sobject, {})
+        refused = self._validate(values)
+        for name in refused:
+            values.pop(name)
+        extra: dict[str, Any] = {ext: person.email}
+        if defaults:
+            extra = {**mapping.create_defaults, mapping.match_field: person.email, **extra}
+        return _Write(
+            key,
+            "upsert",
+            None,
+            values,
+            None,
+            set(values),
+            refused,
+            extra,
+            newest_ms=max((stamps[n].time_ms for n in values if n in stamps), default=0),
+        )
 
-    def _create_record(self, person: PersonWrite) -> dict[str, Any]:
+    def _validate(self, values: FieldValues) -> dict[str, SalesforceErrorInfo]:
+        out: dict[str, SalesforceErrorInfo] = {}
+        for name, value in values.items():
+            why = refusal(self._plan.info(name), value)
+            if why is not None:
+                out[name] = why
+        return out
+
+    def _same(self, name: str, held: Any, value: FieldValue) -> bool:
+        if held is None or held == "":
+            return value is None or value == ""
+        info = self._plan.info(name)
+        if info is not None and info.type == "multipicklist" and isinstance(value, str):
+            return isinstance(held, str) and set(held.split(";")) == set(value.split(";"))
+        return bool(held == value)
+
+    # --- sending -------------------------------------------------------------------------
+
+    def _body(self, write: _Write) -> dict[str, Any]:
         mapping = self._plan.mapping
         record: dict[str, Any] = {"attributes": {"type": self.sobject}}
-        record.update(mapping.create_defaults)
-        record[mapping.match_field] = person.email
-        if mapping.external_id_field:
-            record[mapping.external_id_field] = person.email
-        record.update(person.fields[self.sobject])
-        if mapping.last_synced_field:
-            _, used = person.fields_after(self.sobject, None)
-            record[mapping.last_synced_field] = format_datetime(max(s.event_time for s in used))
+        if write.record_id is not None:
+            record["id"] = write.record_id
+        record.update(write.extra)
+        record.update(write.values)
+        if self._state_field and write.state is not None:
+            record[self._state_field] = sync_state.encode(write.state)
+        if mapping.last_synced_field and write.newest_ms:
+            record[mapping.last_synced_field] = format_datetime(_from_ms(write.newest_ms))
         return record
 
-    async def _send(
-        self,
-        operation: Operation,
-        pending: list[_Pending],
-        done: _Round,
-        *,
-        second_pass: bool = False,
-    ) -> None:
-        for start in range(0, len(pending), COLLECTION_LIMIT):
-            chunk = pending[start : start + COLLECTION_LIMIT]
+    async def _send_all(self, writes: list[_Write], done: _Round) -> None:
+        """Send every write (by operation, 200 a call); then, once, the records Salesforce
+        refused for named fields, without those fields."""
+        for w in writes:
+            acc = done.of(w.key)
+            acc.refused.update(w.refused)
+        for operation in ("update", "create", "upsert"):
+            mine = [w for w in writes if w.operation == operation]
+            if not mine:
+                continue
+            fallbacks = await self._send(operation, mine, done)
+            if fallbacks:
+                await self._send(operation, fallbacks, done)
+
+    async def _send(self, operation: Operation, writes: list[_Write], done: _Round) -> list[_Write]:
+        fallbacks: list[_Write] = []
+        for start in range(0, len(writes), COLLECTION_LIMIT):
+            chunk = writes[start : start + COLLECTION_LIMIT]
             self._client.check_budget(self._settings.salesforce_api_budget_share)
             try:
-                answers = await self._call(operation, [p.record for p in chunk])
-            except SalesforceTransientError as exc:
-                # The whole chunk is unknown; the next round re-queries before writing.
-                done.retry.update(p.key for p in chunk)
-                done.last_error = str(exc)
-                continue
-            except SalesforceRequestError as exc:
+                answers = await self._call(operation, [self._body(w) for w in chunk])
+            except SalesforceError as exc:
+                if exc.reaction is Reaction.RETRY:
+                    # The whole chunk is unknown; the next round re-queries before writing.
+                    for w in chunk:
+                        done.of(w.key).retry = True
+                    done.last_error = str(exc)
+                    continue
+                if exc.reaction is not Reaction.REPORT:
+                    raise
                 info = SalesforceErrorInfo(
                     code=exc.code, message=exc.message, fields=list(exc.fields)
                 )
-                for p in chunk:
-                    done.outcome[p.key] = PersonResult("failed", error=info)
+                for w in chunk:
+                    done.of(w.key).error = info
                 continue
-            for p, answer in zip(chunk, answers, strict=True):
-                if (
-                    operation == "upsert"
-                    and not second_pass
-                    and not answer.success
-                    and any(e.code == "REQUIRED_FIELD_MISSING" for e in answer.errors)
-                ):
-                    done.needs_defaults.add(p.key)
-                    continue
-                self._record(operation, p.key, answer, done)
+            for w, answer in zip(chunk, answers, strict=True):
+                again = self._record(w, answer, done)
+                if again is not None:
+                    fallbacks.append(again)
+        return fallbacks
 
-    def _record(self, operation: Operation, key: str, answer: RecordResult, done: _Round) -> None:
-        current = done.outcome.get(key)
+    def _record(self, write: _Write, answer: RecordResult, done: _Round) -> _Write | None:
+        """Account for one record's answer; returns the write to try once more, if any."""
+        acc = done.of(write.key)
         if answer.success:
-            created = operation == "create" or (operation == "upsert" and bool(answer.created))
-            status: Literal["updated", "created"] = "created" if created else "updated"
-            if current is None:
-                current = done.outcome[key] = PersonResult(status)
-            if answer.id:
-                current.record_ids.append(answer.id)
-            return
-        first = (
-            answer.errors[0]
-            if answer.errors
-            else SalesforceErrorInfo(
-                code="UNKNOWN", message="Salesforce reported a failure without an error"
+            if answer.id and answer.id not in acc.ids:
+                acc.ids.append(answer.id)
+            created = write.operation == "create" or (
+                write.operation == "upsert" and bool(answer.created)
             )
+            if created:
+                acc.created = True
+            else:
+                acc.updated = True
+            acc.written |= write.fields
+            return None
+        errors = answer.errors or (
+            SalesforceErrorInfo(
+                code="UNKNOWN", message="Salesforce reported a failure without an error"
+            ),
         )
+        first = errors[0]
         if first.code in RETRIABLE_RECORD_CODES:
-            done.retry.add(key)
+            acc.retry = True
             done.last_error = first.code
             self._client.metrics.salesforce_retries.labels(first.code).inc()
-            return
-        if current is None:
-            done.outcome[key] = PersonResult("failed", error=first)
-        else:
-            current.status = "failed"
-            current.error = first
+            return None
+        if (
+            write.operation == "upsert"
+            and write.extra.keys() == {self._plan.mapping.external_id_field}
+            and any(e.code == "REQUIRED_FIELD_MISSING" for e in errors)
+            and not write.fallback
+        ):
+            # Salesforce could not create the person without create_defaults: a second pass
+            # sends them to those people only, so defaults never overwrite an existing record.
+            acc.needs_defaults = True
+            return None
+        if first.code == CONVERTED_LEAD:
+            acc.not_found = True
+            acc.note = f"the {self.sobject} was converted meanwhile and is read-only"
+            return None
+        refused_now = self._field_refusals(write, errors)
+        if refused_now and not write.fallback:
+            acc.refused.update(refused_now)
+            left = {k: v for k, v in write.values.items() if k not in refused_now}
+            fields = write.fields - set(refused_now)
+            state = None
+            if write.state is not None:
+                # Refused fields keep the stamp the record had: their choice was not written.
+                state = {k: v for k, v in write.state.items() if k not in refused_now}
+                state.update({k: v for k, v in write.held.items() if k in refused_now})
+            if not fields:
+                acc.error = acc.error or first
+                return None
+            return replace(write, values=left, fields=fields, state=state, fallback=True)
+        info = first
+        if first.code == "DUPLICATES_DETECTED" and answer.duplicates:
+            info = SalesforceErrorInfo(
+                code=first.code,
+                message=f"{first.message} (duplicate of {', '.join(answer.duplicates)})",
+                fields=list(first.fields),
+            )
+        acc.error = info
+        return None
+
+    def _field_refusals(
+        self, write: _Write, errors: Iterable[SalesforceErrorInfo]
+    ) -> dict[str, SalesforceErrorInfo]:
+        """The mapped fields Salesforce named as at fault, when every error names only such
+        fields (else the record failed as a whole)."""
+        out: dict[str, SalesforceErrorInfo] = {}
+        own = {n.lower(): n for n in write.values}
+        for err in errors:
+            if err.code not in FIELD_CODES or not err.fields:
+                return {}
+            for name in err.fields:
+                mine = own.get(name.lower())
+                if mine is None:
+                    return {}
+                out[mine] = err
+        return out
 
     async def _call(
         self, operation: Operation, records: list[dict[str, Any]]
@@ -326,15 +564,73 @@ class TargetWriter:
         assert ext is not None
         return await self._client.upsert(self.sobject, ext, records)
 
+    # --- results -------------------------------------------------------------------------
+
+    def _result(self, person: PersonWrite, acc: _Person, live: list[Match]) -> PersonResult:
+        if acc.not_found:
+            return PersonResult("not_found", note=acc.note)
+        refused = {k: v for k, v in acc.refused.items() if k not in acc.written}
+        ids = acc.ids or [m.id for m in live]
+        if acc.error is not None:
+            result = PersonResult("failed", ids, error=acc.error)
+        elif acc.created:
+            result = PersonResult("created", ids)
+        else:
+            result = PersonResult("updated", ids)
+            if len(live) > 1:
+                result.note = (
+                    f"{len(live)} {self.sobject} records share this email; all were updated"
+                )
+        return self._finish(person, live, result, refused=refused, written=acc.written)
+
+    def _finish(
+        self,
+        person: PersonWrite,
+        live: list[Match],
+        result: PersonResult,
+        *,
+        refused: Mapping[str, SalesforceErrorInfo] | None = None,
+        written: set[str] | None = None,
+    ) -> PersonResult:
+        """Add which of each event's fields were older than every record's state."""
+        result.refused = dict(refused or {})
+        result.written = set(written or ())
+        if not (self._state_field and live):
+            if result.status == "unchanged":
+                result.stale_indexes = set()
+            return result
+        for step in person.steps:
+            mine = step.fields.get(self.sobject)
+            if not mine:
+                continue
+            older = sorted(
+                name
+                for name in mine
+                if all((held := m.state.get(name)) is not None and step.stamp <= held for m in live)
+            )
+            if older:
+                result.older[step.index] = older
+                if len(older) == len(mine):
+                    result.stale_indexes.add(step.index)
+        return result
+
+    # --- lookups -------------------------------------------------------------------------
+
     async def find(self, people: Iterable[PersonWrite]) -> dict[str, list[Match]]:
         """Records by email key, for every person given (absent key: no record)."""
-        lookup = self._plan.mapping.lookup_field
-        synced_field = self._plan.mapping.last_synced_field
-        select = ("Id", lookup, synced_field) if synced_field else ("Id", lookup)
+        mapping = self._plan.mapping
+        lookup = mapping.lookup_field
+        select = ["Id", lookup, *self._mapped]
+        if self._state_field:
+            select.append(self._state_field)
+        if self._plan.converts:
+            # Converted Leads are read too, to know whom not to create and what they became;
+            # they are never written.
+            select += ["IsConverted", "ConvertedContactId"]
         queries = in_queries(
             path=self._client.query_path(),
-            select=select,
-            sobject=self._plan.sobject,
+            select=tuple(dict.fromkeys(select)),
+            sobject=self.sobject,
             field=lookup,
             values=(p.email for p in people),
             max_url_bytes=self._settings.salesforce_max_url_bytes,
@@ -347,6 +643,21 @@ class TargetWriter:
                     continue
                 matches = found.setdefault(email_key(value), [])
                 if all(m.id != row["Id"] for m in matches):
-                    synced = parse_datetime(row.get(synced_field)) if synced_field else None
-                    matches.append(Match(str(row["Id"]), synced))
+                    matches.append(
+                        Match(
+                            str(row["Id"]),
+                            {n: row.get(n) for n in self._mapped if n in row},
+                            sync_state.decode(row.get(self._state_field))
+                            if self._state_field
+                            else {},
+                            converted=row.get("IsConverted") is True,
+                            converted_contact=row.get("ConvertedContactId") or None,
+                        )
+                    )
         return found
+
+
+def _from_ms(ms: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -5,7 +5,9 @@ Pure. Rules (Didomi's Salesforce integration):
 - preference -> string field: the selected value ids, ``;``-joined for a multipicklist,
   Didomi's comma list for text; nothing selected writes null (clears the field);
 - preference value -> Boolean field: true when selected, false when the preference is present
-  and the value is not; a preference absent from the event writes nothing.
+  and the value is not; a preference absent from the event writes nothing;
+- ``user.updated``: only the fields whose values changed between ``old_entity`` and
+  ``new_entity``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ def selected_values(raw: str) -> list[str]:
 
 
 def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, FieldValues]:
-    """What one change writes to each target (targets with nothing to write are left out)."""
+    """What one change writes to each target (targets with nothing to write are left out).
+
+    A ``user.updated`` with a readable ``old_entity`` writes only the fields whose values
+    differ between the old and the new state: a user aggregate re-asserting an old choice
+    must not overwrite a later choice made under another Didomi user of the same person.
+    """
     out: dict[str, FieldValues] = {}
     for plan in plans:
         values = map_purposes(change.purposes, plan)
+        if change.previous_purposes is not None and values:
+            before = map_purposes(change.previous_purposes, plan)
+            values = {f: v for f, v in values.items() if f not in before or before[f] != v}
         if values:
             out[plan.sobject] = values
     return out

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from consumer.model.changes import PersonWrite, Sourced, Step
+from consumer.model.changes import PersonWrite, Sourced, Stamp, Step
 
 
 def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
-    """Group changes by person and merge their mapped fields per target, in event order."""
+    """Group changes by person and merge their mapped fields per target, in event order.
+
+    Each merged field keeps the stamp (event time, partition, offset, event id) of the event
+    whose value it holds, which is what the writer compares with a record's sync state.
+    """
     ordered = sorted(changes, key=lambda s: (s.change.event_time, s.partition, s.offset, s.index))
     people: dict[str, PersonWrite] = {}
     for item in ordered:
@@ -25,10 +29,22 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
             )
         person.email = change.organization_user_id.strip()
         person.indexes.append(item.index)
-        step = Step(change.event_time, item.index, {})
+        stamp = stamp_of(item)
+        step = Step(change.event_time, item.index, {}, stamp)
         for sobject, values in item.fields.items():
             if values:
                 person.fields.setdefault(sobject, {}).update(values)
+                stamps = person.stamps.setdefault(sobject, {})
+                for name in values:
+                    stamps[name] = stamp
                 step.fields[sobject] = dict(values)
         person.steps.append(step)
     return people
+
+
+def stamp_of(item: Sourced) -> Stamp:
+    """The stamp of a sourced change: its event time to the millisecond and its position."""
+    change = item.change
+    return Stamp(
+        int(change.event_time.timestamp() * 1000), item.partition, item.offset, change.event_id
+    )

@@ -3,6 +3,14 @@
 Pure: no I/O, no clock. Every way a value can be wrong gets its own ``error_class`` (used in
 outcomes, DLQ headers and metric labels) and a reason precise enough to fix the producer.
 
+Types are strict where Didomi documents them (ids and values are strings, ``enabled`` a
+boolean, timestamps ISO-8601 strings). An event's time is kept to the millisecond (what
+Salesforce and the sync state hold) and may not be more than ``max_future_skew_seconds`` after
+the Kafka record's own timestamp: a clock gone wrong must not stamp a record with a date in
+the future that every real later choice would then lose against. User entities carry the
+person's GDPR state, so they are applied only when ``gdpr`` is synced; a ``user.updated``
+applies what changed between its old and new entity.
+
 Whatever a rejected or ignored result repeats from the input is clipped here, with the limits
 of :mod:`consumer.model.outcomes` (which clips again, harmlessly): a name quoted inside a reason
 to ``MAX_NAME_CHARS``, so that the reason keeps its shape, and ids to ``MAX_ID_CHARS``.
@@ -29,10 +37,12 @@ from consumer.model.changes import (
 from consumer.model.events import (
     KNOWN_TYPES,
     ConsentEvent,
+    Consents,
     Envelope,
     EventCreated,
     EventDeleted,
     EventUpdated,
+    Purpose,
     User,
     UserCreated,
     UserDeleted,
@@ -59,10 +69,18 @@ class ParseRules:
 
     regulations: Collection[str] = ("gdpr",)
     max_message_bytes: int = 1_048_576
+    #: How far an event's time may be after its Kafka record's timestamp.
+    max_future_skew_seconds: float = 300.0
 
 
-def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:
-    """Turn one Kafka message value into a parse result. Never raises."""
+def parse_message(
+    value: bytes | None, rules: ParseRules, record_time_ms: int | None = None
+) -> ParseResult:
+    """Turn one Kafka message value into a parse result. Never raises.
+
+    ``record_time_ms`` is the Kafka record's timestamp: the bound for the event's time (judged
+    against the record, not the wall clock, so a backlog or a replay is judged the same).
+    """
     if value is None or len(value) == 0:
         return Rejected("EMPTY_MESSAGE", "the message value is empty (a tombstone or a bug)")
     if len(value) > rules.max_message_bytes:
@@ -70,6 +88,42 @@ def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:
             "MESSAGE_TOO_LARGE",
             f"the message is {len(value)} bytes, over the limit of {rules.max_message_bytes}",
         )
+    try:
+        envelope = _ENVELOPE.validate_json(value)
+    except ValidationError as exc:
+        return _rejected(value, exc)
+    try:
+        result = _interpret(envelope, rules)
+    except OverflowError:
+        # Valid ISO 8601 with no UTC equivalent (e.g. 0001-01-01T00:00:00+01:00): rejected,
+        # since raising here would stop the poll loop on every replay of the message.
+        return Rejected(
+            "SCHEMA_VALIDATION",
+            "created_at/updated_at: the timestamp is out of range once converted to UTC",
+            envelope.type,
+        )
+    if isinstance(result, Accepted) and record_time_ms is not None and record_time_ms > 0:
+        return _bounded(result, record_time_ms, rules.max_future_skew_seconds)
+    return result
+
+
+def _bounded(result: Accepted, record_time_ms: int, skew_seconds: float) -> ParseResult:
+    change = result.change
+    ahead = (_millis(change.event_time) - record_time_ms) / 1000
+    if ahead <= skew_seconds:
+        return result
+    return Rejected(
+        "EVENT_TIME_IN_FUTURE",
+        f"the event time {change.event_time.isoformat()} is {ahead:.0f} s after the Kafka "
+        f"record's timestamp; at most {skew_seconds:g} s is allowed (SYNC_MAX_FUTURE_SKEW_SECONDS)",
+        change.event_type,
+        clip(change.event_id, MAX_ID_CHARS),
+        clip(change.organization_user_id, MAX_ID_CHARS),
+    )
+
+
+def _rejected(value: bytes, invalid: ValidationError) -> Rejected:
+    """Why a value that did not validate is refused, as precisely as it can be said."""
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -95,19 +149,12 @@ def parse_message(value: bytes | None, rules: ParseRules) -> ParseResult:
             event_type=clip(event_type, MAX_CODE_CHARS),
         )
     try:
-        envelope = _ENVELOPE.validate_python(doc)
+        # The same validation on the decoded document words its errors as Python types
+        # ("a valid dictionary"), which is what producers' tooling reports too.
+        _ENVELOPE.validate_python(doc)
     except ValidationError as exc:
-        return _rejected_by_schema(exc, doc, event_type)
-    try:
-        return _interpret(envelope, rules)
-    except OverflowError:
-        # Valid ISO 8601 with no UTC equivalent (e.g. 0001-01-01T00:00:00+01:00): rejected,
-        # since raising here would stop the poll loop on every replay of the message.
-        return Rejected(
-            "SCHEMA_VALIDATION",
-            "created_at/updated_at: the timestamp is out of range once converted to UTC",
-            event_type,
-        )
+        invalid = exc
+    return _rejected_by_schema(invalid, doc, event_type)
 
 
 def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
@@ -119,6 +166,7 @@ def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
         )
         return _from_event(envelope.type, entity, rules)
     if isinstance(envelope, UserCreated | UserUpdated):
+        previous: tuple[Purpose, ...] | None = None
         if isinstance(envelope, UserCreated):
             user: User = envelope.parameters.entity
             event_id = user.id
@@ -126,7 +174,17 @@ def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
             user = envelope.parameters.new_entity
             source = envelope.parameters.source
             event_id = source.id if source is not None and source.id else user.id
-        return _from_user(envelope.type, event_id, user)
+            previous = _previous_purposes(envelope.parameters.old_entity, user)
+        if "gdpr" not in rules.regulations:
+            return Ignored(
+                "user entities carry the person's GDPR state; gdpr is not among the synced "
+                f"regulations ({', '.join(rules.regulations)})",
+                clip(event_id, MAX_ID_CHARS),
+                envelope.type,
+                clip(user.organization_user_id, MAX_ID_CHARS),
+                _utc(user.updated_at or user.created_at),
+            )
+        return _from_user(envelope.type, event_id, user, previous)
     if isinstance(envelope, EventDeleted):
         ent = envelope.parameters.entity
         return Ignored(
@@ -184,7 +242,24 @@ def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> Par
     )
 
 
-def _from_user(event_type: str, event_id: str, user: User) -> ParseResult:
+def _previous_purposes(old: dict[str, Any] | None, new: User) -> tuple[Purpose, ...] | None:
+    """The purposes of ``old_entity``, or None (apply the whole new state) when there is none,
+    it cannot be read, or it is another person."""
+    if not isinstance(old, dict):
+        return None
+    old_id = old.get("organization_user_id")
+    if not isinstance(old_id, str) or email_key(old_id) != email_key(new.organization_user_id):
+        return None
+    consents = old.get("consents", {})
+    try:
+        return tuple(Consents.model_validate(consents).purposes)
+    except ValidationError:
+        return None
+
+
+def _from_user(
+    event_type: str, event_id: str, user: User, previous: tuple[Purpose, ...] | None
+) -> ParseResult:
     bad = _check_email(user.organization_user_id, event_id, event_type)
     if bad is not None:
         return bad
@@ -198,6 +273,7 @@ def _from_user(event_type: str, event_id: str, user: User) -> ParseResult:
             regulation=None,
             purposes=tuple(user.consents.purposes),
             full_state=True,
+            previous_purposes=previous,
         )
     )
 
@@ -265,9 +341,16 @@ def _rejected_by_schema(exc: ValidationError, doc: dict[str, Any], event_type: s
 
 def _utc(moment: datetime) -> datetime:
     # Didomi sends UTC with a Z; a naive timestamp is taken as UTC so comparisons never fail.
+    # Kept to the millisecond: what Salesforce and the sync state hold, so that every ordering
+    # decision (within a batch and against a record's state) compares the same values.
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 def _json_kind(doc: object) -> str:

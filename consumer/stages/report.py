@@ -23,12 +23,17 @@ from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
 from consumer.model.outcomes import (
     MAX_KEY_BYTES,
     DeadLetter,
+    FieldRefusal,
     Outcome,
     SourcePosition,
     TargetResult,
+    TargetStatus,
     clip_bytes,
     overall_status,
 )
+
+#: The error class of an event some of whose fields were refused (the others were written).
+FIELD_REJECTED = "FIELD_REJECTED"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ def assemble(
     """
     outcomes: list[Publication] = []
     dead: list[DeadLetterOut] = []
+    steps = {s.index: s for person in people.values() for s in person.steps}
     for index, (message, result) in enumerate(zip(messages, parsed, strict=True)):
         source = SourcePosition(
             topic=message.topic, partition=message.partition, offset=message.offset
@@ -100,6 +106,7 @@ def assemble(
         assert isinstance(result, Accepted)
         change = result.change
         person = people[change.email_key]
+        step = steps.get(index)
         targets: list[TargetResult] = []
         for plan in plans:
             if plan.sobject not in person.fields:
@@ -107,26 +114,28 @@ def assemble(
             written = results.get(plan.sobject, {}).get(change.email_key)
             if written is None:
                 continue
-            is_stale = written.status == "stale" or index in written.stale_indexes
-            targets.append(
-                TargetResult(
-                    sobject=plan.sobject,
-                    status="stale" if is_stale else written.status,
-                    record_ids=list(written.record_ids),
-                    note=written.note,
-                    error=written.error,
-                    merged_events=len(person.indexes),
-                )
-            )
+            mine = set(step.fields.get(plan.sobject, {})) if step is not None else set()
+            targets.append(_target(plan.sobject, written, index, mine, len(person.indexes)))
         status = overall_status(targets)
         reason = None
+        error_class = None
         if not targets:
             reason = "the event carries no choice that the mapping writes to any target"
-        failed = [t for t in targets if t.status == "failed"]
-        error_class = None
+        refused = [t for t in targets if t.fields_refused]
+        failed = [t for t in targets if t.status == "failed" and not t.fields_refused]
         if failed and failed[0].error is not None:
             error_class = failed[0].error.code
             reason = f"{failed[0].sobject}: {failed[0].error.code}: {failed[0].error.message}"
+        elif refused:
+            # Fields Salesforce refused (or describe says it would): the rest was written.
+            # Dead-lettered so an operator can fix the field and redrive the event.
+            error_class = FIELD_REJECTED
+            reason = "; ".join(
+                f"{t.sobject}.{r.field}: {r.code}: {r.message}"
+                for t in refused
+                for r in t.fields_refused or ()
+            )
+        if error_class is not None and reason is not None:
             dead.append(
                 DeadLetterOut(
                     message, _dead_letter(message, error_class, reason, change.event_id, now)
@@ -146,6 +155,42 @@ def assemble(
         )
         outcomes.append(Publication(_key(outcome, message), outcome))
     return outcomes, dead
+
+
+def _target(
+    sobject: str, written: PersonResult, index: int, mine: set[str], merged: int
+) -> TargetResult:
+    """What one event's fields came to on one target.
+
+    The person's write is shared by every event merged into it; what differs per event is
+    which of its own fields were refused or older than the record's state.
+    """
+    status: TargetStatus = written.status
+    error = written.error
+    older = written.older.get(index, [])
+    refused_here = {f: e for f, e in written.refused.items() if f in mine}
+    applied = sorted(mine - set(refused_here) - set(older))
+    if status not in ("failed", "not_found"):
+        if refused_here:
+            status = "partial" if applied else "failed"
+            error = None if applied else next(iter(refused_here.values()))
+        elif index in written.stale_indexes:
+            status = "stale"
+    return TargetResult(
+        sobject=sobject,
+        status=status,
+        record_ids=list(written.record_ids),
+        note=written.note,
+        error=error,
+        merged_events=merged,
+        fields_written=applied if refused_here else None,
+        fields_refused=[
+            FieldRefusal(field=f, code=e.code, message=e.message)
+            for f, e in sorted(refused_here.items())
+        ]
+        or None,
+        fields_skipped_older=list(older) or None,
+    )
 
 
 def _key(outcome: Outcome, message: InputMessage) -> bytes | None:

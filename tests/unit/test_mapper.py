@@ -66,3 +66,34 @@ def test_lead_target_maps_only_its_own_fields() -> None:
 def test_selected_values_splits_trims_and_dedups() -> None:
     assert selected_values(" a, b ,,a, c") == ["a", "b", "c"]
     assert selected_values("") == []
+
+
+def test_user_updated_writes_only_what_changed_between_old_and_new() -> None:
+    from dataclasses import replace
+
+    from consumer.stages.map import map_change
+    from tests.unit.helpers import change, example_plans
+
+    new = change(
+        "jane@x.com",
+        purpose("newsletter", True, topics="offers", frequency="monthly"),
+        purpose("analytics", True),
+        full=True,
+    )
+    old = (
+        purpose("newsletter", True, topics="product_news,offers", frequency="weekly"),
+        purpose("analytics", True),
+    )
+    fields = map_change(replace(new, previous_purposes=old), example_plans())
+    # newsletter and analytics did not change: not re-asserted; the preferences did.
+    assert fields == {
+        "Contact": {
+            "Newsletter_Topics__c": "offers",
+            "Newsletter_Frequency__c": "monthly",
+            "Topic_Product_News__c": False,
+        }
+    }
+    # Without an old state (user.created, or an unreadable old_entity) the whole state applies.
+    whole = map_change(new, example_plans())
+    assert whole["Contact"]["Newsletter_Consent__c"] is True
+    assert whole["Lead"] == {"Newsletter_Consent__c": True}

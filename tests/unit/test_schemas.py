@@ -28,7 +28,9 @@ def test_schemas_describe_the_contract() -> None:
     assert outcome["properties"]["status"]["enum"] == [
         "updated",
         "created",
+        "partial",
         "stale",
+        "unchanged",
         "not_found",
         "ignored",
         "rejected",
