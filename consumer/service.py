@@ -11,18 +11,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 
 from consumer.engine.gate import GatePolicy, WriteGate
 from consumer.engine.health import Health
-from consumer.engine.pipeline import EngineConfig, Pipeline
+from consumer.engine.pipeline import EngineConfig, Pipeline, Writer
+from consumer.engine.ports import ConsumerPort, ProducerPort
 from consumer.engine.publisher import Publisher
 from consumer.errors import Reaction, SalesforceError
 from consumer.kafka.clients import make_consumer, make_producer
-from consumer.mapping import MappingConfig
+from consumer.mapping import MappingConfig, TargetPlan
 from consumer.observability.metrics import Metrics
 from consumer.observability.server import MetricsServer
 from consumer.salesforce.check import CheckReport, check_mapping
@@ -107,43 +108,15 @@ class Service:
             await producer.stop()
             return EXIT_OK
         try:
-            clock = time.monotonic
-            gate = WriteGate(
-                GatePolicy(
-                    pause_seconds={
-                        "daily_limit": s.salesforce_limit_pause_seconds,
-                        "api_budget": s.salesforce_budget_pause_seconds,
-                        "authentication": s.salesforce_auth_retry_seconds,
-                        "unavailable": s.salesforce_retry_max_seconds,
-                    },
-                    default_pause_seconds=s.salesforce_retry_max_seconds,
-                    on_retry_exhausted=s.salesforce_on_retry_exhausted,
-                ),
-                self.metrics,
-                self.health,
-                clock=clock,
-            )
-            publisher = Publisher(
-                producer,
-                results_topic=s.kafka_results_topic,
-                dlq_topic=s.kafka_dlq_topic,
-                metrics=self.metrics,
-            )
-            pipeline = Pipeline(
-                EngineConfig.from_settings(s),
-                ParseRules(
-                    regulations=tuple(self.mapping.regulations),
-                    max_message_bytes=s.sync_max_message_bytes,
-                    max_future_skew_seconds=s.sync_max_future_skew_seconds,
-                ),
+            pipeline = build_pipeline(
+                s,
+                self.mapping,
                 report.plans,
                 writers,
                 consumer,
-                publisher,
-                gate,
+                producer,
                 self.metrics,
                 self.health,
-                clock=clock,
             )
             self.pipeline = pipeline
             consumer.subscribe([s.kafka_input_topic], listener=pipeline.listener())
@@ -158,6 +131,55 @@ class Service:
         finally:
             await producer.stop()
         return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
+
+
+def build_pipeline(
+    s: Settings,
+    mapping: MappingConfig,
+    plans: Sequence[TargetPlan],
+    writers: Sequence[Writer],
+    consumer: ConsumerPort,
+    producer: ProducerPort,
+    metrics: Metrics,
+    health: Health,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Pipeline:
+    """The engine with its gate and publisher, from the settings (one place for the wiring)."""
+    gate = WriteGate(
+        GatePolicy(
+            pause_seconds={
+                "daily_limit": s.salesforce_limit_pause_seconds,
+                "api_budget": s.salesforce_budget_pause_seconds,
+                "authentication": s.salesforce_auth_retry_seconds,
+                "unavailable": s.salesforce_retry_max_seconds,
+            },
+            default_pause_seconds=s.salesforce_retry_max_seconds,
+            on_retry_exhausted=s.salesforce_on_retry_exhausted,
+        ),
+        metrics,
+        health,
+        clock=clock,
+    )
+    publisher = Publisher(
+        producer, results_topic=s.kafka_results_topic, dlq_topic=s.kafka_dlq_topic, metrics=metrics
+    )
+    return Pipeline(
+        EngineConfig.from_settings(s),
+        ParseRules(
+            regulations=tuple(mapping.regulations),
+            max_message_bytes=s.sync_max_message_bytes,
+            max_future_skew_seconds=s.sync_max_future_skew_seconds,
+        ),
+        plans,
+        writers,
+        consumer,
+        publisher,
+        gate,
+        metrics,
+        health,
+        clock=clock,
+    )
 
 
 async def _start_with_retries(

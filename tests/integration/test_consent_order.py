@@ -1,0 +1,254 @@
+"""The final value of every field is the latest choice for it, by event time, whatever the
+delivery: random partial events for a few people, in random order over two partitions, cut at
+random batch boundaries, with duplicates and a restart in between; then a replay of
+everything writes nothing.
+
+The Salesforce side is real (the writer, over HTTP, against the emulator with its describe
+and its per-record rules); Kafka is in memory (tests/unit/fakes.py), so each example takes
+a fraction of a second. The expected state is folded here from the choices themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from consumer.engine.health import Health
+from consumer.engine.pipeline import Pipeline
+from consumer.mapping import MappingConfig
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.check import check_mapping
+from consumer.salesforce.client import SalesforceClient
+from consumer.salesforce.writer import TargetWriter
+from consumer.service import build_pipeline
+from consumer.settings import Settings
+from tests.integration.scenario import T0, TOPICS, Choice
+from tests.integration.support import CLIENT_ID, CLIENT_SECRET, example_mapping, make_emulator
+from tests.unit.fakes import MemoryConsumer, MemoryProducer
+
+pytestmark = pytest.mark.integration
+
+EMAILS = ("ada@example.com", "bob@example.com", "cy@example.com")
+TOPIC = "in"
+
+
+@dataclass(frozen=True)
+class Event:
+    person: int
+    second: int
+    choice: Choice
+    n: int
+
+    def value(self) -> bytes:
+        when = (T0 + timedelta(seconds=self.second)).isoformat().replace("+00:00", "Z")
+        entity = {
+            "id": f"ev-{self.n}",
+            "created_at": when,
+            "user": {"organization_user_id": EMAILS[self.person]},
+            "consents": {"purposes": self.choice.purposes()},
+        }
+        return orjson.dumps({"type": "event.created", "parameters": {"entity": entity}})
+
+
+@st.composite
+def choices(draw: st.DrawFn) -> Choice:
+    c = Choice(
+        newsletter=draw(st.none() | st.booleans()),
+        analytics=draw(st.none() | st.booleans()),
+        topics=draw(st.none() | st.lists(st.sampled_from(TOPICS), unique=True)),
+        frequency=draw(st.none() | st.sampled_from(("weekly", "monthly"))),
+    )
+    if c == Choice():
+        c.newsletter = draw(st.booleans())
+    return c
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[tuple[Event, int]], list[int], int]:
+    """Events in a random arrival order with duplicates, each on a random partition; the
+    chunk sizes they are fed in; the chunk after which the service restarts."""
+    events = [
+        Event(draw(st.integers(0, 2)), draw(st.integers(0, 15)), draw(choices()), n)
+        for n in range(draw(st.integers(1, 18)))
+    ]
+    repeated = events + draw(st.lists(st.sampled_from(events), max_size=6))
+    order = draw(st.permutations(repeated))
+    placed = [(e, draw(st.integers(0, 1))) for e in order]
+    chunks: list[int] = []
+    left = len(placed)
+    while left:
+        size = draw(st.integers(1, left))
+        chunks.append(size)
+        left -= size
+    restart = draw(st.integers(0, len(chunks)))
+    return placed, chunks, restart
+
+
+def fold(log: list[tuple[Event, int, int]]) -> tuple[dict[int, dict[str, Any]], dict[int, Any]]:
+    """Each person's fields after applying every delivery by (event time, partition, offset)."""
+    contacts: dict[int, dict[str, Any]] = {}
+    leads: dict[int, Any] = {}
+    for event, _, _ in sorted(log, key=lambda d: (d[0].second, d[1], d[2])):
+        contacts.setdefault(event.person, {}).update(event.choice.contact_fields())
+        if event.choice.newsletter is not None:
+            leads[event.person] = event.choice.newsletter
+    return contacts, leads
+
+
+class Run:
+    """The service's pipeline over an in-memory topic, writing to the emulator."""
+
+    def __init__(self, s: Settings, mapping: MappingConfig, writers: list[TargetWriter]) -> None:
+        self.settings = s
+        self.mapping = mapping
+        self.writers = writers
+        self.consumer = MemoryConsumer(TOPIC, 2)
+        self.producer = MemoryProducer()
+        self.pipeline: Pipeline | None = None
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.plans = [w._plan for w in writers]
+
+    async def start(self) -> None:
+        metrics = Metrics(CollectorRegistry())
+        self.pipeline = build_pipeline(
+            self.settings,
+            self.mapping,
+            self.plans,
+            self.writers,
+            self.consumer,
+            self.producer,
+            metrics,
+            Health(),
+        )
+        self.consumer.listener = self.pipeline.listener()
+        # A (re)start reads each partition from its committed offset, like a new member.
+        await self.consumer.rebalance(set(self.consumer.logs))
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.pipeline.run(self.stop))
+
+    async def restart(self) -> None:
+        await self.finish()
+        await self.start()
+
+    async def finish(self) -> None:
+        assert self.task is not None
+        self.stop.set()
+        await asyncio.wait_for(self.task, 20)
+        assert self.pipeline is not None and self.pipeline.failure is None
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        return [orjson.loads(s.value or b"") for s in self.producer.topics["results"]]
+
+    async def until(self, predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not predicate():
+            assert self.task is not None
+            if self.task.done():
+                self.task.result()
+                raise AssertionError(f"the pipeline ended before {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.005)
+
+
+def _at_least(run: Run, count: int) -> Callable[[], bool]:
+    return lambda: len(run.outcomes()) >= count
+
+
+async def scenario(placed: list[tuple[Event, int]], chunks: list[int], restart: int) -> None:
+    async with make_emulator() as emulator:
+        contact_ids = {
+            i: emulator.seed("Contact", {"Email": e, "LastName": f"P{i}"})
+            for i, e in enumerate(EMAILS)
+            if i != 2  # the third person has no Contact: created on first sight
+        }
+        lead_ids = {0: emulator.seed("Lead", {"Email": EMAILS[0], "LastName": "L", "Company": "C"})}
+        s = Settings(
+            salesforce_token_url=emulator.url,
+            salesforce_client_id=CLIENT_ID,
+            salesforce_client_secret=SecretStr(CLIENT_SECRET),
+            salesforce_retry_initial_seconds=0.01,
+            salesforce_retry_max_seconds=0.05,
+            sync_batch_linger_ms=0,
+            sync_commit_interval_ms=0,
+            sync_concurrency=2,
+            kafka_results_topic="results",
+            kafka_dlq_topic="dlq",
+        )
+        mapping = example_mapping()
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, mapping)
+            assert report.ok, report.render()
+            run = Run(s, mapping, [TargetWriter(client, p, s) for p in report.plans])
+            await run.start()
+            log: list[tuple[Event, int, int]] = []
+            cursor = 0
+            for n, size in enumerate(chunks):
+                for event, partition in placed[cursor : cursor + size]:
+                    offset = run.consumer.append(
+                        partition, event.value(), EMAILS[event.person].encode()
+                    )
+                    log.append((event, partition, offset))
+                cursor += size
+                await run.until(_at_least(run, cursor), f"chunk {n}")
+                if n + 1 == restart:
+                    await run.restart()
+            await run.finish()
+            statuses = {o["status"] for o in run.outcomes()}
+            assert statuses <= {"updated", "created", "stale", "unchanged"}, statuses
+
+            contacts, leads = fold(log)
+            for person, expected in contacts.items():
+                records = emulator.find_by_email("Contact", EMAILS[person])
+                assert len(records) == 1, (person, records)
+                record = records[0]
+                if person in contact_ids:
+                    assert record["Id"] == contact_ids[person]
+                for name, value in expected.items():
+                    assert record[name] == value, (person, name, record[name], value, log)
+            for person, value in leads.items():
+                if person in lead_ids:
+                    lead = emulator.get("Lead", lead_ids[person])
+                    assert lead is not None and lead["Newsletter_Consent__c"] is value
+
+            # A replay of everything: the group starts over, Salesforce already reflects it.
+            writes = (emulator.stats["update"], emulator.stats["create"])
+            run.consumer.committed.clear()
+            before = len(run.outcomes())
+            await run.start()
+            await run.until(lambda: len(run.outcomes()) >= before + len(log), "the replay")
+            await run.finish()
+            assert (emulator.stats["update"], emulator.stats["create"]) == writes
+            replayed = run.outcomes()[before:]
+            assert {o["status"] for o in replayed} == {"stale"}
+            assert run.consumer.committed == {
+                TopicPartition(TOPIC, p): len(run.consumer.logs[TopicPartition(TOPIC, p)])
+                for p in (0, 1)
+                if run.consumer.logs[TopicPartition(TOPIC, p)]
+            }
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=deliveries())
+def test_each_field_ends_with_its_latest_choice_whatever_the_delivery(
+    case: tuple[list[tuple[Event, int]], list[int], int],
+) -> None:
+    placed, chunks, restart = case
+    asyncio.run(scenario(placed, chunks, restart))
