@@ -31,6 +31,7 @@ from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter
 from consumer.settings import Settings
 from consumer.stages.parse import ParseRules
+from consumer.stop import sleep_unless_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ class Service:
             await self.client.stop()
             await self.server.stop()
 
-    async def _prepare(self, stop: asyncio.Event) -> CheckReport:
-        """Check the mapping against the org, retrying while Salesforce is unreachable."""
-        while True:
+    async def _prepare(self, stop: asyncio.Event) -> CheckReport | None:
+        """Check the mapping against the org, retrying while Salesforce is unreachable or
+        refuses the login; None when a stop came first."""
+        while not stop.is_set():
             try:
                 return await check_mapping(self.client, self.mapping)
             except SalesforceError as exc:
@@ -96,8 +98,8 @@ class Service:
                     logger.warning("salesforce unreachable at start-up", extra={"error": str(exc)})
                 else:
                     raise
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await sleep_unless_stopped(stop, delay)
+        return None
 
     async def _consume(self, report: CheckReport, stop: asyncio.Event) -> int:
         s = self.settings
@@ -191,8 +193,7 @@ async def _start_with_retries(
             await _until_stopped(start(), stop)
         except KafkaError as exc:
             logger.error("kafka %s could not start; retrying", what, extra={"error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 5.0)
+            await sleep_unless_stopped(stop, 5.0)
             continue
         return not stop.is_set()
     return False

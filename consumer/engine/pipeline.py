@@ -56,6 +56,7 @@ from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
 from consumer.stages.parse import ParseRules, parse_message
 from consumer.stages.report import assemble
+from consumer.stop import sleep_unless_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +203,7 @@ class Pipeline:
                 except KafkaError as exc:
                     # The client reconnects by itself; keep the loop (and health) alive.
                     logger.error("polling failed; retrying", extra={"error": repr(exc)})
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                    await sleep_unless_stopped(stop, 1.0)
                 except Exception as exc:
                     self._fail(exc, "the poll loop failed unexpectedly")
         finally:

@@ -122,17 +122,17 @@ def trusted_instance_url(answer: object, token_base: str) -> str:
 
     The access token goes to this address on every call, so an answer pointing elsewhere (a
     proxy gone wrong, a tampered answer) is refused before any bearer token is sent: https
-    only (http only for a loopback host, as for the token URL), on a Salesforce domain or on
-    the token URL's own host. A missing one means the token URL's host.
+    only (http only for a loopback host, as for the token URL), on a Salesforce domain or at
+    the token URL's own address. A missing one means the token URL's address.
     """
     if answer is None or answer == "":
         return token_base.rstrip("/")
     parts = urlsplit(str(answer).strip().rstrip("/"))
     host = (parts.hostname or "").lower()
-    base_host = (urlsplit(token_base).hostname or "").lower()
-    trusted = host == base_host or any(
-        host == d or host.endswith("." + d) for d in SALESFORCE_DOMAINS
-    )
+    # The token URL's own host means that exact address (host and port): another service on
+    # the same host is not the org.
+    same = parts.netloc.lower() == urlsplit(token_base).netloc.lower()
+    trusted = same or any(host == d or host.endswith("." + d) for d in SALESFORCE_DOMAINS)
     secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
     if not host or not trusted or not secure or parts.path not in ("", "/") or parts.query:
         raise AuthenticationError(

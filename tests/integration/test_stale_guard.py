@@ -1,4 +1,8 @@
-"""The stale-write guard: replays and late events never roll consent back."""
+"""The sync state: replays and late events never roll consent back.
+
+The example mapping keeps a per-field sync state (``sync_state_field``); here it also stamps
+``last_synced_field`` (a human-readable mark, not a guard).
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from tests.integration.test_end_to_end import assert_final_state, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
-GUARDED = (
+WITH_STATE = (
     (SAMPLES / "mapping.example.yaml")
     .read_text(encoding="utf-8")
     .replace(
@@ -49,8 +53,9 @@ def contact_snapshot(emulator: Any) -> dict[str, dict[str, Any]]:
 async def test_replay_from_the_start_changes_nothing_and_counts_stale(
     kafka_bootstrap: str,
 ) -> None:
-    mapping = parse_mapping(GUARDED)
+    mapping = parse_mapping(WITH_STATE)
     assert mapping.targets[0].last_synced_field == "Consent_Synced_At__c"
+    assert all(t.sync_state_field == "Didomi_Sync_State__c" for t in mapping.targets)
     scenario = build(n_people=120, n_events=1000, seed=61)
     topics = await scenario_topics(kafka_bootstrap, scenario, 3)
     total = len(scenario.messages)
@@ -122,7 +127,7 @@ def _event(event_id: str, email: str, when: str, enabled: bool) -> bytes:
 
 
 async def test_a_late_older_event_cannot_roll_back_a_newer_choice(kafka_bootstrap: str) -> None:
-    mapping = parse_mapping(GUARDED)
+    mapping = parse_mapping(WITH_STATE)
     topics = Topics.fresh()
     await make_topics(kafka_bootstrap, topics, 1)
     email = "late@example.com"

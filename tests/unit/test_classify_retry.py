@@ -132,3 +132,51 @@ def test_backoff_grows_with_full_jitter_and_stops_at_the_budget() -> None:
     assert sum(delays) <= 30.0
     assert len(delays) >= 4
     assert b.elapsed() == pytest.approx(sum(delays))
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (None, "https://acme.my.salesforce.com"),
+        ("https://acme.my.salesforce.com/", "https://acme.my.salesforce.com"),
+        (
+            "https://acme--uat.sandbox.my.salesforce.com",
+            "https://acme--uat.sandbox.my.salesforce.com",
+        ),
+        ("https://acme.my.salesforce.mil", "https://acme.my.salesforce.mil"),
+        ("https://acme.my.sfcrmproducts.cn", "https://acme.my.sfcrmproducts.cn"),
+    ],
+)
+def test_instance_urls_on_salesforce_domains_are_trusted(answer: str | None, expected: str) -> None:
+    from consumer.salesforce.client import trusted_instance_url
+
+    assert trusted_instance_url(answer, "https://acme.my.salesforce.com") == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "base"),
+    [
+        ("https://evil.example", "https://acme.my.salesforce.com"),
+        ("https://salesforce.com.evil.example", "https://acme.my.salesforce.com"),
+        ("https://evilsalesforce.com", "https://acme.my.salesforce.com"),
+        ("http://acme.my.salesforce.com", "https://acme.my.salesforce.com"),  # not https
+        ("http://127.0.0.1:9999", "http://127.0.0.1:8080"),  # same host, another service
+        ("https://acme.my.salesforce.com/services/x", "https://acme.my.salesforce.com"),
+        ("not a url", "https://acme.my.salesforce.com"),
+    ],
+)
+def test_instance_urls_elsewhere_are_refused(answer: str, base: str) -> None:
+    from consumer.errors import AuthenticationError
+    from consumer.salesforce.client import trusted_instance_url
+
+    with pytest.raises(AuthenticationError) as caught:
+        trusted_instance_url(answer, base)
+    assert caught.value.code == "UNTRUSTED_INSTANCE_URL"
+
+
+def test_the_token_url_address_itself_is_trusted_on_loopback() -> None:
+    from consumer.salesforce.client import trusted_instance_url
+
+    assert trusted_instance_url("http://127.0.0.1:8080", "http://127.0.0.1:8080") == (
+        "http://127.0.0.1:8080"
+    )
