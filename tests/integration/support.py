@@ -27,6 +27,8 @@ from tests.integration.scenario import Scenario
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SAMPLES = FIXTURES / "samples"
+#: The project's example mapping (Didomi's sample, plus the per-field sync state).
+EXAMPLE_MAPPING = FIXTURES / "mapping.example.yaml"
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-value-0123456789"
 
@@ -42,7 +44,7 @@ def make_emulator(**kwargs: Any) -> SalesforceEmulator:
 
 
 def example_mapping() -> MappingConfig:
-    return load_mapping(SAMPLES / "mapping.example.yaml")
+    return load_mapping(EXAMPLE_MAPPING)
 
 
 @dataclass
@@ -90,7 +92,7 @@ def settings_for(bootstrap: str, topics: Topics, emulator_url: str, **overrides:
         "salesforce_retry_budget_seconds": 30,
         "sync_batch_linger_ms": 200,
         "sync_commit_interval_ms": 200,
-        "sync_mapping_file": SAMPLES / "mapping.example.yaml",
+        "sync_mapping_file": EXAMPLE_MAPPING,
         "metrics_host": "127.0.0.1",
         "metrics_port": 0,
         "log_format": "text",
@@ -234,7 +236,7 @@ def service_env(bootstrap: str, topics: Topics, emulator_url: str, **extra: str)
             "SALESFORCE_CLIENT_SECRET": CLIENT_SECRET,
             "SALESFORCE_RETRY_INITIAL_SECONDS": "0.05",
             "SALESFORCE_RETRY_MAX_SECONDS": "0.5",
-            "SYNC_MAPPING_FILE": str(SAMPLES / "mapping.example.yaml"),
+            "SYNC_MAPPING_FILE": str(EXAMPLE_MAPPING),
             "SYNC_BATCH_LINGER_MS": "100",
             "SYNC_COMMIT_INTERVAL_MS": "200",
             "METRICS_HOST": "127.0.0.1",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CLIENT_ID, CLIENT_SECRET, SAMPLES, make_emulator
+from tests.integration.support import CLIENT_ID, CLIENT_SECRET, EXAMPLE_MAPPING, make_emulator
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -48,9 +48,7 @@ async def test_help_lists_the_commands() -> None:
 
 async def test_check_passes_on_a_fitting_mapping() -> None:
     async with make_emulator() as emulator:
-        code, out, err = await run_cli(
-            "check", env=env_for(emulator.url, SAMPLES / "mapping.example.yaml")
-        )
+        code, out, err = await run_cli("check", env=env_for(emulator.url, EXAMPLE_MAPPING))
     assert code == 0, err
     assert "OK: the mapping fits the org." in out
     assert "preference topics -> Newsletter_Topics__c: ';'-joined (multipicklist)" in out
@@ -99,7 +97,7 @@ async def test_run_refuses_to_start_on_a_broken_mapping(tmp_path: Path) -> None:
 
 async def test_check_with_wrong_secret_says_what_to_fix() -> None:
     async with make_emulator() as emulator:
-        env = env_for(emulator.url, SAMPLES / "mapping.example.yaml")
+        env = env_for(emulator.url, EXAMPLE_MAPPING)
         env["SALESFORCE_CLIENT_SECRET"] = "not-the-secret-123"
         code, out, err = await run_cli("check", env=env)
     assert code == 2

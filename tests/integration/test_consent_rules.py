@@ -15,7 +15,7 @@ from aiohttp import web
 from consumer.mapping import parse_mapping
 from consumer.settings import Settings
 from tests.integration.support import (
-    SAMPLES,
+    EXAMPLE_MAPPING,
     Topics,
     collect,
     make_emulator,
@@ -28,7 +28,7 @@ from tests.integration.support import (
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
-EXAMPLE = (SAMPLES / "mapping.example.yaml").read_text(encoding="utf-8")
+EXAMPLE = (EXAMPLE_MAPPING).read_text(encoding="utf-8")
 
 
 def event(

@@ -79,7 +79,7 @@ async def test_one_persons_validation_error_does_not_fail_the_others(kafka_boots
     refused = by_event["e1"]  # it carried only the refused field
     assert refused["status"] == "failed"
     assert refused["error_class"] == "FIELD_REJECTED"
-    contact = next(t for t in refused["targets"] if t["sobject"] == "Contact")  # type: ignore[attr-defined]
+    contact = next(t for t in refused["targets"] if t["sobject"] == "Contact")
     assert contact["status"] == "failed"
     assert contact["fields_refused"] == [
         {

@@ -17,7 +17,7 @@ from consumer.mapping import parse_mapping
 from consumer.ops.replay import ReplayOptions, ToEarliest, replay
 from tests.integration.scenario import build
 from tests.integration.support import (
-    SAMPLES,
+    EXAMPLE_MAPPING,
     Topics,
     collect,
     committed_offsets,
@@ -34,7 +34,7 @@ from tests.integration.test_end_to_end import assert_final_state, seed
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
 WITH_STATE = (
-    (SAMPLES / "mapping.example.yaml")
+    (EXAMPLE_MAPPING)
     .read_text(encoding="utf-8")
     .replace(
         "    match_field: Email              # organization_user_id is matched against this "

@@ -16,7 +16,7 @@ T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
 def example_mapping() -> MappingConfig:
-    return load_mapping(SAMPLES / "mapping.example.yaml")
+    return load_mapping(SAMPLES.parent / "mapping.example.yaml")
 
 
 def example_plans(multipicklist: bool = False) -> list[TargetPlan]:

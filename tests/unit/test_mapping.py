@@ -30,6 +30,8 @@ def describe(**types: str) -> dict[str, FieldInfo]:
     return {k.lower(): v for k, v in fields.items()}
 
 
+STATE_FIELD = FieldInfo("Didomi_Sync_State__c", "textarea", 131_072, filterable=False)
+
 GOOD_CONTACT = {
     "Newsletter_Consent__c": "boolean",
     "Analytics_Consent__c": "boolean",
@@ -57,6 +59,7 @@ def test_example_mapping_fits_a_matching_describe() -> None:
     fields["newsletter_topics__c"] = FieldInfo(
         "Newsletter_Topics__c", "multipicklist", picklist_values=("product_news", "offers")
     )
+    fields["didomi_sync_state__c"] = STATE_FIELD
     assert validate_against_describe(contact, fields) == []
     plan = plan_target(contact, fields)
     assert plan.preference_separators == {"topics": ";", "frequency": ","}
@@ -111,3 +114,70 @@ def test_bad_mapping_files_say_what_is_wrong(doc: str, fragment: str) -> None:
     with pytest.raises(MappingError, match=r"invalid|YAML") as info:
         parse_mapping(doc)
     assert fragment in str(info.value)
+
+
+def _with_state(**changes: object) -> dict[str, FieldInfo]:
+    fields = describe(**GOOD_CONTACT)
+    fields["newsletter_topics__c"] = FieldInfo(
+        "Newsletter_Topics__c", "multipicklist", picklist_values=("product_news", "offers")
+    )
+    base = {"name": "Didomi_Sync_State__c", "type": "textarea", "length": 131_072}
+    base.update(changes)
+    fields["didomi_sync_state__c"] = FieldInfo(**base)  # type: ignore[arg-type]
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"type": "string", "length": 255}, "expected a Long Text Area"),
+        ({"length": 255}, "holds 255 characters"),
+        ({"updateable": False}, "is not writable"),
+    ],
+)
+def test_the_sync_state_field_is_checked(changes: dict[str, object], fragment: str) -> None:
+    contact = example_mapping().targets[0]
+    problems = validate_against_describe(contact, _with_state(**changes))
+    assert [p.where for p in problems] == ["sync_state_field"] * len(problems)
+    assert any(fragment in p.message for p in problems), problems
+
+
+def test_a_missing_sync_state_field_is_a_problem_and_none_is_a_warning() -> None:
+    from consumer.mapping import warnings_for
+
+    contact = example_mapping().targets[0]
+    problems = validate_against_describe(contact, describe(**GOOD_CONTACT))
+    assert any(p.where == "sync_state_field" and "does not exist" in p.message for p in problems)
+    assert warnings_for(contact) == []
+    bare = contact.model_copy(update={"sync_state_field": None})
+    (warning,) = warnings_for(bare)
+    assert "late" in warning.message and "Long Text Area" in warning.message
+
+
+def test_names_resolve_to_describes_spelling_and_ambiguous_ones_are_refused() -> None:
+    from consumer.mapping import describe_fields
+
+    miscased = (
+        example_mapping()
+        .targets[0]
+        .model_copy(
+            update={"match_field": "email", "purposes": {"newsletter": "NEWSLETTER_CONSENT__C"}}
+        )
+    )
+    fields = _with_state()
+    assert validate_against_describe(miscased, fields) == []
+    plan = plan_target(miscased, fields)
+    assert plan.mapping.match_field == "Email"
+    assert plan.mapping.purposes == {"newsletter": "Newsletter_Consent__c"}
+    raw = [
+        {"name": "Email", "type": "email"},
+        {"name": "Flag__c", "type": "boolean"},
+        {"name": "flag__C", "type": "boolean"},
+    ]
+    described, ambiguous = describe_fields(raw)
+    assert ambiguous == {"flag__c"}
+    target = parse_mapping(
+        "targets: [{sobject: Contact, match_field: Email, purposes: {p: FLAG__c}}]"
+    ).targets[0]
+    problems = validate_against_describe(target, described, ambiguous)
+    assert any("ambiguous" in p.message for p in problems)

@@ -180,3 +180,86 @@ def test_unknown_fields_from_didomi_are_tolerated() -> None:
 
 def test_email_key_trims_and_lowercases() -> None:
     assert email_key("  Jane.Doe@Example.COM ") == "jane.doe@example.com"
+
+
+def _created(when: object, **extra: object) -> bytes:
+    entity = {
+        "id": "ev-1",
+        "created_at": when,
+        "user": {"organization_user_id": "jane@x.com"},
+        "consents": {"purposes": [{"id": "newsletter", "enabled": False}]},
+        **extra,
+    }
+    return orjson.dumps({"type": "event.created", "parameters": {"entity": entity}})
+
+
+@pytest.mark.parametrize("when", [1709280000, "1709280000", 1709280000.5, "2026-11-20", True])
+def test_timestamps_are_iso_8601_strings_only(when: object) -> None:
+    result = parse_message(_created(when), RULES)
+    assert isinstance(result, Rejected)
+    assert result.error_class == "SCHEMA_VALIDATION"
+    assert "created_at" in result.reason
+
+
+def test_event_times_are_kept_to_the_millisecond() -> None:
+    result = parse_message(_created("2026-11-20T09:14:03.512999Z"), RULES)
+    assert isinstance(result, Accepted)
+    assert result.change.event_time == datetime(2026, 11, 20, 9, 14, 3, 512000, tzinfo=UTC)
+
+
+def test_an_event_dated_after_its_record_timestamp_plus_the_skew_is_rejected() -> None:
+    record_ms = int(datetime(2026, 11, 20, 9, 0, tzinfo=UTC).timestamp() * 1000)
+    rules = ParseRules(max_future_skew_seconds=300)
+    near = parse_message(_created("2026-11-20T09:05:00Z"), rules, record_ms)
+    assert isinstance(near, Accepted)  # 300 s ahead: a clock a little fast is fine
+    far = parse_message(_created("2026-11-20T09:05:00.001Z"), rules, record_ms)
+    assert isinstance(far, Rejected)
+    assert far.error_class == "EVENT_TIME_IN_FUTURE"
+    assert far.event_id == "ev-1"
+    assert far.organization_user_id == "jane@x.com"
+    # Without a record timestamp (or a broker that gives -1) there is nothing to judge by.
+    assert isinstance(parse_message(_created("2206-01-01T00:00:00Z"), rules, None), Accepted)
+    assert isinstance(parse_message(_created("2206-01-01T00:00:00Z"), rules, -1), Accepted)
+    # Old events (a backlog, a replay) are never refused for their age.
+    assert isinstance(parse_message(_created("2001-01-01T00:00:00Z"), rules, record_ms), Accepted)
+
+
+def _user_updated(old: object) -> bytes:
+    def user(enabled: bool) -> dict[str, object]:
+        return {
+            "id": "u-1",
+            "organization_user_id": "Jane@x.com",
+            "created_at": "2026-10-01T00:00:00Z",
+            "updated_at": "2026-11-20T09:00:00Z",
+            "consents": {"purposes": [{"id": "newsletter", "enabled": enabled}]},
+        }
+
+    params: dict[str, object] = {"new_entity": user(True)}
+    if old == "user":
+        params["old_entity"] = user(False)
+    elif old is not None:
+        params["old_entity"] = old
+    return orjson.dumps({"type": "user.updated", "parameters": params})
+
+
+def test_user_updated_carries_the_old_state_when_it_is_readable() -> None:
+    result = parse_message(_user_updated("user"), RULES)
+    assert isinstance(result, Accepted)
+    previous = result.change.previous_purposes
+    assert previous is not None and previous[0].enabled is False
+    unreadable_entities: list[object] = [
+        None,
+        {"organization_user_id": "jane@x.com", "consents": {"purposes": "nope"}},
+        {"organization_user_id": 5},
+        {"organization_user_id": "someone.else@x.com", "consents": {"purposes": []}},
+    ]
+    for unreadable in unreadable_entities:
+        result = parse_message(_user_updated(unreadable), RULES)
+        assert isinstance(result, Accepted)  # never rejected for its old entity
+        assert result.change.previous_purposes is None  # the whole new state applies
+
+
+def test_user_entities_are_applied_only_when_gdpr_is_synced() -> None:
+    result = parse_message(_user_updated("user"), ParseRules(regulations=("cpra",)))
+    assert isinstance(result, Ignored)
+    assert "gdpr" in result.reason
