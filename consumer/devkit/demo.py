@@ -37,6 +37,7 @@ targets:
   - sobject: Contact
     upsert_mode: true
     match_field: Email
+    sync_state_field: Didomi_Sync_State__c
     create_defaults: {LastName: "Unknown"}
     purposes:
       newsletter: Newsletter_Consent__c
@@ -51,6 +52,7 @@ targets:
   - sobject: Lead
     upsert_mode: false
     match_field: Email
+    sync_state_field: Didomi_Sync_State__c
     purposes:
       newsletter: Newsletter_Consent__c
 """
@@ -193,13 +195,43 @@ def demo_events() -> list[tuple[str, bytes]]:
         ),
         ("a truncated message", b'{"type": "event.created", "parameters": {"entity": {"status": '),
         ("an unknown event type", b'{"type": "consent.given", "parameters": {}}'),
+    ]
+
+
+def late_events() -> list[tuple[str, bytes]]:
+    """What arrives after the first wave was written: Didomi's retries and clock trouble."""
+    return [
         (
-            "Jane's older event, delivered late",
+            "Jane's older event, delivered late: stale, nothing written",
             _event(
                 "ev-jane-0",
                 "2026-11-19T08:00:00Z",
-                jane.lower(),
+                "jane.doe@example.com",
                 [{"id": "analytics", "enabled": False}],
+            ),
+        ),
+        (
+            "Sam withdraws, next to a preference value too long for its field: partial",
+            _event(
+                "ev-sam-3",
+                "2026-11-22T11:30:00Z",
+                "sam@example.com",
+                [
+                    {
+                        "id": "newsletter",
+                        "enabled": False,
+                        "values": {"frequency": {"value": "every-day-" * 10}},
+                    }
+                ],
+            ),
+        ),
+        (
+            "an event dated 2206 (a clock gone wrong): rejected",
+            _event(
+                "ev-max-2206",
+                "2206-01-01T00:00:00Z",
+                "max@example.org",
+                [{"id": "newsletter", "enabled": True}],
             ),
         ),
     ]
@@ -329,6 +361,13 @@ async def main() -> int:
                     sys.executable, "-m", "consumer", "run", env=env, stdout=log, stderr=log
                 )
             print(f"Service started: python -m consumer run (pid {proc.pid}, logs {log_path})")
+            await _read_all(broker.bootstrap, topics[1], len(events), timeout=45)
+            late = late_events()
+            await _produce(broker.bootstrap, topics[0], [v for _, v in late])
+            print(f"First wave written; produced {len(late)} late events.\n")
+            for what, _ in late:
+                print(f"  - {what}")
+            events += late
             records = await _read_all(broker.bootstrap, topics[1], len(events), timeout=45)
             metrics_text = ""
             async with aiohttp.ClientSession() as http:
@@ -338,7 +377,7 @@ async def main() -> int:
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), 30)
             proc = None
-            dead = await _read_all(broker.bootstrap, topics[2], 2, timeout=5)
+            dead = await _read_all(broker.bootstrap, topics[2], 4, timeout=5)
 
             outcomes = [orjson.loads(r.value) for r in records]
             outcomes.sort(key=lambda o: (o["source"]["partition"], o["source"]["offset"]))
