@@ -23,15 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from consumer.engine.ports import ProducerPort
 from consumer.errors import PublishError
 from consumer.model.messages import DLQ_HEADER_PREFIX, VALUE_OMITTED_HEADER
-from consumer.model.outcomes import Outcome
 from consumer.observability.metrics import Metrics
-from consumer.stages.report import DeadLetterOut, Publication
+from consumer.stages.report import DeadLetterOut, OutcomeDoc, Publication, outcome_json
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ class _Record:
     headers: tuple[tuple[str, bytes], ...]
     #: How many times it was shrunk already.
     shrunk: int = 0
-    outcome: Outcome | None = None
+    outcome: OutcomeDoc | None = None
 
     def smaller(self) -> _Record | None:
         """The next smaller form of this record, or None when nothing is left to cut."""
@@ -69,7 +67,7 @@ class _Record:
         if self.shrunk == 0 and self.outcome is not None:
             small = _minimal(self.outcome)
             headers = (*self.headers, (OUTCOME_SHRUNK_HEADER, b"too large for the topic"))
-            return replace(self, value=outcome_bytes(small), key=None, headers=headers, shrunk=1)
+            return replace(self, value=outcome_json(small), key=None, headers=headers, shrunk=1)
         return None
 
 
@@ -108,10 +106,11 @@ class Publisher:
                 self._metrics.dead_letters.labels(cls).inc(n)
         counts: Counter[tuple[str, str]] = Counter()
         for pub in publications:
-            if not pub.outcome.targets:
-                counts[(pub.outcome.status, "")] += 1
-            for target in pub.outcome.targets:
-                counts[(target.status, target.sobject)] += 1
+            targets = pub.doc["targets"]
+            if not targets:
+                counts[(pub.doc["status"], "")] += 1
+            for target in targets:
+                counts[(target["status"], target["sobject"])] += 1
         for (status, sobject), n in counts.items():
             self._metrics.outcomes.labels(status, sobject).inc(n)
 
@@ -127,9 +126,7 @@ class Publisher:
         )
 
     def _outcome(self, pub: Publication) -> _Record:
-        return _Record(
-            "outcome", self._results, pub.key, outcome_bytes(pub.outcome), (), outcome=pub.outcome
-        )
+        return _Record("outcome", self._results, pub.key, pub.value(), (), outcome=pub.doc)
 
     async def _deliver(self, records: list[_Record]) -> None:
         delay = self._initial
@@ -200,19 +197,11 @@ def _retriable(error: KafkaError) -> bool:
     return bool(error.retriable) or isinstance(error, KafkaTimeoutError)
 
 
-def outcome_bytes(outcome: Outcome) -> bytes:
-    """An outcome as published (JSON, without null fields)."""
-    return orjson.dumps(outcome.model_dump(mode="json", exclude_none=True))
-
-
-def _minimal(outcome: Outcome) -> Outcome:
-    return Outcome(
-        status=outcome.status,
-        reason="outcome too large for the results topic: details dropped",
-        error_class=outcome.error_class,
-        event_id=(outcome.event_id or "")[:200] or None,
-        event_type=(outcome.event_type or "")[:100] or None,
-        source=outcome.source,
-        event_time=outcome.event_time,
-        processed_at=outcome.processed_at,
-    )
+def _minimal(doc: OutcomeDoc) -> OutcomeDoc:
+    """An outcome cut down to its status, ids and position."""
+    keep = ("status", "error_class", "event_id", "event_type", "source", "event_time")
+    small: OutcomeDoc = {k: doc[k] for k in keep if k in doc}
+    small["reason"] = "outcome too large for the results topic: details dropped"
+    small["targets"] = []
+    small["processed_at"] = doc["processed_at"]
+    return small

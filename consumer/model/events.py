@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     StrictStr,
 )
 
@@ -47,9 +46,11 @@ EventType = Literal[
 
 
 class _Open(BaseModel):
-    """Base of every Didomi object: unknown keys are kept, not rejected."""
+    """Base of every Didomi object: only what the sync uses is modelled (and validated
+    strictly); every other key is accepted and ignored, so a new field on Didomi's side never
+    rejects a message and costs nothing to parse."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class PreferenceSelection(_Open):
@@ -63,37 +64,25 @@ class Purpose(_Open):
 
     id: Annotated[StrictStr, Field(min_length=1)]
     enabled: StrictBool | None = None
-    enabled_li: StrictBool | None = None
     values: dict[str, PreferenceSelection] | None = None
-
-
-class Channel(_Open):
-    """A channel choice (not synced, kept for completeness)."""
-
-    id: StrictStr
-    enabled: StrictBool | None = None
 
 
 class Consents(_Open):
     """The consent state carried by users (whole state) and events (partial state)."""
 
     purposes: list[Purpose] = Field(default_factory=list)
-    channels: list[Channel] | None = None
 
 
 class EventUser(_Open):
     """The user an event belongs to."""
 
-    id: StrictStr | None = None
     organization_user_id: Annotated[StrictStr, Field(min_length=1)]
-    country: StrictStr | None = None
 
 
 class ConsentEvent(_Open):
     """A Didomi consent event (``event.*`` entities): the choices made in that event only."""
 
     id: Annotated[StrictStr, Field(min_length=1)]
-    organization_id: StrictStr | None = None
     created_at: Timestamp
     updated_at: Timestamp | None = None
     status: Literal["confirmed", "pending_approval"] = "confirmed"
@@ -106,13 +95,9 @@ class User(_Open):
     """A Didomi user (``user.*`` entities): the person's whole current state."""
 
     id: Annotated[StrictStr, Field(min_length=1)]
-    organization_id: StrictStr | None = None
     organization_user_id: Annotated[StrictStr, Field(min_length=1)]
-    organization_user_id_type: StrictStr | None = None
-    version: StrictInt | None = None
     created_at: Timestamp
     updated_at: Timestamp | None = None
-    country: StrictStr | None = None
     consents: Consents = Field(default_factory=Consents)
 
 
@@ -120,7 +105,6 @@ class Source(_Open):
     """What caused an update (``*.updated`` only)."""
 
     id: StrictStr | None = None
-    created_at: Timestamp | None = None
 
 
 class EventCreatedParams(_Open):
@@ -131,10 +115,9 @@ class EventCreatedParams(_Open):
 
 class EventUpdatedParams(_Open):
     """``parameters`` of ``event.updated``; only ``new_entity`` is applied (``old_entity`` is
-    kept as sent, and a malformed one does not reject the message)."""
+    not read, so a malformed one does not reject the message)."""
 
     source: Source | None = None
-    old_entity: dict[str, Any] | None = None
     new_entity: ConsentEvent
 
 

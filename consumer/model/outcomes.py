@@ -92,8 +92,8 @@ Status = Literal[
 ]
 TargetStatus = Literal["updated", "created", "partial", "stale", "unchanged", "not_found", "failed"]
 
-# Precedence when an event touches several targets: the overall status is the "strongest".
-_PRECEDENCE: dict[str, int] = {
+#: Precedence when an event touches several targets: the overall status is the "strongest".
+STATUS_PRECEDENCE: dict[str, int] = {
     "failed": 7,
     "partial": 6,
     "created": 5,
@@ -182,7 +182,7 @@ class Outcome(BaseModel):
 
 def overall_status(targets: list[TargetResult]) -> Status:
     """The status an outcome reports for a set of target results."""
-    best = max(targets, key=lambda t: _PRECEDENCE[t.status], default=None)
+    best = max(targets, key=lambda t: STATUS_PRECEDENCE[t.status], default=None)
     if best is None:
         return "ignored"
     return best.status

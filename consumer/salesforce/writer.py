@@ -599,14 +599,21 @@ class TargetWriter:
             if result.status == "unchanged":
                 result.stale_indexes = set()
             return result
+        # A field is older for an event when every record holds a stamp at least as new: the
+        # oldest of the records' stamps for it is what an event must beat.
+        floor: dict[str, Stamp] = {}
+        for name in person.fields.get(self.sobject, {}):
+            held = [m.state.get(name) for m in live]
+            if all(h is not None for h in held):
+                floor[name] = min(h for h in held if h is not None)
+        if not floor:
+            return result
         for step in person.steps:
             mine = step.fields.get(self.sobject)
             if not mine:
                 continue
             older = sorted(
-                name
-                for name in mine
-                if all((held := m.state.get(name)) is not None and step.stamp <= held for m in live)
+                name for name in mine if (f := floor.get(name)) is not None and step.stamp <= f
             )
             if older:
                 result.older[step.index] = older

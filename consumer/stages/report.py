@@ -2,6 +2,11 @@
 
 Pure: takes the batch's messages, their parse results, the merged people and the write
 results, and says what to publish. Every input message gets exactly one outcome.
+
+Outcomes are built as plain dicts in the shape (and with the clipping) of
+:class:`~consumer.model.outcomes.Outcome`, not as model instances: this runs once per event
+on the hot path. The models stay the contract (the JSON Schemas come from them) and a test
+shows both serialize to the same bytes.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+import orjson
 
 from consumer.mapping import TargetPlan
 from consumer.model.changes import (
@@ -21,27 +29,40 @@ from consumer.model.changes import (
 )
 from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
 from consumer.model.outcomes import (
+    MAX_CODE_CHARS,
+    MAX_ID_CHARS,
     MAX_KEY_BYTES,
+    MAX_REASON_CHARS,
+    STATUS_PRECEDENCE,
     DeadLetter,
-    FieldRefusal,
     Outcome,
-    SourcePosition,
-    TargetResult,
-    TargetStatus,
+    SalesforceErrorInfo,
+    clip,
     clip_bytes,
-    overall_status,
 )
 
 #: The error class of an event some of whose fields were refused (the others were written).
 FIELD_REJECTED = "FIELD_REJECTED"
 
+OutcomeDoc = dict[str, Any]
+"""An outcome as published (the JSON object of :class:`Outcome`, nulls left out)."""
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Publication:
     """One outcome to publish, with its Kafka key."""
 
     key: bytes | None
-    outcome: Outcome
+    doc: OutcomeDoc
+
+    @property
+    def outcome(self) -> Outcome:
+        """The outcome as the model (validated; for tests and tools, not the hot path)."""
+        return Outcome.model_validate(self.doc)
+
+    def value(self) -> bytes:
+        """The record value: the outcome's JSON."""
+        return outcome_json(self.doc)
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,11 @@ class DeadLetterOut:
 
     message: InputMessage
     info: DeadLetter
+
+
+def outcome_json(doc: OutcomeDoc) -> bytes:
+    """An outcome document as JSON (datetimes as pydantic writes them: UTC with a ``Z``)."""
+    return orjson.dumps(doc, option=orjson.OPT_UTC_Z)
 
 
 def assemble(
@@ -68,19 +94,17 @@ def assemble(
     dead: list[DeadLetterOut] = []
     steps = {s.index: s for person in people.values() for s in person.steps}
     for index, (message, result) in enumerate(zip(messages, parsed, strict=True)):
-        source = SourcePosition(
-            topic=message.topic, partition=message.partition, offset=message.offset
-        )
+        source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         if isinstance(result, Rejected):
-            outcome = Outcome(
-                status="rejected",
+            doc = _doc(
+                "rejected",
+                source,
+                now,
                 reason=result.reason,
                 error_class=result.error_class,
                 event_id=result.event_id,
                 event_type=result.event_type,
                 organization_user_id=result.organization_user_id,
-                source=source,
-                processed_at=now,
             )
             dead.append(
                 DeadLetterOut(
@@ -88,52 +112,61 @@ def assemble(
                     _dead_letter(message, result.error_class, result.reason, result.event_id, now),
                 )
             )
-            outcomes.append(Publication(_key(outcome, message), outcome))
+            outcomes.append(Publication(_key(doc, message), doc))
             continue
         if isinstance(result, Ignored):
-            outcome = Outcome(
-                status="ignored",
+            doc = _doc(
+                "ignored",
+                source,
+                now,
                 reason=result.reason,
                 event_id=result.event_id,
                 event_type=result.event_type,
                 organization_user_id=result.organization_user_id,
-                source=source,
                 event_time=result.event_time,
-                processed_at=now,
             )
-            outcomes.append(Publication(_key(outcome, message), outcome))
+            outcomes.append(Publication(_key(doc, message), doc))
             continue
         assert isinstance(result, Accepted)
         change = result.change
         person = people[change.email_key]
         step = steps.get(index)
-        targets: list[TargetResult] = []
+        targets: list[dict[str, Any]] = []
+        refused: list[tuple[str, dict[str, Any]]] = []
+        failed: dict[str, Any] | None = None
         for plan in plans:
             if plan.sobject not in person.fields:
                 continue
             written = results.get(plan.sobject, {}).get(change.email_key)
             if written is None:
                 continue
-            mine = set(step.fields.get(plan.sobject, {})) if step is not None else set()
-            targets.append(_target(plan.sobject, written, index, mine, len(person.indexes)))
-        status = overall_status(targets)
+            mine = step.fields.get(plan.sobject, {}) if step is not None else {}
+            target = _target(plan.sobject, written, index, mine, len(person.indexes))
+            targets.append(target)
+            if "fields_refused" in target:
+                refused.append((plan.sobject, target))
+            elif target["status"] == "failed" and failed is None and "error" in target:
+                failed = target
+        status = (
+            max((t["status"] for t in targets), key=STATUS_PRECEDENCE.__getitem__)
+            if targets
+            else "ignored"
+        )
         reason = None
         error_class = None
         if not targets:
             reason = "the event carries no choice that the mapping writes to any target"
-        refused = [t for t in targets if t.fields_refused]
-        failed = [t for t in targets if t.status == "failed" and not t.fields_refused]
-        if failed and failed[0].error is not None:
-            error_class = failed[0].error.code
-            reason = f"{failed[0].sobject}: {failed[0].error.code}: {failed[0].error.message}"
+        if failed is not None:
+            error_class = failed["error"]["code"]
+            reason = f"{failed['sobject']}: {error_class}: {failed['error']['message']}"
         elif refused:
             # Fields Salesforce refused (or describe says it would): the rest was written.
             # Dead-lettered so an operator can fix the field and redrive the event.
             error_class = FIELD_REJECTED
             reason = "; ".join(
-                f"{t.sobject}.{r.field}: {r.code}: {r.message}"
-                for t in refused
-                for r in t.fields_refused or ()
+                f"{sobject}.{r['field']}: {r['code']}: {r['message']}"
+                for sobject, target in refused
+                for r in target["fields_refused"]
             )
         if error_class is not None and reason is not None:
             dead.append(
@@ -141,67 +174,116 @@ def assemble(
                     message, _dead_letter(message, error_class, reason, change.event_id, now)
                 )
             )
-        outcome = Outcome(
-            status=status,
+        doc = _doc(
+            status,
+            source,
+            now,
             reason=reason,
             error_class=error_class,
             event_id=change.event_id,
             event_type=change.event_type,
             organization_user_id=change.organization_user_id,
             targets=targets,
-            source=source,
             event_time=change.event_time,
-            processed_at=now,
         )
-        outcomes.append(Publication(_key(outcome, message), outcome))
+        outcomes.append(Publication(_key(doc, message), doc))
     return outcomes, dead
 
 
+def _doc(
+    status: str,
+    source: dict[str, Any],
+    now: datetime,
+    *,
+    reason: str | None = None,
+    error_class: str | None = None,
+    event_id: str | None = None,
+    event_type: str | None = None,
+    organization_user_id: str | None = None,
+    targets: list[dict[str, Any]] | None = None,
+    event_time: datetime | None = None,
+) -> OutcomeDoc:
+    """An outcome document: :class:`Outcome`'s fields in its order, clipped as it clips."""
+    doc: OutcomeDoc = {"status": status}
+    if reason is not None:
+        doc["reason"] = clip(reason, MAX_REASON_CHARS)
+    if error_class is not None:
+        doc["error_class"] = clip(error_class, MAX_CODE_CHARS)
+    if event_id is not None:
+        doc["event_id"] = clip(event_id, MAX_ID_CHARS)
+    if event_type is not None:
+        doc["event_type"] = clip(event_type, MAX_CODE_CHARS)
+    if organization_user_id is not None:
+        doc["organization_user_id"] = clip(organization_user_id, MAX_ID_CHARS)
+    doc["targets"] = targets or []
+    doc["source"] = source
+    if event_time is not None:
+        doc["event_time"] = event_time
+    doc["processed_at"] = now
+    return doc
+
+
+def _error(info: SalesforceErrorInfo) -> dict[str, Any]:
+    return {
+        "code": clip(info.code, MAX_CODE_CHARS),
+        "message": clip(info.message, MAX_REASON_CHARS),
+        "fields": list(info.fields),
+    }
+
+
 def _target(
-    sobject: str, written: PersonResult, index: int, mine: set[str], merged: int
-) -> TargetResult:
-    """What one event's fields came to on one target.
+    sobject: str, written: PersonResult, index: int, mine: Mapping[str, Any], merged: int
+) -> dict[str, Any]:
+    """What one event's fields came to on one target (a :class:`TargetResult` document).
 
     The person's write is shared by every event merged into it; what differs per event is
     which of its own fields were refused or older than the record's state.
     """
-    status: TargetStatus = written.status
+    status: str = written.status
     error = written.error
-    older = written.older.get(index, [])
-    refused_here = {f: e for f, e in written.refused.items() if f in mine}
-    applied = sorted(mine - set(refused_here) - set(older))
+    older = written.older.get(index)
+    refused_here = (
+        {f: e for f, e in written.refused.items() if f in mine} if written.refused else {}
+    )
     if status not in ("failed", "not_found"):
         if refused_here:
+            applied = sorted(set(mine) - set(refused_here) - set(older or ()))
             status = "partial" if applied else "failed"
             error = None if applied else next(iter(refused_here.values()))
         elif index in written.stale_indexes:
             status = "stale"
-    return TargetResult(
-        sobject=sobject,
-        status=status,
-        record_ids=list(written.record_ids),
-        note=written.note,
-        error=error,
-        merged_events=merged,
-        fields_written=applied if refused_here else None,
-        fields_refused=[
-            FieldRefusal(field=f, code=e.code, message=e.message)
+    doc: dict[str, Any] = {
+        "sobject": sobject,
+        "status": status,
+        "record_ids": list(written.record_ids),
+    }
+    if written.note is not None:
+        doc["note"] = written.note
+    if error is not None:
+        doc["error"] = _error(error)
+    doc["merged_events"] = merged
+    if refused_here:
+        doc["fields_written"] = sorted(set(mine) - set(refused_here) - set(older or ()))
+        doc["fields_refused"] = [
+            {
+                "field": f,
+                "code": clip(e.code, MAX_CODE_CHARS),
+                "message": clip(e.message, MAX_REASON_CHARS),
+            }
             for f, e in sorted(refused_here.items())
         ]
-        or None,
-        fields_skipped_older=list(older) or None,
-    )
+    if older:
+        doc["fields_skipped_older"] = list(older)
+    return doc
 
 
-def _key(outcome: Outcome, message: InputMessage) -> bytes | None:
+def _key(doc: OutcomeDoc, message: InputMessage) -> bytes | None:
     """The outcome's Kafka key: its person (as clipped in the outcome), else the input's key.
 
     Either comes from the producer, so its length is bounded too.
     """
-    if outcome.organization_user_id:
-        key: bytes | None = outcome.organization_user_id.encode()
-    else:
-        key = message.key
+    person = doc.get("organization_user_id")
+    key: bytes | None = person.encode() if person else message.key
     return None if key is None else clip_bytes(key, MAX_KEY_BYTES)
 
 

@@ -37,7 +37,7 @@ def outcome(n: int, reason: str = "r") -> Publication:
             event_id=f"ev-{n}",
             source=SourcePosition(topic="in", partition=0, offset=n),
             processed_at=NOW,
-        ),
+        ).model_dump(exclude_none=True),
     )
 
 

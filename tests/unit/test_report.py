@@ -102,3 +102,44 @@ def test_a_redriven_dead_letter_keeps_its_first_seen_time() -> None:
     headers = dict(dead[0].info.headers())
     assert headers["x-dlq-source-offset"] == b"5"
     assert headers["x-dlq-first-seen"] == first.encode()
+
+
+def test_the_fast_path_writes_exactly_what_the_outcome_model_writes() -> None:
+    """Outcomes are built as dicts on the hot path; each one is what the model (and so the
+    JSON Schema in schemas/) says, byte for byte, including clipping and datetimes."""
+    import orjson
+
+    plans = example_plans()
+    events = [
+        change("a@x.com", purpose("newsletter", True), minutes=1, event_id="e-a"),
+        change("b@x.com", purpose("newsletter", False, frequency="f" * 50), minutes=2),
+        change("c@x.com", purpose("analytics", True), minutes=3, event_id="e" * 500),
+        change("d@x.com", purpose("newsletter", True), minutes=4),
+    ]
+    parsed: list[ParseResult] = [
+        Rejected("INVALID_JSON", "bad " * 400, "event.created", "x" * 300, "y" * 300),
+        Ignored("regulation 'cpra' is not synced", "e-i", "event.created", "i@x.com", NOW),
+        *[Accepted(e) for e in events],
+    ]
+    messages = [message(i) for i in range(len(parsed))]
+    people = merge_by_person(
+        Sourced(e, 2, i + 2, i + 2, map_change(e, plans)) for i, e in enumerate(events)
+    )
+    too_long = SalesforceErrorInfo(code="STRING_TOO_LONG", message="m" * 900, fields=["F"])
+    results = {
+        "Contact": {
+            "a@x.com": PersonResult("updated", ["003A"], note="2 share this email"),
+            "b@x.com": PersonResult(
+                "updated", ["003B"], refused={"Newsletter_Frequency__c": too_long}
+            ),
+            "c@x.com": PersonResult("stale", ["003C"], stale_indexes={4}, older={4: ["A"]}),
+            "d@x.com": PersonResult("failed", error=too_long),
+        },
+        "Lead": {"a@x.com": PersonResult("not_found", note="no Lead")},
+    }
+    outcomes, _ = assemble(messages, parsed, people, results, plans, NOW)
+    statuses = [o.doc["status"] for o in outcomes]
+    assert statuses == ["rejected", "ignored", "updated", "partial", "stale", "failed"]
+    for publication in outcomes:
+        model = publication.outcome  # validates the document against the model
+        assert publication.value() == orjson.dumps(model.model_dump(mode="json", exclude_none=True))
