@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from consumer.devkit.broker import create_topics
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.devkit.emulator.fields import example_custom_fields
 from consumer.mapping import MappingConfig, load_mapping
+from consumer.model.messages import email_key
 from consumer.observability.metrics import Metrics
 from consumer.service import Service
 from consumer.settings import Settings
@@ -276,3 +278,85 @@ class ServiceProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+# --- the Salesforce side of a scenario -------------------------------------------------
+
+
+def by_email(emulator: SalesforceEmulator, sobject: str) -> dict[str, list[dict[str, Any]]]:
+    """Every record of ``sobject`` by its case-folded Email, in creation order.
+
+    What ``emulator.find_by_email`` answers for one email, for all of them at once (it copies
+    every record on each call, which is quadratic over thousands of people).
+    """
+    index: dict[str, list[dict[str, Any]]] = {}
+    for record in emulator.records(sobject):
+        if isinstance(record.get("Email"), str):
+            index.setdefault(record["Email"].casefold(), []).append(record)
+    return index
+
+
+def seed(emulator: SalesforceEmulator, scenario: Scenario) -> None:
+    for records in scenario.contact_seed.values():
+        for record in records:
+            emulator.seed("Contact", record)
+    for record in scenario.lead_seed.values():
+        emulator.seed("Lead", record)
+
+
+def assert_final_state(emulator: SalesforceEmulator, scenario: Scenario) -> None:
+    """Every person's records hold exactly the latest choices; nobody else changed."""
+    expected_contacts = scenario.expected_contacts()
+    contacts = by_email(emulator, "Contact")
+    for person, email in enumerate(scenario.emails):
+        records = contacts.get(email.casefold(), [])
+        want = expected_contacts.get(person)
+        seeded = scenario.contact_seed.get(person, [])
+        if want is None:
+            assert len(records) == len(seeded), (email, records)
+            for r in records:
+                assert r["Newsletter_Consent__c"] is False
+            continue
+        assert len(records) == max(1, len(seeded)), (email, records)
+        for record in records:
+            for name, value in want.items():
+                assert record[name] == value, (email, name, record[name], value)
+        if not seeded:
+            assert records[0]["LastName"] == "Unknown"
+            assert email_key(records[0]["Email"]) == email_key(email)
+    expected_leads = scenario.expected_leads()
+    all_leads = by_email(emulator, "Lead")
+    for person, email in enumerate(scenario.emails):
+        leads = all_leads.get(email.casefold(), [])
+        if person not in scenario.lead_seed:
+            assert leads == [], email  # upsert_mode is off for Lead
+            continue
+        assert len(leads) == 1
+        want_newsletter = expected_leads.get(person, {}).get("Newsletter_Consent__c", False)
+        assert leads[0]["Newsletter_Consent__c"] is want_newsletter, email
+
+
+def assert_outcomes(outcomes: list[dict[str, Any]], scenario: Scenario, topic: str) -> None:
+    """One outcome per input message, with the status its kind calls for."""
+    by_position: dict[tuple[int, int], dict[str, Any]] = {}
+    for o in outcomes:
+        src = o["source"]
+        assert src["topic"] == topic
+        position = (src["partition"], src["offset"])
+        assert position not in by_position, f"two outcomes for {position}"
+        by_position[position] = o
+    assert len(by_position) == len(scenario.messages)
+    kinds = Counter(m.kind for m in scenario.messages)
+    statuses = Counter(o["status"] for o in outcomes)
+    assert statuses["rejected"] == kinds["rejected"]
+    assert statuses["ignored"] == kinds["ignored"]
+    assert statuses["failed"] == 0
+    assert statuses["updated"] + statuses["created"] + statuses["not_found"] == kinds["valid"]
+    for o in outcomes:
+        for target in o.get("targets", []):
+            assert target["status"] in {"updated", "created", "not_found"}
+            if target["sobject"] == "Lead" and target["status"] == "not_found":
+                assert not target.get("record_ids")
+    assert any(
+        "share this email" in (t.get("note") or "") for o in outcomes for t in o.get("targets", [])
+    )

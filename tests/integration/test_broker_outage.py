@@ -12,15 +12,16 @@ import pytest
 from consumer.devkit.broker import EmbeddedBroker
 from tests.integration.scenario import build
 from tests.integration.support import (
+    assert_final_state,
     collect,
     committed_offsets,
     make_emulator,
     running_service,
     scenario_topics,
+    seed,
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import assert_final_state, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration, pytest.mark.slow]
 

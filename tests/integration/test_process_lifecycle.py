@@ -17,15 +17,16 @@ from tests.integration.scenario import build
 from tests.integration.support import (
     ServiceProcess,
     Topics,
+    assert_final_state,
     collect,
     committed_offsets,
     make_emulator,
     make_topics,
     scenario_topics,
+    seed,
     service_env,
     wait_for,
 )
-from tests.integration.test_end_to_end import assert_final_state, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 

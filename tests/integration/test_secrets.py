@@ -16,10 +16,10 @@ from tests.integration.support import (
     make_emulator,
     running_service,
     scenario_topics,
+    seed,
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 

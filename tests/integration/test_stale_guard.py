@@ -15,6 +15,7 @@ from tests.integration.scenario import build
 from tests.integration.support import (
     SAMPLES,
     Topics,
+    assert_final_state,
     collect,
     committed_offsets,
     make_emulator,
@@ -22,10 +23,10 @@ from tests.integration.support import (
     produce,
     running_service,
     scenario_topics,
+    seed,
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import assert_final_state, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
