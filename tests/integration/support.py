@@ -8,7 +8,7 @@ import os
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumer.devkit.broker import create_topics
+from consumer.devkit.broker import EmbeddedBroker, create_topics
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.devkit.emulator.fields import example_custom_fields
 from consumer.mapping import MappingConfig, load_mapping
@@ -31,6 +31,74 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SAMPLES = FIXTURES / "samples"
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-value-0123456789"
+
+
+def on_real_kafka() -> bool:
+    """True when the tests run on Apache Kafka (``KAFKA_TEST_BOOTSTRAP`` or testcontainers)."""
+    return bool(
+        os.environ.get("KAFKA_TEST_BOOTSTRAP") or os.environ.get("KAFKA_TEST_TESTCONTAINERS")
+    )
+
+
+def group_timeouts() -> tuple[int, int]:
+    """(session timeout, heartbeat interval) in ms for every group member the tests start.
+
+    A join on the embedded broker takes half the session timeout, rounded up to a second (3 s
+    at 6 s, 2 s at 3 s), and every service start joins. 3 s still leaves a member 2.5 s of
+    event-loop stall before it is evicted on a busy machine. Apache Kafka refuses sessions
+    under 6 s.
+    """
+    return (6000, 1000) if on_real_kafka() else (3000, 500)
+
+
+def _listening_socket_inodes(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on IPv4 ``port`` (None where /proc is missing)."""
+    try:
+        lines = Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]
+    except OSError:
+        return None
+    inodes = set()
+    for line in lines:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+def _holds_its_port(broker: EmbeddedBroker) -> bool:
+    """Whether the socket listening on the broker's port is the broker process's own."""
+    inodes = _listening_socket_inodes(broker.port)
+    if inodes is None or broker.pid is None:
+        return True  # cannot tell without /proc; nothing else to do there
+    for fd in Path(f"/proc/{broker.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[len("socket:[") : -1] in inodes:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def embedded_broker() -> Iterator[EmbeddedBroker]:
+    """An embedded broker that is surely this process's own.
+
+    Its port is picked free, then bound by the broker a moment later: another pytest-xdist
+    worker starting its broker at the same time may pick the same port, and the readiness
+    check (a connection) would then succeed on the other worker's broker. Checked, and retried
+    on another port.
+    """
+    for _ in range(5):
+        broker = EmbeddedBroker()
+        broker.start()
+        if _holds_its_port(broker):
+            break
+        broker.stop()
+    else:
+        raise RuntimeError("no embedded broker could hold a port of its own")
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def make_emulator(**kwargs: Any) -> SalesforceEmulator:
@@ -76,14 +144,15 @@ async def scenario_topics(bootstrap: str, scenario: Scenario, partitions: int = 
 
 
 def settings_for(bootstrap: str, topics: Topics, emulator_url: str, **overrides: Any) -> Settings:
+    session_ms, heartbeat_ms = group_timeouts()
     values: dict[str, Any] = {
         "kafka_bootstrap_servers": bootstrap,
         "kafka_input_topic": topics.input,
         "kafka_results_topic": topics.results,
         "kafka_dlq_topic": topics.dlq,
         "kafka_group_id": topics.group,
-        "kafka_session_timeout_ms": 6000,
-        "kafka_heartbeat_interval_ms": 1000,
+        "kafka_session_timeout_ms": session_ms,
+        "kafka_heartbeat_interval_ms": heartbeat_ms,
         "salesforce_token_url": emulator_url,
         "salesforce_client_id": CLIENT_ID,
         "salesforce_client_secret": CLIENT_SECRET,
@@ -217,6 +286,7 @@ def sample_value(
 
 def service_env(bootstrap: str, topics: Topics, emulator_url: str, **extra: str) -> dict[str, str]:
     """Environment for ``python -m consumer run`` as its own process."""
+    session_ms, heartbeat_ms = group_timeouts()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -229,8 +299,8 @@ def service_env(bootstrap: str, topics: Topics, emulator_url: str, **extra: str)
             "KAFKA_RESULTS_TOPIC": topics.results,
             "KAFKA_DLQ_TOPIC": topics.dlq,
             "KAFKA_GROUP_ID": topics.group,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+            "KAFKA_SESSION_TIMEOUT_MS": str(session_ms),
+            "KAFKA_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms),
             "SALESFORCE_TOKEN_URL": emulator_url,
             "SALESFORCE_CLIENT_ID": CLIENT_ID,
             "SALESFORCE_CLIENT_SECRET": CLIENT_SECRET,
