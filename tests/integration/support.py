@@ -8,7 +8,7 @@ import os
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,20 +185,58 @@ async def produce(
         await producer.stop()
 
 
+#: Header of the marker records ``Collected.read_to_end`` writes; the collector skips them.
+MARKER_HEADER = "x-test-read-marker"
+
+
 @dataclass
 class Collected:
-    """Records read from an output topic."""
+    """Records read from an output topic (partition 0, the only one output topics have)."""
 
+    bootstrap: str
+    topic: str
     records: list[Any] = field(default_factory=list)
+    #: The offset after the last record read (markers included).
+    read_to: int = 0
+    _positions: set[tuple[int, int]] = field(default_factory=set)
+    _parsed: int = 0
 
     def values(self) -> list[dict[str, Any]]:
         return [orjson.loads(r.value) for r in self.records]
+
+    def positions(self) -> set[tuple[int, int]]:
+        """(partition, offset) of every input with an outcome so far (outcome topics only).
+
+        Parses only what arrived since the last call: cheap to poll in ``wait_for``.
+        """
+        for record in self.records[self._parsed :]:
+            source = orjson.loads(record.value)["source"]
+            self._positions.add((source["partition"], source["offset"]))
+        self._parsed = len(self.records)
+        return self._positions
+
+    async def read_to_end(self, timeout: float = 30.0) -> None:
+        """Wait until every record written to the topic before this call has been read.
+
+        Writes a marker record and waits for the collector to pass it: a positive proof,
+        where waiting "long enough" is a guess (and the embedded broker's end offsets are
+        wrong, so they cannot be asked for).
+        """
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(
+                self.topic, value=b"", partition=0, headers=[(MARKER_HEADER, b"")]
+            )
+        finally:
+            await producer.stop()
+        await wait_for(lambda: self.read_to > meta.offset, timeout, f"the end of {self.topic}")
 
 
 @contextlib.asynccontextmanager
 async def collect(bootstrap: str, topic: str) -> AsyncIterator[Collected]:
     """Read a topic from the start in the background while the block runs."""
-    out = Collected()
+    out = Collected(bootstrap, topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
@@ -213,7 +251,10 @@ async def collect(bootstrap: str, topic: str) -> AsyncIterator[Collected]:
         while True:
             batch = await consumer.getmany(timeout_ms=200)
             for msgs in batch.values():
-                out.records.extend(msgs)
+                for msg in msgs:
+                    if not any(key == MARKER_HEADER for key, _ in msg.headers):
+                        out.records.append(msg)
+                    out.read_to = msg.offset + 1
 
     task = asyncio.create_task(pump())
     try:
@@ -225,7 +266,8 @@ async def collect(bootstrap: str, topic: str) -> AsyncIterator[Collected]:
         await consumer.stop()
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+async def wait_for(predicate: Callable[..., object], timeout: float, what: str) -> None:
+    """Wait until ``predicate()`` is true, polling; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():

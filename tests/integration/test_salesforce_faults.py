@@ -66,12 +66,23 @@ async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> 
             )
             pipeline = running.service.pipeline
             assert pipeline is not None
-            await asyncio.sleep(0.5)
-            paused_parts = running.service.pipeline._consumer.paused()  # type: ignore[union-attr]
-            assert paused_parts, "partitions must be paused while writing is"
+            first_until = pipeline.pause_state.until
+            kafka = pipeline._consumer
+            await wait_for(lambda: bool(kafka.paused()), 10, "partitions paused")
+            # Each refused probe of the quota extends the pause by one period.
+            period = settings.salesforce_limit_pause_seconds
+            await wait_for(
+                lambda: pipeline.pause_state.until >= first_until + period, 20, "a refused probe"
+            )
             stuck_at = len(results.records)
-            await asyncio.sleep(3)
+            probed_until = pipeline.pause_state.until
+            await wait_for(
+                lambda: pipeline.pause_state.until >= probed_until + period,
+                20,
+                "another refused probe",
+            )
             # Nothing is acknowledged while the quota is spent; the service keeps polling.
+            assert kafka.paused(), "partitions must be paused while writing is"
             assert len(results.records) <= stuck_at + 50
             assert emulator.stats["http_403"] <= 12, "a spent quota must not be hammered"
             emulator.set_api_usage(100, 15000)  # the rolling window moved on
@@ -114,7 +125,18 @@ async def test_api_budget_share_stops_writes_before_the_limit(kafka_bootstrap: s
                 30,
                 "budget pause",
             )
-            await asyncio.sleep(2)
+            pipeline = running.service.pipeline
+            assert pipeline is not None
+            first_until = pipeline.pause_state.until
+            # Two more probes, both refused (each extends the pause by one period).
+            await wait_for(
+                lambda: (
+                    pipeline.pause_state.until
+                    >= first_until + 2 * settings.salesforce_budget_pause_seconds
+                ),
+                20,
+                "two refused probes",
+            )
             assert emulator.stats["update"] == 0
             assert emulator.stats["create"] == 0
             assert results.records == []
@@ -141,14 +163,20 @@ async def test_refused_login_keeps_the_service_up_and_unready_until_fixed(
             collect(kafka_bootstrap, topics.results) as results,
             running_service(settings) as running,
         ):
-            await asyncio.sleep(2.5)
+            loop = asyncio.get_running_loop()
+            await wait_for(lambda: emulator.stats["token"] >= 1, 30, "a login")
+            first = loop.time()
+            await wait_for(lambda: emulator.stats["token"] >= 4, 30, "three more logins")
+            took = loop.time() - first
             assert not running.task.done()
             assert running.service.health.ready() == (
                 False,
                 "salesforce authentication pending or failing",
             )
-            attempts = emulator.stats["token"]
-            assert 2 <= attempts <= 8, "refused logins are retried slowly, not in a loop"
+            assert emulator.tokens_issued == 0
+            # Refused logins are retried slowly, not in a loop: three retries take three
+            # SALESFORCE_AUTH_RETRY_SECONDS (a lower bound, which a busy machine cannot break).
+            assert took >= 2 * settings.salesforce_auth_retry_seconds, took
             emulator.set_client_secret(settings.salesforce_client_secret.get_secret_value())
             await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
             await wait_for(lambda: running.service.health.salesforce_ok, 10, "ready")
@@ -177,7 +205,18 @@ async def test_rest_api_revoked_mid_run_pauses_and_resumes(kafka_bootstrap: str)
             emulator.rest_api_disabled = True
             health = running.service.health
             await wait_for(lambda: not health.salesforce_ok, 20, "not ready")
-            await asyncio.sleep(1.5)
+            pipeline = running.service.pipeline
+            assert pipeline is not None
+            first_until = pipeline.pause_state.until
+            # A probe while the API is still off is refused too (it extends the pause).
+            await wait_for(
+                lambda: (
+                    pipeline.pause_state.until
+                    >= first_until + settings.salesforce_auth_retry_seconds
+                ),
+                20,
+                "a refused probe",
+            )
             emulator.rest_api_disabled = False
             await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
             await wait_for(lambda: health.salesforce_ok, 10, "ready again")
@@ -283,7 +322,18 @@ async def test_spent_retry_budget_follows_the_policy(kafka_bootstrap: str, polic
                     30,
                     "pause",
                 )
-                await asyncio.sleep(1)
+                pipeline = running.service.pipeline
+                assert pipeline is not None
+                first_until = pipeline.pause_state.until
+                # The probe after the pause spends a whole retry budget again, and pauses again.
+                await wait_for(
+                    lambda: (
+                        pipeline.pause_state.until
+                        >= first_until + settings.salesforce_retry_budget_seconds
+                    ),
+                    30,
+                    "another spent retry budget",
+                )
                 assert results.records == []
                 emulator.clear_faults()
                 await wait_for(lambda: len(results.records) >= total, 60, "outcomes")

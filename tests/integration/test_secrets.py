@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -15,6 +14,7 @@ from tests.integration.support import (
     collect,
     make_emulator,
     running_service,
+    sample_value,
     scenario_topics,
     seed,
     settings_for,
@@ -53,7 +53,19 @@ async def test_a_run_with_expiries_and_refusals_leaks_no_secret(
             await wait_for(lambda: len(results.records) >= 100, 60, "first outcomes")
             emulator.set_client_secret("rotated")  # refused logins mid-run
             emulator.revoke_tokens()
-            await asyncio.sleep(1.0)
+            metrics = running.service.metrics
+            await wait_for(
+                lambda: (
+                    sample_value(
+                        metrics,
+                        "consent_sync_salesforce_pauses_total",
+                        {"reason": "authentication"},
+                    )
+                    >= 1
+                ),
+                30,
+                "a refused login",
+            )
             emulator.set_client_secret(CLIENT_SECRET)
             await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
             port = running.service.server.port
