@@ -156,9 +156,7 @@ async def test_sigterm_during_a_long_join_stops_before_the_join_ends(
 
 
 @pytest.mark.slow
-async def test_sigkill_at_random_points_loses_nothing(
-    kafka_bootstrap: str, tmp_path: Path, real_kafka: bool
-) -> None:
+async def test_sigkill_at_random_points_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
     scenario = build(n_people=500, n_events=10_000, seed=83)
     topics = await scenario_topics(kafka_bootstrap, scenario, 3)
     total = len(scenario.messages)
@@ -166,19 +164,9 @@ async def test_sigkill_at_random_points_loses_nothing(
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=5, jitter_ms=25, seed=5)
-        # A killed member holds its partitions until its session times out, and a join on the
-        # embedded broker takes half the session: the shortest session keeps this test short
-        # (an eviction of a live member on a busy machine only adds duplicates, which this
-        # test allows). Apache Kafka accepts 6 s at the least.
-        session = 6000 if real_kafka else 2000
-        env = service_env(
-            kafka_bootstrap,
-            topics,
-            emulator.url,
-            SYNC_BATCH_MAX_EVENTS="200",
-            KAFKA_SESSION_TIMEOUT_MS=str(session),
-            KAFKA_HEARTBEAT_INTERVAL_MS=str(session // 5),
-        )
+        # A killed member holds its partitions until its session times out: the short
+        # sessions of group_timeouts() keep this test short.
+        env = service_env(kafka_bootstrap, topics, emulator.url, SYNC_BATCH_MAX_EVENTS="200")
         async with collect(kafka_bootstrap, topics.results) as results:
 
             def seen() -> int:

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 PARTITIONS = 6
 
 
+@pytest.mark.slow
 async def test_members_joining_and_leaving_lose_nothing(kafka_bootstrap: str) -> None:
     scenario = build(n_people=150, n_events=6000, seed=71)
     topics = Topics.fresh()

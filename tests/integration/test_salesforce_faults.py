@@ -68,6 +68,7 @@ async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> 
             assert pipeline is not None
             first_until = pipeline.pause_state.until
             kafka = pipeline._consumer
+            # Partitions must be paused while writing is (resumed only for each probe).
             await wait_for(lambda: bool(kafka.paused()), 10, "partitions paused")
             # Each refused probe of the quota extends the pause by one period.
             period = settings.salesforce_limit_pause_seconds
@@ -82,7 +83,6 @@ async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> 
                 "another refused probe",
             )
             # Nothing is acknowledged while the quota is spent; the service keeps polling.
-            assert kafka.paused(), "partitions must be paused while writing is"
             assert len(results.records) <= stuck_at + 50
             assert emulator.stats["http_403"] <= 12, "a spent quota must not be hammered"
             emulator.set_api_usage(100, 15000)  # the rolling window moved on
