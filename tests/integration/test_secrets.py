@@ -11,11 +11,13 @@ from consumer.logs import JsonFormatter, TextFormatter
 from tests.integration.scenario import build
 from tests.integration.support import (
     CLIENT_SECRET,
+    Topics,
     collect,
     make_emulator,
+    make_topics,
+    produce,
     running_service,
     sample_value,
-    scenario_topics,
     seed,
     settings_for,
     wait_for,
@@ -29,7 +31,13 @@ async def test_a_run_with_expiries_and_refusals_leaks_no_secret(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     scenario = build(n_people=30, n_events=300, seed=51)
-    topics = await scenario_topics(kafka_bootstrap, scenario, 2)
+    # The second half is sent once the secret is rotated: the run is surely not over by then,
+    # so logins are refused mid-run.
+    half = len(scenario.messages) // 2
+    messages = [(m.key, m.value) for m in scenario.messages]
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 2)
+    await produce(kafka_bootstrap, topics.input, messages[:half])
     sasl_password = "kafka-sasl-password-never-logged"
     async with make_emulator() as emulator:
         seed(emulator, scenario)
@@ -53,6 +61,7 @@ async def test_a_run_with_expiries_and_refusals_leaks_no_secret(
             await wait_for(lambda: len(results.records) >= 100, 60, "first outcomes")
             emulator.set_client_secret("rotated")  # refused logins mid-run
             emulator.revoke_tokens()
+            await produce(kafka_bootstrap, topics.input, messages[half:])
             metrics = running.service.metrics
             await wait_for(
                 lambda: (
