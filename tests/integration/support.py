@@ -7,7 +7,8 @@ import contextlib
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumer.devkit.broker import create_topics
+from consumer.devkit.broker import EmbeddedBroker, create_topics
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.devkit.emulator.fields import example_custom_fields
 from consumer.mapping import MappingConfig, load_mapping
+from consumer.model.messages import email_key
 from consumer.observability.metrics import Metrics
 from consumer.service import Service
 from consumer.settings import Settings
@@ -31,6 +33,76 @@ SAMPLES = FIXTURES / "samples"
 EXAMPLE_MAPPING = FIXTURES / "mapping.example.yaml"
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-value-0123456789"
+
+
+def on_real_kafka() -> bool:
+    """True when the tests run on Apache Kafka (``KAFKA_TEST_BOOTSTRAP`` or testcontainers)."""
+    return bool(
+        os.environ.get("KAFKA_TEST_BOOTSTRAP") or os.environ.get("KAFKA_TEST_TESTCONTAINERS")
+    )
+
+
+def group_timeouts() -> tuple[int, int]:
+    """(session timeout, heartbeat interval) in ms for every group member the tests start.
+
+    On the embedded broker a join takes half the session timeout, rounded up to a second (3 s
+    at 6 s, 1 s at 2 s), and every service start joins; the first member a group had, once
+    gone, delays the next join by about twice its session (11 s at 6 s, 4 s at 2 s). A 2 s
+    session still lets a member's event loop stall 1.5 s before it is evicted: the longest
+    stall measured in a test, with 4 xdist workers on 2 cores, was 0.4 s (the soak). Apache
+    Kafka refuses sessions under 6 s.
+    """
+    return (6000, 1000) if on_real_kafka() else (2000, 500)
+
+
+def _listening_socket_inodes(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on IPv4 ``port`` (None where /proc is missing)."""
+    try:
+        lines = Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]
+    except OSError:
+        return None
+    inodes = set()
+    for line in lines:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+def _holds_its_port(broker: EmbeddedBroker) -> bool:
+    """Whether the socket listening on the broker's port is the broker process's own."""
+    inodes = _listening_socket_inodes(broker.port)
+    if inodes is None or broker.pid is None:
+        return True  # cannot tell without /proc; nothing else to do there
+    for fd in Path(f"/proc/{broker.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[len("socket:[") : -1] in inodes:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def embedded_broker() -> Iterator[EmbeddedBroker]:
+    """An embedded broker that is surely this process's own.
+
+    Its port is picked free, then bound by the broker a moment later: another pytest-xdist
+    worker starting its broker at the same time may pick the same port, and the readiness
+    check (a connection) would then succeed on the other worker's broker. Checked, and retried
+    on another port.
+    """
+    for _ in range(5):
+        broker = EmbeddedBroker()
+        broker.start()
+        if _holds_its_port(broker):
+            break
+        broker.stop()
+    else:
+        raise RuntimeError("no embedded broker could hold a port of its own")
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def make_emulator(**kwargs: Any) -> SalesforceEmulator:
@@ -76,14 +148,15 @@ async def scenario_topics(bootstrap: str, scenario: Scenario, partitions: int = 
 
 
 def settings_for(bootstrap: str, topics: Topics, emulator_url: str, **overrides: Any) -> Settings:
+    session_ms, heartbeat_ms = group_timeouts()
     values: dict[str, Any] = {
         "kafka_bootstrap_servers": bootstrap,
         "kafka_input_topic": topics.input,
         "kafka_results_topic": topics.results,
         "kafka_dlq_topic": topics.dlq,
         "kafka_group_id": topics.group,
-        "kafka_session_timeout_ms": 6000,
-        "kafka_heartbeat_interval_ms": 1000,
+        "kafka_session_timeout_ms": session_ms,
+        "kafka_heartbeat_interval_ms": heartbeat_ms,
         "salesforce_token_url": emulator_url,
         "salesforce_client_id": CLIENT_ID,
         "salesforce_client_secret": CLIENT_SECRET,
@@ -116,20 +189,58 @@ async def produce(
         await producer.stop()
 
 
+#: Header of the marker records ``Collected.read_to_end`` writes; the collector skips them.
+MARKER_HEADER = "x-test-read-marker"
+
+
 @dataclass
 class Collected:
-    """Records read from an output topic."""
+    """Records read from an output topic (partition 0, the only one output topics have)."""
 
+    bootstrap: str
+    topic: str
     records: list[Any] = field(default_factory=list)
+    #: The offset after the last record read (markers included).
+    read_to: int = 0
+    _positions: set[tuple[int, int]] = field(default_factory=set)
+    _parsed: int = 0
 
     def values(self) -> list[dict[str, Any]]:
         return [orjson.loads(r.value) for r in self.records]
+
+    def positions(self) -> set[tuple[int, int]]:
+        """(partition, offset) of every input with an outcome so far (outcome topics only).
+
+        Parses only what arrived since the last call: cheap to poll in ``wait_for``.
+        """
+        for record in self.records[self._parsed :]:
+            source = orjson.loads(record.value)["source"]
+            self._positions.add((source["partition"], source["offset"]))
+        self._parsed = len(self.records)
+        return self._positions
+
+    async def read_to_end(self, timeout: float = 30.0) -> None:
+        """Wait until every record written to the topic before this call has been read.
+
+        Writes a marker record and waits for the collector to pass it: a positive proof,
+        where waiting "long enough" is a guess (and the embedded broker's end offsets are
+        wrong, so they cannot be asked for).
+        """
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(
+                self.topic, value=b"", partition=0, headers=[(MARKER_HEADER, b"")]
+            )
+        finally:
+            await producer.stop()
+        await wait_for(lambda: self.read_to > meta.offset, timeout, f"the end of {self.topic}")
 
 
 @contextlib.asynccontextmanager
 async def collect(bootstrap: str, topic: str) -> AsyncIterator[Collected]:
     """Read a topic from the start in the background while the block runs."""
-    out = Collected()
+    out = Collected(bootstrap, topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
@@ -144,7 +255,10 @@ async def collect(bootstrap: str, topic: str) -> AsyncIterator[Collected]:
         while True:
             batch = await consumer.getmany(timeout_ms=200)
             for msgs in batch.values():
-                out.records.extend(msgs)
+                for msg in msgs:
+                    if not any(key == MARKER_HEADER for key, _ in msg.headers):
+                        out.records.append(msg)
+                    out.read_to = msg.offset + 1
 
     task = asyncio.create_task(pump())
     try:
@@ -156,7 +270,8 @@ async def collect(bootstrap: str, topic: str) -> AsyncIterator[Collected]:
         await consumer.stop()
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+async def wait_for(predicate: Callable[..., object], timeout: float, what: str) -> None:
+    """Wait until ``predicate()`` is true, polling; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
@@ -217,6 +332,7 @@ def sample_value(
 
 def service_env(bootstrap: str, topics: Topics, emulator_url: str, **extra: str) -> dict[str, str]:
     """Environment for ``python -m consumer run`` as its own process."""
+    session_ms, heartbeat_ms = group_timeouts()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -229,8 +345,8 @@ def service_env(bootstrap: str, topics: Topics, emulator_url: str, **extra: str)
             "KAFKA_RESULTS_TOPIC": topics.results,
             "KAFKA_DLQ_TOPIC": topics.dlq,
             "KAFKA_GROUP_ID": topics.group,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+            "KAFKA_SESSION_TIMEOUT_MS": str(session_ms),
+            "KAFKA_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms),
             "SALESFORCE_TOKEN_URL": emulator_url,
             "SALESFORCE_CLIENT_ID": CLIENT_ID,
             "SALESFORCE_CLIENT_SECRET": CLIENT_SECRET,
@@ -278,3 +394,85 @@ class ServiceProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+# --- the Salesforce side of a scenario -------------------------------------------------
+
+
+def by_email(emulator: SalesforceEmulator, sobject: str) -> dict[str, list[dict[str, Any]]]:
+    """Every record of ``sobject`` by its case-folded Email, in creation order.
+
+    What ``emulator.find_by_email`` answers for one email, for all of them at once (it copies
+    every record on each call, which is quadratic over thousands of people).
+    """
+    index: dict[str, list[dict[str, Any]]] = {}
+    for record in emulator.records(sobject):
+        if isinstance(record.get("Email"), str):
+            index.setdefault(record["Email"].casefold(), []).append(record)
+    return index
+
+
+def seed(emulator: SalesforceEmulator, scenario: Scenario) -> None:
+    for records in scenario.contact_seed.values():
+        for record in records:
+            emulator.seed("Contact", record)
+    for record in scenario.lead_seed.values():
+        emulator.seed("Lead", record)
+
+
+def assert_final_state(emulator: SalesforceEmulator, scenario: Scenario) -> None:
+    """Every person's records hold exactly the latest choices; nobody else changed."""
+    expected_contacts = scenario.expected_contacts()
+    contacts = by_email(emulator, "Contact")
+    for person, email in enumerate(scenario.emails):
+        records = contacts.get(email.casefold(), [])
+        want = expected_contacts.get(person)
+        seeded = scenario.contact_seed.get(person, [])
+        if want is None:
+            assert len(records) == len(seeded), (email, records)
+            for r in records:
+                assert r["Newsletter_Consent__c"] is False
+            continue
+        assert len(records) == max(1, len(seeded)), (email, records)
+        for record in records:
+            for name, value in want.items():
+                assert record[name] == value, (email, name, record[name], value)
+        if not seeded:
+            assert records[0]["LastName"] == "Unknown"
+            assert email_key(records[0]["Email"]) == email_key(email)
+    expected_leads = scenario.expected_leads()
+    all_leads = by_email(emulator, "Lead")
+    for person, email in enumerate(scenario.emails):
+        leads = all_leads.get(email.casefold(), [])
+        if person not in scenario.lead_seed:
+            assert leads == [], email  # upsert_mode is off for Lead
+            continue
+        assert len(leads) == 1
+        want_newsletter = expected_leads.get(person, {}).get("Newsletter_Consent__c", False)
+        assert leads[0]["Newsletter_Consent__c"] is want_newsletter, email
+
+
+def assert_outcomes(outcomes: list[dict[str, Any]], scenario: Scenario, topic: str) -> None:
+    """One outcome per input message, with the status its kind calls for."""
+    by_position: dict[tuple[int, int], dict[str, Any]] = {}
+    for o in outcomes:
+        src = o["source"]
+        assert src["topic"] == topic
+        position = (src["partition"], src["offset"])
+        assert position not in by_position, f"two outcomes for {position}"
+        by_position[position] = o
+    assert len(by_position) == len(scenario.messages)
+    kinds = Counter(m.kind for m in scenario.messages)
+    statuses = Counter(o["status"] for o in outcomes)
+    assert statuses["rejected"] == kinds["rejected"]
+    assert statuses["ignored"] == kinds["ignored"]
+    assert statuses["failed"] == 0
+    assert statuses["updated"] + statuses["created"] + statuses["not_found"] == kinds["valid"]
+    for o in outcomes:
+        for target in o.get("targets", []):
+            assert target["status"] in {"updated", "created", "not_found"}
+            if target["sobject"] == "Lead" and target["status"] == "not_found":
+                assert not target.get("record_ids")
+    assert any(
+        "share this email" in (t.get("note") or "") for o in outcomes for t in o.get("targets", [])
+    )

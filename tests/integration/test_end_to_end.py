@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
 
 import aiohttp
 import pytest
 
-from consumer.devkit.emulator import SalesforceEmulator
 from consumer.engine.lanes import lane_of
 from consumer.model.messages import email_key
 from consumer.salesforce.soql import in_queries
-from tests.integration.scenario import Scenario, build
+from tests.integration.scenario import build
 from tests.integration.support import (
+    assert_final_state,
+    assert_outcomes,
     collect,
     committed_offsets,
     make_emulator,
     running_service,
     sample_value,
     scenario_topics,
+    seed,
     settings_for,
     wait_for,
 )
@@ -28,70 +29,6 @@ from tests.integration.support import (
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
 PARTITIONS = 3
-
-
-def seed(emulator: SalesforceEmulator, scenario: Scenario) -> None:
-    for records in scenario.contact_seed.values():
-        for record in records:
-            emulator.seed("Contact", record)
-    for record in scenario.lead_seed.values():
-        emulator.seed("Lead", record)
-
-
-def assert_final_state(emulator: SalesforceEmulator, scenario: Scenario) -> None:
-    """Every person's records hold exactly the latest choices; nobody else changed."""
-    expected_contacts = scenario.expected_contacts()
-    for person, email in enumerate(scenario.emails):
-        records = emulator.find_by_email("Contact", email)
-        want = expected_contacts.get(person)
-        seeded = scenario.contact_seed.get(person, [])
-        if want is None:
-            assert len(records) == len(seeded), (email, records)
-            for r in records:
-                assert r["Newsletter_Consent__c"] is False
-            continue
-        assert len(records) == max(1, len(seeded)), (email, records)
-        for record in records:
-            for name, value in want.items():
-                assert record[name] == value, (email, name, record[name], value)
-        if not seeded:
-            assert records[0]["LastName"] == "Unknown"
-            assert email_key(records[0]["Email"]) == email_key(email)
-    expected_leads = scenario.expected_leads()
-    for person, email in enumerate(scenario.emails):
-        leads = emulator.find_by_email("Lead", email)
-        if person not in scenario.lead_seed:
-            assert leads == [], email  # upsert_mode is off for Lead
-            continue
-        assert len(leads) == 1
-        want_newsletter = expected_leads.get(person, {}).get("Newsletter_Consent__c", False)
-        assert leads[0]["Newsletter_Consent__c"] is want_newsletter, email
-
-
-def assert_outcomes(outcomes: list[dict[str, Any]], scenario: Scenario, topic: str) -> None:
-    """One outcome per input message, with the status its kind calls for."""
-    by_position: dict[tuple[int, int], dict[str, Any]] = {}
-    for o in outcomes:
-        src = o["source"]
-        assert src["topic"] == topic
-        position = (src["partition"], src["offset"])
-        assert position not in by_position, f"two outcomes for {position}"
-        by_position[position] = o
-    assert len(by_position) == len(scenario.messages)
-    kinds = Counter(m.kind for m in scenario.messages)
-    statuses = Counter(o["status"] for o in outcomes)
-    assert statuses["rejected"] == kinds["rejected"]
-    assert statuses["ignored"] == kinds["ignored"]
-    assert statuses["failed"] == 0
-    assert statuses["updated"] + statuses["created"] + statuses["not_found"] == kinds["valid"]
-    for o in outcomes:
-        for target in o.get("targets", []):
-            assert target["status"] in {"updated", "created", "not_found"}
-            if target["sobject"] == "Lead" and target["status"] == "not_found":
-                assert not target.get("record_ids")
-    assert any(
-        "share this email" in (t.get("note") or "") for o in outcomes for t in o.get("targets", [])
-    )
 
 
 async def test_2000_events_for_300_people_in_one_batch_per_lane_use_the_fewest_calls(

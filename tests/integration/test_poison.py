@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from consumer.devkit.emulator import SalesforceEmulator
 from tests.integration.support import (
     SAMPLES,
+    Collected,
     RunningService,
     Topics,
     collect,
@@ -269,10 +270,40 @@ async def wait_while_running(
     await wait_for(check, timeout, what)
 
 
-async def still_running_then_stop(running: RunningService) -> None:
-    await asyncio.sleep(0.5)  # a crashed poll loop would have ended the task by now
+SENTINEL_EMAIL = "poison.sentinel@example.com"
+
+
+async def past_everything_then_stop(
+    bootstrap: str,
+    topics: Topics,
+    partitions: int,
+    running: RunningService,
+    results: Collected,
+    dlq: Collected,
+) -> list[Sent]:
+    """Send one valid event to each partition after everything else, wait for their outcomes
+    (the poll loop is alive and went past every earlier message: anything extra, such as a
+    duplicate, would have come before them), then stop the service. Returns the sentinels."""
+    sentinels = [
+        Sent(
+            f"sentinel {p}",
+            SENTINEL_EMAIL.encode(),
+            event(f"sentinel-{p}", SENTINEL_EMAIL, T0 + timedelta(days=1), True),
+            p,
+            email=SENTINEL_EMAIL,
+            newsletter=True,
+        )
+        for p in range(partitions)
+    ]
+    await produce_at(bootstrap, topics.input, sentinels)
+    wanted = {(s.partition, s.offset) for s in sentinels}
+    await wait_while_running(
+        running, lambda: wanted <= set(by_position(results.records)), 30, "the sentinels"
+    )
+    await dlq.read_to_end()
     assert not running.task.done(), "the service stopped on its own"
     assert await running.finish() == 0
+    return sentinels
 
 
 @pytest.mark.asyncio
@@ -328,12 +359,13 @@ async def test_every_kind_of_bad_message_is_dead_lettered_and_nothing_after_it_i
                 running, lambda: len(dlq.records) >= len(bad), 20, "every dead letter"
             )
             await wait_committed(kafka_bootstrap, topics, PARTITIONS, ends(sent, PARTITIONS))
-            await asyncio.sleep(0.5)  # anything extra (a duplicate) would show up now
-            await still_running_then_stop(running)
+            valid += await past_everything_then_stop(
+                kafka_bootstrap, topics, PARTITIONS, running, results, dlq
+            )
 
         outcomes = by_position(results.records)
         letters = dlq_by_position(dlq.records)
-        assert len(results.records) == len(sent)
+        assert len(results.records) == len(bad) + len(valid)  # sentinels included
         assert len(dlq.records) == len(bad)
 
         for s in bad:
@@ -464,11 +496,13 @@ async def run_mix(bootstrap: str, mix: list[tuple[str, bytes | None]], partition
                 running, lambda: len(dlq.records) >= len(bad), 20, "every dead letter"
             )
             await wait_committed(bootstrap, topics, partitions, ends(sent, partitions))
-            await still_running_then_stop(running)
+            valid += await past_everything_then_stop(
+                bootstrap, topics, partitions, running, results, dlq
+            )
 
         outcomes = by_position(results.records)
         letters = dlq_by_position(dlq.records)
-        assert sorted(outcomes) == sorted((s.partition, s.offset) for s in sent)
+        assert sorted(outcomes) == sorted((s.partition, s.offset) for s in bad + valid)
         assert all(len(o) == 1 for o in outcomes.values()), "an input got two outcomes"
         statuses = Counter(outcomes[(s.partition, s.offset)][0]["status"] for s in bad)
         assert statuses == Counter(rejected=len(bad)), statuses

@@ -17,15 +17,16 @@ from tests.integration.scenario import build
 from tests.integration.support import (
     ServiceProcess,
     Topics,
+    assert_final_state,
     collect,
     committed_offsets,
     make_emulator,
     make_topics,
     scenario_topics,
+    seed,
     service_env,
     wait_for,
 )
-from tests.integration.test_end_to_end import assert_final_state, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -59,15 +60,14 @@ async def test_sigterm_finishes_in_flight_work_then_commits_exactly_it(
             try:
                 await wait_for(lambda: len(results.records) >= 600, 60, "some outcomes")
                 service.signal(signal.SIGTERM)
-                started = time.monotonic()
                 code = await service.wait(30)
-                took = time.monotonic() - started
             finally:
                 await service.kill()
             assert code == 0, service.logs()[-3000:]
-            assert took < 16
             assert "stopping" in service.logs()
-            await asyncio.sleep(1.0)  # let the collector read the last outcomes
+            # Every in-flight batch finished inside SYNC_SHUTDOWN_TIMEOUT_SECONDS: none was cut.
+            assert "abandoned in-flight batches" not in service.logs()
+            await results.read_to_end()  # the exited service's last outcomes
             outcomes = results.values()
         committed = await committed_offsets(kafka_bootstrap, topics.group, topics.input, 3)
         done = positions(outcomes)
@@ -96,7 +96,7 @@ async def test_a_second_signal_exits_at_once(kafka_bootstrap: str, tmp_path: Pat
         try:
             await wait_for(lambda: emulator.stats["query"] >= 1, 60, "a hanging query")
             service.signal(signal.SIGTERM)
-            await asyncio.sleep(1.0)
+            await wait_for(lambda: '"stopping"' in service.logs(), 10, "the first signal taken")
             assert service.proc is not None and service.proc.returncode is None  # draining
             service.signal(signal.SIGINT)
             code = await service.wait(5)
@@ -127,10 +127,40 @@ async def test_sigterm_while_joining_the_group_stops_promptly(
         assert time.monotonic() - started < 5
 
 
-@pytest.mark.slow
-async def test_sigkill_at_random_points_loses_nothing(
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="consumer.stop() after a cancelled consumer.start() (consumer/service.py, _consume) "
+    "waits for the JoinGroup in flight: a stop during a long join lasts as long as the join",
+)
+async def test_sigterm_during_a_long_join_stops_before_the_join_ends(
     kafka_bootstrap: str, tmp_path: Path, real_kafka: bool
 ) -> None:
+    if real_kafka:
+        pytest.skip("makes a join long by the embedded broker's join delay")
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 1)
+    async with make_emulator() as emulator:
+        # A join on the embedded broker takes half the session timeout: 30 s here (like a join
+        # waiting for a killed member's session to expire), far longer than the wait below.
+        env = service_env(kafka_bootstrap, topics, emulator.url, KAFKA_SESSION_TIMEOUT_MS="60000")
+        service = ServiceProcess(env, tmp_path / "service.log")
+        await service.start()
+        try:
+            await wait_for(lambda: emulator.stats["describe"] >= 2, 30, "start-up check done")
+            # Not a wait for something: the signal's timing. The join starts milliseconds
+            # after the check and lasts 30 s; 3 s in, the service is surely inside it.
+            await asyncio.sleep(3)
+            service.signal(signal.SIGTERM)
+            code = await service.wait(5)
+        finally:
+            await service.kill()
+        assert code == 0, service.logs()[-3000:]
+        assert "partitions assigned" not in service.logs()  # it stopped mid-join
+
+
+@pytest.mark.slow
+async def test_sigkill_at_random_points_loses_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
     scenario = build(n_people=500, n_events=10_000, seed=83)
     topics = await scenario_topics(kafka_bootstrap, scenario, 3)
     total = len(scenario.messages)
@@ -138,31 +168,22 @@ async def test_sigkill_at_random_points_loses_nothing(
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=5, jitter_ms=25, seed=5)
-        # A killed member holds its partitions until its session times out; Apache Kafka
-        # accepts 6 s at the least, the embedded broker less, which keeps this test short.
-        session = "6000" if real_kafka else "3000"
-        env = service_env(
-            kafka_bootstrap,
-            topics,
-            emulator.url,
-            SYNC_BATCH_MAX_EVENTS="200",
-            KAFKA_SESSION_TIMEOUT_MS=session,
-            KAFKA_HEARTBEAT_INTERVAL_MS="500",
-        )
+        # A killed member holds its partitions until its session times out: the short
+        # sessions of group_timeouts() keep this test short.
+        env = service_env(kafka_bootstrap, topics, emulator.url, SYNC_BATCH_MAX_EVENTS="200")
         async with collect(kafka_bootstrap, topics.results) as results:
 
             def seen() -> int:
-                return len(positions(results.values()))
+                return len(results.positions())
 
             kills = 0
             for run in range(4):
                 service = ServiceProcess(env, tmp_path / f"service-{run}.log")
                 await service.start()
                 try:
-                    before = seen()
-                    # Wait for the new member to make some progress, then kill it mid-work.
-                    await wait_for(lambda b=before: seen() > b + 200, 90, f"progress in run {run}")
-                    await asyncio.sleep(rng.uniform(0.0, 1.5))
+                    # Kill the new member mid-work, after a random amount of progress.
+                    target = min(total, seen() + rng.randint(200, 1500))
+                    await wait_for(lambda t=target: seen() >= t, 90, f"progress in run {run}")
                     if seen() >= total:
                         break
                 finally:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from consumer.engine.lanes import lane_of
 from consumer.mapping import parse_mapping
@@ -19,6 +20,8 @@ from consumer.model.messages import email_key
 from tests.integration.scenario import build
 from tests.integration.support import (
     Topics,
+    assert_final_state,
+    assert_outcomes,
     collect,
     make_emulator,
     make_topics,
@@ -26,10 +29,10 @@ from tests.integration.support import (
     running_service,
     sample_value,
     scenario_topics,
+    seed,
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import assert_final_state, assert_outcomes, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -69,11 +72,22 @@ async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> 
             )
             pipeline = running.service.pipeline
             assert pipeline is not None
-            await asyncio.sleep(0.5)
-            paused_parts = running.service.pipeline._consumer.paused()  # type: ignore[union-attr]
-            assert paused_parts, "partitions must be paused while writing is"
+            first_until = pipeline.gate.state.until
+            kafka = cast(AIOKafkaConsumer, pipeline._consumer)
+            # Partitions must be paused while writing is (resumed only for each probe).
+            await wait_for(lambda: bool(kafka.paused()), 10, "partitions paused")
+            # Each refused probe of the quota extends the pause by one period.
+            period = settings.salesforce_limit_pause_seconds
+            await wait_for(
+                lambda: pipeline.gate.state.until >= first_until + period, 20, "a refused probe"
+            )
             stuck_at = len(results.records)
-            await asyncio.sleep(3)
+            probed_until = pipeline.gate.state.until
+            await wait_for(
+                lambda: pipeline.gate.state.until >= probed_until + period,
+                20,
+                "another refused probe",
+            )
             # Nothing is acknowledged while the quota is spent; the service keeps polling.
             assert len(results.records) <= stuck_at + 50
             assert emulator.stats["http_403"] <= 12, "a spent quota must not be hammered"
@@ -117,7 +131,18 @@ async def test_api_budget_share_stops_writes_before_the_limit(kafka_bootstrap: s
                 30,
                 "budget pause",
             )
-            await asyncio.sleep(2)
+            pipeline = running.service.pipeline
+            assert pipeline is not None
+            first_until = pipeline.gate.state.until
+            # Two more probes, both refused (each extends the pause by one period).
+            await wait_for(
+                lambda: (
+                    pipeline.gate.state.until
+                    >= first_until + 2 * settings.salesforce_budget_pause_seconds
+                ),
+                20,
+                "two refused probes",
+            )
             assert emulator.stats["update"] == 0
             assert emulator.stats["create"] == 0
             assert results.records == []
@@ -144,14 +169,20 @@ async def test_refused_login_keeps_the_service_up_and_unready_until_fixed(
             collect(kafka_bootstrap, topics.results) as results,
             running_service(settings) as running,
         ):
-            await asyncio.sleep(2.5)
+            loop = asyncio.get_running_loop()
+            await wait_for(lambda: emulator.stats["token"] >= 1, 30, "a login")
+            first = loop.time()
+            await wait_for(lambda: emulator.stats["token"] >= 4, 30, "three more logins")
+            took = loop.time() - first
             assert not running.task.done()
             assert running.service.health.ready() == (
                 False,
                 "salesforce authentication pending or failing",
             )
-            attempts = emulator.stats["token"]
-            assert 2 <= attempts <= 8, "refused logins are retried slowly, not in a loop"
+            assert emulator.tokens_issued == 0
+            # Refused logins are retried slowly, not in a loop: three retries take three
+            # SALESFORCE_AUTH_RETRY_SECONDS (a lower bound, which a busy machine cannot break).
+            assert took >= 2 * settings.salesforce_auth_retry_seconds, took
             emulator.set_client_secret(settings.salesforce_client_secret.get_secret_value())
             await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
             await wait_for(lambda: running.service.health.salesforce_ok, 10, "ready")
@@ -303,7 +334,18 @@ async def test_spent_retry_budget_follows_the_policy(kafka_bootstrap: str, polic
                     30,
                     "pause",
                 )
-                await asyncio.sleep(1)
+                pipeline = running.service.pipeline
+                assert pipeline is not None
+                first_until = pipeline.gate.state.until
+                # The probe after the pause spends a whole retry budget again, and pauses again.
+                await wait_for(
+                    lambda: (
+                        pipeline.gate.state.until
+                        >= first_until + settings.salesforce_retry_budget_seconds
+                    ),
+                    30,
+                    "another spent retry budget",
+                )
                 assert results.records == []
                 emulator.clear_faults()
                 await wait_for(lambda: len(results.records) >= total, 60, "outcomes")

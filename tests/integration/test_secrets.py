@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -12,14 +11,17 @@ from consumer.logs import JsonFormatter, TextFormatter
 from tests.integration.scenario import build
 from tests.integration.support import (
     CLIENT_SECRET,
+    Topics,
     collect,
     make_emulator,
+    make_topics,
+    produce,
     running_service,
-    scenario_topics,
+    sample_value,
+    seed,
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -29,7 +31,13 @@ async def test_a_run_with_expiries_and_refusals_leaks_no_secret(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     scenario = build(n_people=30, n_events=300, seed=51)
-    topics = await scenario_topics(kafka_bootstrap, scenario, 2)
+    # The second half is sent once the secret is rotated: the run is surely not over by then,
+    # so logins are refused mid-run.
+    half = len(scenario.messages) // 2
+    messages = [(m.key, m.value) for m in scenario.messages]
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 2)
+    await produce(kafka_bootstrap, topics.input, messages[:half])
     sasl_password = "kafka-sasl-password-never-logged"
     async with make_emulator() as emulator:
         seed(emulator, scenario)
@@ -53,7 +61,20 @@ async def test_a_run_with_expiries_and_refusals_leaks_no_secret(
             await wait_for(lambda: len(results.records) >= 100, 60, "first outcomes")
             emulator.set_client_secret("rotated")  # refused logins mid-run
             emulator.revoke_tokens()
-            await asyncio.sleep(1.0)
+            await produce(kafka_bootstrap, topics.input, messages[half:])
+            metrics = running.service.metrics
+            await wait_for(
+                lambda: (
+                    sample_value(
+                        metrics,
+                        "consent_sync_salesforce_pauses_total",
+                        {"reason": "authentication"},
+                    )
+                    >= 1
+                ),
+                30,
+                "a refused login",
+            )
             emulator.set_client_secret(CLIENT_SECRET)
             await wait_for(lambda: len(results.records) >= len(scenario.messages), 60, "outcomes")
             port = running.service.server.port

@@ -10,15 +10,17 @@ import pytest
 from tests.integration.scenario import build
 from tests.integration.support import (
     Topics,
+    assert_final_state,
+    assert_outcomes,
     collect,
     make_emulator,
     make_topics,
     produce,
     running_service,
+    seed,
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import assert_final_state, assert_outcomes, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 

@@ -19,6 +19,7 @@ from tests.integration.scenario import build
 from tests.integration.support import (
     EXAMPLE_MAPPING,
     Topics,
+    assert_final_state,
     collect,
     committed_offsets,
     make_emulator,
@@ -26,10 +27,10 @@ from tests.integration.support import (
     produce,
     running_service,
     scenario_topics,
+    seed,
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import assert_final_state, seed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
