@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
@@ -122,14 +122,16 @@ class Service:
             )
             self.pipeline = pipeline
             consumer.subscribe([s.kafka_input_topic], listener=pipeline.listener())
+            joined = False
             try:
                 # start() waits for the first assignment, which can take a session timeout;
                 # a stop during that wait must still end the process promptly.
-                if not await _start_with_retries(consumer.start, stop, "consumer"):
+                joined = await _start_with_retries(consumer.start, stop, "consumer")
+                if not joined:
                     return EXIT_OK
                 await pipeline.run(stop)
             finally:
-                await consumer.stop()
+                await _close_consumer(consumer, joined=joined)
         finally:
             await producer.stop()
         return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
@@ -182,6 +184,26 @@ def build_pipeline(
         health,
         clock=clock,
     )
+
+
+#: How long closing waits when the consumer never joined: its JoinGroup may be held by the
+#: broker for a whole rebalance, and there is nothing of this member's to commit.
+_UNJOINED_CLOSE_SECONDS = 2.0
+
+
+async def _close_consumer(consumer: Any, *, joined: bool) -> None:
+    """Close the consumer; without a join there is nothing to wait for (the broker forgets
+    the member after its session timeout), so a stop during a long join ends promptly."""
+    if joined:
+        await consumer.stop()
+        return
+    try:
+        await asyncio.wait_for(consumer.stop(), _UNJOINED_CLOSE_SECONDS)
+    except TimeoutError:
+        logger.warning(
+            "stopped while joining the group: the join in flight is left to expire",
+            extra={"wait_s": _UNJOINED_CLOSE_SECONDS},
+        )
 
 
 async def _start_with_retries(

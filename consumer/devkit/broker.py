@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -26,6 +28,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedBroker:
@@ -60,7 +72,10 @@ class EmbeddedBroker:
                 [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # Its own session, so a Ctrl-C meant for the tests does not reach it first; and
+                # killed with its parent, so a killed test run leaves no broker behind.
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             if out is not subprocess.DEVNULL:

@@ -73,6 +73,11 @@ class WriteGate:
         """Whether writing is paused now."""
         return self.state.active(self._clock())
 
+    def holding(self) -> bool:
+        """Whether writing is paused or its probe has not succeeded yet (the poll loop keeps
+        partitions paused all along, not only until the pause's timer lapses)."""
+        return self.state.reason is not None
+
     def deliberate(self) -> bool:
         """Whether the current pause is one a healthy process waits through."""
         return self.closed() and self.state.reason in DELIBERATE

@@ -70,7 +70,9 @@ class Writer(Protocol):
     @property
     def sobject(self) -> str: ...
 
-    async def write(self, people: Sequence[PersonWrite]) -> dict[str, PersonResult]: ...
+    async def write(
+        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None = None
+    ) -> dict[str, PersonResult]: ...
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,7 @@ class Pipeline:
         full = (
             self._parts.in_flight() >= c.max_pending_events
             or self._parts.pending_bytes >= c.max_pending_bytes
-            or self._gate.closed()
+            or self._gate.holding()
         )
         assigned = self._consumer.assignment()
         paused = self._parts.paused()
@@ -369,10 +371,12 @@ class Pipeline:
         Only per-record problems end in failed outcomes (and, with
         ``SALESFORCE_ON_RETRY_EXHAUSTED=dead_letter``, a spent retry budget).
         """
+        # Kept across attempts: people a paused attempt finished are not written again.
+        done: dict[str, PersonResult] = {}
         while True:
             probe = await self._gate.wait_open()
             try:
-                results = await writer.write(people)
+                results = await writer.write(people, done)
             except asyncio.CancelledError:
                 if probe:
                     self._gate.abandoned()

@@ -119,6 +119,8 @@ class _Person:
     not_found: bool = False
     retry: bool = False
     needs_defaults: bool = False
+    #: Writes sent (or about to be) and not answered yet.
+    pending: int = 0
 
 
 @dataclass
@@ -159,15 +161,23 @@ class TargetWriter:
         """The target's sObject."""
         return self._plan.sobject
 
-    async def write(self, people: Sequence[PersonWrite]) -> dict[str, PersonResult]:
+    async def write(
+        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None = None
+    ) -> dict[str, PersonResult]:
         """Write every person that has values for this target; results by email key.
+
+        ``done`` holds the results of people finished by an earlier attempt of the same batch
+        (one interrupted by a pause): they are not written again, and the results of this
+        attempt are added to it as they are final, even if it is interrupted in turn.
 
         Raises :class:`RetryBudgetExhaustedError` (with what was done and what was not) when
         transient errors outlast the budget, and the client's pause and configuration errors.
         """
         sobject = self.sobject
-        todo = {p.email_key: p for p in people if p.fields.get(sobject)}
-        results: dict[str, PersonResult] = {}
+        results: dict[str, PersonResult] = done if done is not None else {}
+        todo = {
+            p.email_key: p for p in people if p.fields.get(sobject) and p.email_key not in results
+        }
         s = self._settings
         backoff = Backoff(
             s.salesforce_retry_initial_seconds,
@@ -225,25 +235,30 @@ class TargetWriter:
                 writes.extend(planned)
                 if result is not None:
                     skipped[key] = result
-        await self._send_all(writes, done)
-        if self._blind:
-            again = [
-                self._upsert_write(key, todo[key], defaults=True)
-                for key, p in sorted(done.people.items())
-                if p.needs_defaults
-            ]
-            for w in again:
-                done.people[w.key] = _Person()
-            await self._send_all(again, done)
-        for key, person in todo.items():
-            if key in skipped:
-                results[key] = skipped[key]
-                continue
-            acc = done.people.get(key)
-            if acc is None or acc.retry:
-                continue
-            live = [m for m in matches.get(key, []) if not m.converted]
-            results[key] = self._result(person, acc, live)
+        try:
+            await self._send_all(writes, done)
+            if self._blind:
+                again = [
+                    self._upsert_write(key, todo[key], defaults=True)
+                    for key, p in sorted(done.people.items())
+                    if p.needs_defaults
+                ]
+                for w in again:
+                    done.people[w.key] = _Person()
+                await self._send_all(again, done)
+        finally:
+            # Also when a pause interrupts the round: whoever is finished is kept, so that a
+            # later attempt neither writes them again nor reports them stale for finding
+            # their own stamps.
+            for key, person in todo.items():
+                if key in skipped:
+                    results[key] = skipped[key]
+                    continue
+                acc = done.people.get(key)
+                if acc is None or acc.retry or acc.pending or acc.needs_defaults:
+                    continue
+                live = [m for m in matches.get(key, []) if not m.converted]
+                results[key] = self._result(person, acc, live)
         return done.retry, done.last_error
 
     def _plan_person(
@@ -436,6 +451,7 @@ class TargetWriter:
         for w in writes:
             acc = done.of(w.key)
             acc.refused.update(w.refused)
+            acc.pending += 1
         for operation in ("update", "create", "upsert"):
             mine = [w for w in writes if w.operation == operation]
             if not mine:
@@ -455,7 +471,9 @@ class TargetWriter:
                 if exc.reaction is Reaction.RETRY:
                     # The whole chunk is unknown; the next round re-queries before writing.
                     for w in chunk:
-                        done.of(w.key).retry = True
+                        acc = done.of(w.key)
+                        acc.retry = True
+                        acc.pending -= 1
                     done.last_error = str(exc)
                     continue
                 if exc.reaction is not Reaction.REPORT:
@@ -464,7 +482,9 @@ class TargetWriter:
                     code=exc.code, message=exc.message, fields=list(exc.fields)
                 )
                 for w in chunk:
-                    done.of(w.key).error = info
+                    acc = done.of(w.key)
+                    acc.error = info
+                    acc.pending -= 1
                 continue
             for w, answer in zip(chunk, answers, strict=True):
                 again = self._record(w, answer, done)
@@ -475,6 +495,7 @@ class TargetWriter:
     def _record(self, write: _Write, answer: RecordResult, done: _Round) -> _Write | None:
         """Account for one record's answer; returns the write to try once more, if any."""
         acc = done.of(write.key)
+        acc.pending -= 1
         if answer.success:
             if answer.id and answer.id not in acc.ids:
                 acc.ids.append(answer.id)
@@ -525,6 +546,7 @@ class TargetWriter:
             if not fields:
                 acc.error = acc.error or first
                 return None
+            acc.pending += 1
             return replace(write, values=left, fields=fields, state=state, fallback=True)
         info = first
         if first.code == "DUPLICATES_DETECTED" and answer.duplicates:

@@ -127,12 +127,6 @@ async def test_sigterm_while_joining_the_group_stops_promptly(
         assert time.monotonic() - started < 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="consumer.stop() after a cancelled consumer.start() (consumer/service.py, _consume) "
-    "waits for the JoinGroup in flight: a stop during a long join lasts as long as the join",
-)
 async def test_sigterm_during_a_long_join_stops_before_the_join_ends(
     kafka_bootstrap: str, tmp_path: Path, real_kafka: bool
 ) -> None:

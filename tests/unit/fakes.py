@@ -208,7 +208,9 @@ class MemoryWriter:
     in_flight: int = 0
     max_in_flight: int = 0
 
-    async def write(self, people: Sequence[PersonWrite]) -> dict[str, PersonResult]:
+    async def write(
+        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None = None
+    ) -> dict[str, PersonResult]:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -51,10 +51,12 @@ class QueryEngine:
         conditions = [_bind_condition(query, schema, cond) for cond in query.where]
         order = [(_bind_sort(query, schema, o.field), o.descending) for o in query.order_by]
 
+        # Each condition's wanted values folded once per query, not once per record.
+        tests = [(spec, cond.op in ("=", "IN"), _wanted(spec, cond)) for spec, cond in conditions]
         matched = [
             record
             for record in self._store.rows[schema.name].values()
-            if all(_condition_holds(spec, cond, record) for spec, cond in conditions)
+            if all(_holds(spec, positive, wanted, record) for spec, positive, wanted in tests)
         ]
         # Stable sorts from the last key to the first give a multi-key ORDER BY; SOQL puts
         # nulls first when ascending and last when descending.
@@ -195,10 +197,17 @@ def _comparable(spec: FieldSpec, value: object) -> object:
     return value
 
 
-def _condition_holds(spec: FieldSpec, cond: soql.Condition, record: JsonObj) -> bool:
+def _wanted(spec: FieldSpec, cond: soql.Condition) -> set[Any] | list[Any]:
+    values = [_comparable(spec, literal.value) for literal in cond.values]
+    try:
+        return set(values)
+    except TypeError:  # an unhashable literal: compare one by one
+        return values
+
+
+def _holds(spec: FieldSpec, positive: bool, wanted: set[Any] | list[Any], record: JsonObj) -> bool:
     actual = _comparable(spec, record.get(spec.name))
-    wanted = [_comparable(spec, literal.value) for literal in cond.values]
-    if cond.op in ("=", "IN"):
+    if positive:  # = and IN
         return actual in wanted
     # SOQL's != and NOT IN keep rows whose value is null unless null itself is excluded.
     return actual not in wanted
