@@ -65,6 +65,8 @@ async def test_sigterm_finishes_in_flight_work_then_commits_exactly_it(
                 await service.kill()
             assert code == 0, service.logs()[-3000:]
             assert "stopping" in service.logs()
+            # A real run at INFO names nobody: no email of the 100 people in any line.
+            assert "@example.com" not in service.logs()
             # Every in-flight batch finished inside SYNC_SHUTDOWN_TIMEOUT_SECONDS: none was cut.
             assert "abandoned in-flight batches" not in service.logs()
             await results.read_to_end()  # the exited service's last outcomes
