@@ -1,25 +1,20 @@
-"""Pydantic models of the Didomi webhook envelope that arrives on the input topic.
+"""The Didomi webhook envelope that arrives on the input topic, as pydantic validates it.
 
-Only what the sync needs is modelled strictly; everything else Didomi sends is kept
-(``extra="allow"``) so that a new field on Didomi's side never rejects a message.
-Types that decide what gets written (ids, booleans, the selected values) are strict:
-``"yes"`` is not a boolean and ``42`` is not an email.
+Only what the sync uses is described, strictly: ``"yes"`` is not a boolean, ``42`` is not an
+email, a timestamp is an ISO-8601 string. Every other key Didomi sends is accepted and
+ignored, so a new field on Didomi's side never rejects a message. They are ``TypedDict``s, not
+models: validating JSON into plain dicts costs a quarter of building a model per nested object,
+and this runs once per event (``schemas/input-envelope.schema.json`` is generated from them).
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictStr,
-)
+from pydantic import BeforeValidator, Field, StrictBool, StrictStr
+from typing_extensions import TypedDict
 
 _ISO_8601 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
@@ -45,134 +40,128 @@ EventType = Literal[
 ]
 
 
-class _Open(BaseModel):
-    """Base of every Didomi object: only what the sync uses is modelled (and validated
-    strictly); every other key is accepted and ignored, so a new field on Didomi's side never
-    rejects a message and costs nothing to parse."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class PreferenceSelection(_Open):
+class PreferenceSelection(TypedDict):
     """The selected value ids of one preference, as Didomi's comma-separated list."""
 
-    value: StrictStr = ""
+    value: NotRequired[StrictStr]
 
 
-class Purpose(_Open):
-    """One purpose of a consent state; ``enabled`` None means no choice on the purpose itself."""
+class Purpose(TypedDict):
+    """One purpose of a consent state; ``enabled`` None (or absent) means no choice on the
+    purpose itself."""
 
     id: Annotated[StrictStr, Field(min_length=1)]
-    enabled: StrictBool | None = None
-    values: dict[str, PreferenceSelection] | None = None
+    enabled: NotRequired[StrictBool | None]
+    values: NotRequired[dict[str, PreferenceSelection] | None]
 
 
-class Consents(_Open):
+class Consents(TypedDict):
     """The consent state carried by users (whole state) and events (partial state)."""
 
-    purposes: list[Purpose] = Field(default_factory=list)
+    purposes: NotRequired[list[Purpose]]
 
 
-class EventUser(_Open):
+class EventUser(TypedDict):
     """The user an event belongs to."""
 
     organization_user_id: Annotated[StrictStr, Field(min_length=1)]
 
 
-class ConsentEvent(_Open):
-    """A Didomi consent event (``event.*`` entities): the choices made in that event only."""
+class ConsentEvent(TypedDict):
+    """A Didomi consent event (``event.*`` entities): the choices made in that event only.
+    ``status`` is ``confirmed`` and ``regulation`` ``gdpr`` when absent."""
 
     id: Annotated[StrictStr, Field(min_length=1)]
     created_at: Timestamp
-    updated_at: Timestamp | None = None
-    status: Literal["confirmed", "pending_approval"] = "confirmed"
-    regulation: StrictStr = "gdpr"
+    updated_at: NotRequired[Timestamp | None]
+    status: NotRequired[Literal["confirmed", "pending_approval"]]
+    regulation: NotRequired[StrictStr]
     user: EventUser
-    consents: Consents = Field(default_factory=Consents)
+    consents: NotRequired[Consents]
 
 
-class User(_Open):
+class User(TypedDict):
     """A Didomi user (``user.*`` entities): the person's whole current state."""
 
     id: Annotated[StrictStr, Field(min_length=1)]
     organization_user_id: Annotated[StrictStr, Field(min_length=1)]
     created_at: Timestamp
-    updated_at: Timestamp | None = None
-    consents: Consents = Field(default_factory=Consents)
+    updated_at: NotRequired[Timestamp | None]
+    consents: NotRequired[Consents]
 
 
-class Source(_Open):
+class Source(TypedDict):
     """What caused an update (``*.updated`` only)."""
 
-    id: StrictStr | None = None
+    id: NotRequired[StrictStr | None]
 
 
-class EventCreatedParams(_Open):
+class EventCreatedParams(TypedDict):
     """``parameters`` of ``event.created`` and ``event.deleted``."""
 
     entity: ConsentEvent
 
 
-class EventUpdatedParams(_Open):
+class EventUpdatedParams(TypedDict):
     """``parameters`` of ``event.updated``; only ``new_entity`` is applied (``old_entity`` is
     not read, so a malformed one does not reject the message)."""
 
-    source: Source | None = None
+    source: NotRequired[Source | None]
     new_entity: ConsentEvent
 
 
-class UserCreatedParams(_Open):
+class UserCreatedParams(TypedDict):
     """``parameters`` of ``user.created`` and ``user.deleted``."""
 
     entity: User
 
 
-class UserUpdatedParams(_Open):
+class UserUpdatedParams(TypedDict):
     """``parameters`` of ``user.updated``: the fields that differ between ``old_entity`` and
     ``new_entity`` are applied (the whole new state when ``old_entity`` is absent or
     unreadable, so a malformed one does not reject the message)."""
 
-    source: Source | None = None
-    old_entity: dict[str, Any] | None = None
+    source: NotRequired[Source | None]
+    old_entity: NotRequired[dict[str, Any] | None]
     new_entity: User
 
 
-class EventCreated(_Open):
+class EventCreated(TypedDict):
     """Envelope of ``event.created``."""
 
     type: Literal["event.created"]
     parameters: EventCreatedParams
 
 
-class EventUpdated(_Open):
+class EventUpdated(TypedDict):
     """Envelope of ``event.updated``."""
 
     type: Literal["event.updated"]
     parameters: EventUpdatedParams
 
 
-class EventDeleted(_Open):
+class EventDeleted(TypedDict):
     """Envelope of ``event.deleted``."""
 
     type: Literal["event.deleted"]
     parameters: EventCreatedParams
 
 
-class UserCreated(_Open):
+class UserCreated(TypedDict):
     """Envelope of ``user.created``."""
 
     type: Literal["user.created"]
     parameters: UserCreatedParams
 
 
-class UserUpdated(_Open):
+class UserUpdated(TypedDict):
     """Envelope of ``user.updated``."""
 
     type: Literal["user.updated"]
     parameters: UserUpdatedParams
 
 
-class UserDeleted(_Open):
+class UserDeleted(TypedDict):
     """Envelope of ``user.deleted``."""
 
     type: Literal["user.deleted"]

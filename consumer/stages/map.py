@@ -52,11 +52,12 @@ def map_purposes(purposes: Iterable[Purpose], plan: TargetPlan) -> FieldValues:
     mapping = plan.mapping
     out: FieldValues = {}
     for purpose in purposes:
-        purpose_field = mapping.purposes.get(purpose.id)
-        if purpose_field is not None and purpose.enabled is not None:
-            out[purpose_field] = purpose.enabled
-        for pref_id, selection in (purpose.values or {}).items():
-            chosen = selected_values(selection.value)
+        purpose_field = mapping.purposes.get(purpose["id"])
+        enabled = purpose.get("enabled")
+        if purpose_field is not None and enabled is not None:
+            out[purpose_field] = enabled
+        for pref_id, selection in (purpose.get("values") or {}).items():
+            chosen = selected_values(selection.get("value", ""))
             pref_field = mapping.preferences.get(pref_id)
             if pref_field is not None:
                 sep = plan.preference_separators.get(pref_id, ",")

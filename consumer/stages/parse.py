@@ -39,14 +39,8 @@ from consumer.model.events import (
     ConsentEvent,
     Consents,
     Envelope,
-    EventCreated,
-    EventDeleted,
-    EventUpdated,
     Purpose,
     User,
-    UserCreated,
-    UserDeleted,
-    UserUpdated,
 )
 from consumer.model.messages import email_key
 from consumer.model.outcomes import MAX_CODE_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, clip
@@ -100,7 +94,7 @@ def parse_message(
         return Rejected(
             "SCHEMA_VALIDATION",
             "created_at/updated_at: the timestamp is out of range once converted to UTC",
-            envelope.type,
+            envelope["type"],
         )
     if isinstance(result, Accepted) and record_time_ms is not None and record_time_ms > 0:
         return _bounded(result, record_time_ms, rules.max_future_skew_seconds)
@@ -158,88 +152,89 @@ def _rejected(value: bytes, invalid: ValidationError) -> Rejected:
 
 
 def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
-    if isinstance(envelope, EventCreated | EventUpdated):
-        entity: ConsentEvent = (
-            envelope.parameters.entity
-            if isinstance(envelope, EventCreated)
-            else envelope.parameters.new_entity
-        )
-        return _from_event(envelope.type, entity, rules)
-    if isinstance(envelope, UserCreated | UserUpdated):
+    kind: str = envelope["type"]
+    params = envelope["parameters"]
+    if kind == "event.created" or kind == "event.updated":
+        entity: ConsentEvent = params["entity"] if kind == "event.created" else params["new_entity"]
+        return _from_event(kind, entity, rules)
+    if kind == "user.created" or kind == "user.updated":
         previous: tuple[Purpose, ...] | None = None
-        if isinstance(envelope, UserCreated):
-            user: User = envelope.parameters.entity
-            event_id = user.id
+        if kind == "user.created":
+            user: User = params["entity"]
+            event_id = user["id"]
         else:
-            user = envelope.parameters.new_entity
-            source = envelope.parameters.source
-            event_id = source.id if source is not None and source.id else user.id
-            previous = _previous_purposes(envelope.parameters.old_entity, user)
+            user = params["new_entity"]
+            source = params.get("source")
+            event_id = (source.get("id") if source else None) or user["id"]
+            previous = _previous_purposes(params.get("old_entity"), user)
         if "gdpr" not in rules.regulations:
             return Ignored(
                 "user entities carry the person's GDPR state; gdpr is not among the synced "
                 f"regulations ({', '.join(rules.regulations)})",
                 clip(event_id, MAX_ID_CHARS),
-                envelope.type,
-                clip(user.organization_user_id, MAX_ID_CHARS),
-                _utc(user.updated_at or user.created_at),
+                kind,
+                clip(user["organization_user_id"], MAX_ID_CHARS),
+                _utc(user.get("updated_at") or user["created_at"]),
             )
-        return _from_user(envelope.type, event_id, user, previous)
-    if isinstance(envelope, EventDeleted):
-        ent = envelope.parameters.entity
+        return _from_user(kind, event_id, user, previous)
+    entity_or_user = params["entity"]
+    if kind == "event.deleted":
         return Ignored(
             "deleted events are not synced: Salesforce keeps the last applied state",
-            clip(ent.id, MAX_ID_CHARS),
-            envelope.type,
-            clip(ent.user.organization_user_id, MAX_ID_CHARS),
-            _utc(ent.updated_at or ent.created_at),
+            clip(entity_or_user["id"], MAX_ID_CHARS),
+            kind,
+            clip(entity_or_user["user"]["organization_user_id"], MAX_ID_CHARS),
+            _utc(entity_or_user.get("updated_at") or entity_or_user["created_at"]),
         )
-    assert isinstance(envelope, UserDeleted)
-    u = envelope.parameters.entity
     return Ignored(
         "deleted users are not synced: Salesforce keeps the last applied state",
-        clip(u.id, MAX_ID_CHARS),
-        envelope.type,
-        clip(u.organization_user_id, MAX_ID_CHARS),
-        _utc(u.updated_at or u.created_at),
+        clip(entity_or_user["id"], MAX_ID_CHARS),
+        kind,
+        clip(entity_or_user["organization_user_id"], MAX_ID_CHARS),
+        _utc(entity_or_user.get("updated_at") or entity_or_user["created_at"]),
     )
 
 
 def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> ParseResult:
-    org_user_id = entity.user.organization_user_id
-    when = _utc(entity.updated_at or entity.created_at)
-    if entity.status == "pending_approval":
+    org_user_id = entity["user"]["organization_user_id"]
+    when = _utc(entity.get("updated_at") or entity["created_at"])
+    event_id = entity["id"]
+    if entity.get("status") == "pending_approval":
         return Ignored(
             "status is pending_approval: applied only once approved",
-            clip(entity.id, MAX_ID_CHARS),
+            clip(event_id, MAX_ID_CHARS),
             event_type,
             clip(org_user_id, MAX_ID_CHARS),
             when,
         )
-    if entity.regulation not in rules.regulations:
+    regulation = entity.get("regulation", "gdpr")
+    if regulation not in rules.regulations:
         return Ignored(
-            f"regulation {clip(entity.regulation, MAX_NAME_CHARS)!r} is not synced "
+            f"regulation {clip(regulation, MAX_NAME_CHARS)!r} is not synced "
             f"(synced: {', '.join(rules.regulations)})",
-            clip(entity.id, MAX_ID_CHARS),
+            clip(event_id, MAX_ID_CHARS),
             event_type,
             clip(org_user_id, MAX_ID_CHARS),
             when,
         )
-    bad = _check_email(org_user_id, entity.id, event_type)
+    bad = _check_email(org_user_id, event_id, event_type)
     if bad is not None:
         return bad
     return Accepted(
         ConsentChange(
-            event_id=entity.id,
+            event_id=event_id,
             event_type=event_type,
             organization_user_id=org_user_id,
             email_key=email_key(org_user_id),
             event_time=when,
-            regulation=entity.regulation,
-            purposes=tuple(entity.consents.purposes),
+            regulation=regulation,
+            purposes=tuple(entity.get("consents", {}).get("purposes", ())),
             full_state=False,
         )
     )
+
+
+_CONSENTS: TypeAdapter[Consents] = TypeAdapter(Consents)
 
 
 def _previous_purposes(old: dict[str, Any] | None, new: User) -> tuple[Purpose, ...] | None:
@@ -248,30 +243,31 @@ def _previous_purposes(old: dict[str, Any] | None, new: User) -> tuple[Purpose, 
     if not isinstance(old, dict):
         return None
     old_id = old.get("organization_user_id")
-    if not isinstance(old_id, str) or email_key(old_id) != email_key(new.organization_user_id):
+    if not isinstance(old_id, str) or email_key(old_id) != email_key(new["organization_user_id"]):
         return None
-    consents = old.get("consents", {})
     try:
-        return tuple(Consents.model_validate(consents).purposes)
+        consents = _CONSENTS.validate_python(old.get("consents", {}))
     except ValidationError:
         return None
+    return tuple(consents.get("purposes", ()))
 
 
 def _from_user(
     event_type: str, event_id: str, user: User, previous: tuple[Purpose, ...] | None
 ) -> ParseResult:
-    bad = _check_email(user.organization_user_id, event_id, event_type)
+    org_user_id = user["organization_user_id"]
+    bad = _check_email(org_user_id, event_id, event_type)
     if bad is not None:
         return bad
     return Accepted(
         ConsentChange(
             event_id=event_id,
             event_type=event_type,
-            organization_user_id=user.organization_user_id,
-            email_key=email_key(user.organization_user_id),
-            event_time=_utc(user.updated_at or user.created_at),
+            organization_user_id=org_user_id,
+            email_key=email_key(org_user_id),
+            event_time=_utc(user.get("updated_at") or user["created_at"]),
             regulation=None,
-            purposes=tuple(user.consents.purposes),
+            purposes=tuple(user.get("consents", {}).get("purposes", ())),
             full_state=True,
             previous_purposes=previous,
         )

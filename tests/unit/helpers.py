@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from consumer.mapping import MappingConfig, TargetPlan, load_mapping, plan_target
 from consumer.model.changes import ConsentChange
 from consumer.model.events import Purpose
@@ -34,7 +36,8 @@ def purpose(pid: str, enabled: bool | None = None, **values: str) -> Purpose:
     raw: dict[str, Any] = {"id": pid, "enabled": enabled}
     if values:
         raw["values"] = {k: {"value": v} for k, v in values.items()}
-    return Purpose.model_validate(raw)
+    validated: Purpose = TypeAdapter(Purpose).validate_python(raw)
+    return validated
 
 
 def change(

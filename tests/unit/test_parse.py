@@ -44,9 +44,10 @@ def test_event_created_is_accepted_as_a_partial_change() -> None:
     assert change.email_key == "jane.doe@example.com"
     assert change.event_time == datetime(2026, 11, 20, 9, 14, 3, 512000, tzinfo=UTC)
     assert change.full_state is False
-    assert [p.id for p in change.purposes] == ["newsletter", "analytics"]
-    assert change.purposes[0].values is not None
-    assert change.purposes[0].values["topics"].value == "product_news,offers"
+    assert [p["id"] for p in change.purposes] == ["newsletter", "analytics"]
+    values = change.purposes[0].get("values")
+    assert values is not None
+    assert values["topics"].get("value") == "product_news,offers"
 
 
 def test_user_updated_applies_new_entity_with_source_id() -> None:
@@ -56,9 +57,9 @@ def test_user_updated_applies_new_entity_with_source_id() -> None:
     assert change.event_id == "a3c9e2f4-1d2b-4c5e-8f90-123456789abc"
     assert change.full_state is True
     assert change.event_time == datetime(2026, 11, 21, 17, 2, 44, tzinfo=UTC)
-    newsletter = change.purposes[0]
-    assert newsletter.values is not None
-    assert newsletter.values["frequency"].value == "monthly"  # new_entity, not old_entity
+    values = change.purposes[0].get("values")
+    assert values is not None
+    assert values["frequency"].get("value") == "monthly"  # new_entity, not old_entity
 
 
 def test_pending_approval_is_ignored_with_reason() -> None:
@@ -246,7 +247,7 @@ def test_user_updated_carries_the_old_state_when_it_is_readable() -> None:
     result = parse_message(_user_updated("user"), RULES)
     assert isinstance(result, Accepted)
     previous = result.change.previous_purposes
-    assert previous is not None and previous[0].enabled is False
+    assert previous is not None and previous[0].get("enabled") is False
     unreadable_entities: list[object] = [
         None,
         {"organization_user_id": "jane@x.com", "consents": {"purposes": "nope"}},

@@ -445,7 +445,7 @@ def test_valid_events_are_accepted_or_ignored_by_rule(case: tuple[dict[str, Any]
         stamp = stamp.replace(tzinfo=UTC)
     # Kept to the millisecond, like Salesforce and the sync state.
     assert change.event_time == stamp.replace(microsecond=stamp.microsecond // 1000 * 1000)
-    assert [p.id for p in change.purposes] == [p["id"] for p in entity["consents"]["purposes"]]
+    assert [p["id"] for p in change.purposes] == [p["id"] for p in entity["consents"]["purposes"]]
 
 
 def _event(**entity: Any) -> bytes:
