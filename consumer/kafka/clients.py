@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
+from consumer.kafka.partitioner import CachedPartitioner
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,5 +63,6 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=settings.kafka_producer_linger_ms,
         max_request_size=settings.kafka_producer_max_request_bytes,
         compression_type=None,
+        partitioner=CachedPartitioner(),
         **connection_options(settings),
     )

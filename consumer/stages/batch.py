@@ -118,8 +118,12 @@ class LaneBuffer(Generic[K, T]):
             return False
         if entry.person is None:
             return True
-        new = entry.targets - batch.people.get(entry.person, set())
-        return all(batch.per_target[t] < self._max_people for t in new)
+        known = batch.people.get(entry.person)
+        per_target = batch.per_target
+        for target in entry.targets:
+            if (known is None or target not in known) and per_target[target] >= self._max_people:
+                return False
+        return True
 
     def _full(self, batch: _Open[K, T]) -> bool:
         return (

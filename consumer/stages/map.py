@@ -29,6 +29,26 @@ def selected_values(raw: str) -> list[str]:
     return seen
 
 
+#: One purpose as the mapper reads it: id, ``enabled`` (None: no choice) and, per preference
+#: present, its selected value ids.
+Choice = tuple[str, bool | None, tuple[tuple[str, list[str]], ...]]
+
+
+def choices(purposes: Iterable[Purpose]) -> list[Choice]:
+    """The purposes read once (selections split), for mapping onto any number of targets."""
+    return [
+        (
+            purpose["id"],
+            purpose.get("enabled"),
+            tuple(
+                (pref_id, selected_values(selection.get("value", "")))
+                for pref_id, selection in (purpose.get("values") or {}).items()
+            ),
+        )
+        for purpose in purposes
+    ]
+
+
 def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, FieldValues]:
     """What one change writes to each target (targets with nothing to write are left out).
 
@@ -37,10 +57,14 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
     must not overwrite a later choice made under another Didomi user of the same person.
     """
     out: dict[str, FieldValues] = {}
+    now = choices(change.purposes)
+    before_choices = (
+        choices(change.previous_purposes) if change.previous_purposes is not None else None
+    )
     for plan in plans:
-        values = map_purposes(change.purposes, plan)
-        if change.previous_purposes is not None and values:
-            before = map_purposes(change.previous_purposes, plan)
+        values = map_choices(now, plan)
+        if before_choices is not None and values:
+            before = map_choices(before_choices, plan)
             values = {f: v for f, v in values.items() if f not in before or before[f] != v}
         if values:
             out[plan.sobject] = values
@@ -49,19 +73,30 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
 
 def map_purposes(purposes: Iterable[Purpose], plan: TargetPlan) -> FieldValues:
     """Field values for one target from one event's purposes (only what the event mentions)."""
+    return map_choices(choices(purposes), plan)
+
+
+def map_choices(read: Iterable[Choice], plan: TargetPlan) -> FieldValues:
+    """Field values for one target from purposes already read by :func:`choices`."""
     mapping = plan.mapping
+    purposes, preferences, values = (
+        mapping.purposes,
+        mapping.preferences,
+        mapping.preference_values,
+    )
     out: FieldValues = {}
-    for purpose in purposes:
-        purpose_field = mapping.purposes.get(purpose["id"])
-        enabled = purpose.get("enabled")
-        if purpose_field is not None and enabled is not None:
-            out[purpose_field] = enabled
-        for pref_id, selection in (purpose.get("values") or {}).items():
-            chosen = selected_values(selection.get("value", ""))
-            pref_field = mapping.preferences.get(pref_id)
+    for purpose_id, enabled, selections in read:
+        if enabled is not None:
+            purpose_field = purposes.get(purpose_id)
+            if purpose_field is not None:
+                out[purpose_field] = enabled
+        for pref_id, chosen in selections:
+            pref_field = preferences.get(pref_id)
             if pref_field is not None:
                 sep = plan.preference_separators.get(pref_id, ",")
                 out[pref_field] = sep.join(chosen) if chosen else None
-            for value_id, value_field in mapping.preference_values.get(pref_id, {}).items():
-                out[value_field] = value_id in chosen
+            value_fields = values.get(pref_id)
+            if value_fields:
+                for value_id, value_field in value_fields.items():
+                    out[value_field] = value_id in chosen
     return out

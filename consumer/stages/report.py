@@ -147,11 +147,12 @@ def assemble(
                 refused.append((plan.sobject, target))
             elif target["status"] == "failed" and failed is None and "error" in target:
                 failed = target
-        status = (
-            max((t["status"] for t in targets), key=STATUS_PRECEDENCE.__getitem__)
-            if targets
-            else "ignored"
-        )
+        status = "ignored"
+        rank = 0
+        for t in targets:
+            here = STATUS_PRECEDENCE[t["status"]]
+            if here > rank:
+                status, rank = t["status"], here
         reason = None
         error_class = None
         if not targets:

@@ -1,0 +1,22 @@
+"""The cached partitioner places every key exactly where Kafka's default partitioner does."""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumer.kafka.partitioner import CachedPartitioner
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=60), st.integers(1, 12))
+def test_keys_go_where_the_default_partitioner_puts_them(keys: list[bytes], count: int) -> None:
+    partitions = list(range(count))
+    cached = CachedPartitioner(max_keys=7)  # small: the memory starts over several times
+    default = DefaultPartitioner()
+    for key in keys + keys:
+        assert cached(key, partitions, partitions) == default(key, partitions, partitions)
+
+
+def test_a_record_without_key_goes_to_an_available_partition() -> None:
+    assert CachedPartitioner()(None, [0, 1, 2], [2]) == 2
