@@ -434,3 +434,59 @@ async def test_a_token_answer_pointing_elsewhere_gets_no_bearer_token(
             assert not running.service.health.salesforce_ok  # not ready
             assert await running.finish() == 0
     assert seen == []
+
+
+async def test_people_whose_records_already_hold_everything_are_not_written(
+    kafka_bootstrap: str,
+) -> None:
+    no_state = "".join(
+        line for line in EXAMPLE.splitlines(keepends=True) if "sync_state_field" not in line
+    )
+    mapping = parse_mapping(no_state)
+    assert all(t.sync_state_field is None for t in mapping.targets)
+    topics = await fresh(kafka_bootstrap)
+    async with make_emulator() as emulator:
+        same = emulator.seed(
+            "Contact",
+            {
+                "Email": "same@example.com",
+                "LastName": "S",
+                "Newsletter_Consent__c": True,
+                "Newsletter_Topics__c": "offers;product_news",
+                "Topic_Product_News__c": True,
+                "Topic_Offers__c": True,
+            },
+        )
+        emulator.seed("Contact", {"Email": "differs@example.com", "LastName": "D"})
+        settings = settings_for(kafka_bootstrap, topics, emulator.url)
+        messages = [
+            # Values the record holds already (topics in another order: a multipicklist is a set).
+            event("same", "same@example.com", "2026-11-22T10:00:00Z", newsletter(True)),
+            event(
+                "same-topics",
+                "same@example.com",
+                "2026-11-22T10:00:01Z",
+                newsletter(topics="product_news,offers"),
+            ),
+            event("differs", "differs@example.com", "2026-11-22T10:00:00Z", newsletter(True)),
+        ]
+        await produce(kafka_bootstrap, topics.input, messages)
+        async with (
+            collect(kafka_bootstrap, topics.results) as results,
+            running_service(settings, mapping) as running,
+        ):
+            await wait_for(lambda: len(results.records) >= 3, 30, "outcomes")
+            assert await running.finish() == 0
+        updated_ids = [
+            rid
+            for o in results.values()
+            for t in o["targets"]
+            if t["sobject"] == "Contact" and t["status"] == "updated"
+            for rid in t["record_ids"]
+        ]
+        assert same not in updated_ids
+        assert emulator.stats["records_updated"] == 1  # only the Contact that differed
+    out = by_event(results.values())
+    assert contact_of(out["same"])["status"] == "unchanged"
+    assert contact_of(out["same-topics"])["status"] == "unchanged"
+    assert contact_of(out["differs"])["status"] == "updated"

@@ -314,3 +314,35 @@ async def test_a_daily_limit_pauses_writing_and_partitions_then_resumes() -> Non
         == 1
     )
     await h.finish()
+
+
+@pytest.mark.asyncio
+async def test_a_backlog_fills_every_collection_call_with_200_people() -> None:
+    h = Harness(concurrency=1, batch_max_events=10_000, linger_seconds=0.0)
+    for i in range(450):
+        h.consumer.append(0, event(f"p{i}@x.com", i))
+    h.start()
+    await h.until("every outcome", lambda: len(h.outcomes()) == 450)
+    await h.finish()
+    assert [len(c.people) for c in h.contact.calls] == [200, 200, 50]
+
+
+@pytest.mark.asyncio
+async def test_while_a_lane_is_busy_a_persons_events_coalesce_by_event_time() -> None:
+    h = Harness(concurrency=1)
+    h.contact.hold["first@x.com"] = asyncio.Event()
+    h.consumer.append(0, event("first@x.com", 0))
+    h.start()
+    await h.until("the first write under way", lambda: h.contact.in_flight == 1)
+    # Three events of one person arrive, out of event-time order, while the lane is busy.
+    for seq in (30, 10, 20):
+        h.consumer.append(0, event("late@x.com", seq))
+    await h.until("fetched", lambda: h.pipeline._parts.in_flight() == 4)
+    h.contact.hold["first@x.com"].set()
+    await h.until("every outcome", lambda: len(h.outcomes()) == 4)
+    await h.finish()
+    second = h.contact.calls[1].people
+    assert list(second) == ["late@x.com"]  # one write for the three events
+    assert second["late@x.com"]["Newsletter_Frequency__c"] == "v30"  # the latest by event time
+    merged = [o for o in h.outcomes() if o["organization_user_id"] == "late@x.com"]
+    assert {t["merged_events"] for o in merged for t in o["targets"]} == {3}
