@@ -314,3 +314,26 @@ async def test_a_daily_limit_pauses_writing_and_partitions_then_resumes() -> Non
         == 1
     )
     await h.finish()
+
+
+@pytest.mark.asyncio
+async def test_exported_lag_counts_from_the_committed_offset() -> None:
+    h = Harness()
+    h.contact.gate = asyncio.Event()  # every write waits: fetched, not done
+    for i in range(6):
+        h.consumer.append(0, event(f"p{i}@x.com", i))
+
+    def lag() -> float | None:
+        return h.metrics.registry.get_sample_value(
+            "consent_sync_consumer_lag_messages", {"topic": TOPIC, "partition": "0"}
+        )
+
+    h.start()
+    await h.until("fetched", lambda: h.pipeline._parts.in_flight() == 6)
+    await h.until("the lag exported", lambda: lag() is not None)
+    # Fetched but unfinished: still behind (a next-fetch-position lag would say 0 here).
+    assert lag() == 6
+    h.contact.gate.set()
+    await h.until("committed", lambda: h.consumer.committed == {tp(0): 6})
+    await h.until("the lag caught up", lambda: lag() == 0)
+    await h.finish()
