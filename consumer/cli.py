@@ -23,7 +23,7 @@ from consumer.ops import redrive, replay
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.service import EXIT_CONFIG, Service
-from consumer.settings import Settings
+from consumer.settings import Settings, UnknownVariable, unknown_variables
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
+    unknown = unknown_variables(os.environ)
     try:
         settings = Settings()
     except ValidationError as exc:
         print(f"configuration error: {_settings_errors(exc)}", file=sys.stderr)
+        for variable in unknown:
+            print(f"configuration error: {variable}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
+    if args.command == "check":
+        # check refuses them (exit 2), after reporting everything else it finds.
+        for variable in unknown:
+            print(f"configuration error: {variable}")
+    else:
+        _warn_unknown(unknown)
     if args.command == "replay":  # Kafka only: no Salesforce settings, no mapping
         return replay.main(settings, args)
     if args.command == "redrive":
@@ -97,8 +106,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
-        return asyncio.run(_check(settings, mapping))
+        code = asyncio.run(_check(settings, mapping))
+        if unknown:
+            print(f"check failed: {len(unknown)} unknown environment variable(s), listed above")
+            return EXIT_CONFIG
+        return code
     return asyncio.run(_run(settings, mapping))
+
+
+def _warn_unknown(unknown: Sequence[UnknownVariable]) -> None:
+    """Log each unknown variable at start-up: a misspelt setting is otherwise ignored."""
+    for variable in unknown:
+        logger.warning(
+            "%s: it is ignored; `check` refuses it",
+            variable,
+            extra={"variable": variable.name, "closest": variable.closest},
+        )
 
 
 async def _check(settings: Settings, mapping: MappingConfig) -> int:

@@ -6,7 +6,11 @@ passes it (or the parts a component needs) down. Secrets are ``SecretStr`` and n
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -15,6 +19,17 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TOKEN_PATH = "/services/oauth2/token"
+
+#: Prefixes of the service's environment variables: any other variable with one of them is
+#: reported as unknown (most likely a misspelt setting, which would otherwise be ignored).
+PREFIXES = ("KAFKA_", "SALESFORCE_", "SYNC_", "HEALTH_", "METRICS_", "LOG_")
+
+#: Variables Kubernetes injects for every Service of the namespace (``enableServiceLinks``,
+#: on by default): a Service named ``kafka`` gives ``KAFKA_PORT``, ``KAFKA_SERVICE_HOST``, ...
+_SERVICE_LINK = re.compile(
+    r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -55,7 +70,12 @@ class Settings(BaseSettings):
     """Every setting of the service; each maps to the upper-cased environment variable."""
 
     model_config = SettingsConfigDict(
-        env_file=None, case_sensitive=False, extra="ignore", validate_default=True
+        # Environment variables that are no field are ignored here and reported by
+        # unknown_variables() (at start-up; check refuses them).
+        env_file=None,
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
     )
 
     # --- Kafka ---------------------------------------------------------------------------
@@ -172,3 +192,38 @@ class Settings(BaseSettings):
         ]
         if missing:
             raise ValueError(f"missing settings: {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class UnknownVariable:
+    """An environment variable with a settings prefix that is no setting."""
+
+    name: str
+    #: The closest known variable (a likely typo of it), or None.
+    closest: str | None
+
+    def __str__(self) -> str:
+        hint = f" (did you mean {self.closest}?)" if self.closest else ""
+        return f"unknown variable {self.name}{hint}"
+
+
+def known_variables() -> frozenset[str]:
+    """Every environment variable the service reads."""
+    return frozenset(name.upper() for name in Settings.model_fields)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[UnknownVariable]:
+    """Variables of ``environ`` with one of :data:`PREFIXES` that no setting reads.
+
+    Names are compared upper-cased (settings are read case-insensitively); Kubernetes'
+    service-link variables (``<SERVICE>_PORT``, ``<SERVICE>_SERVICE_HOST``, ...) are left out.
+    """
+    known = known_variables()
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(PREFIXES) or upper in known or _SERVICE_LINK.match(upper):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        unknown.append(UnknownVariable(name, close[0] if close else None))
+    return unknown

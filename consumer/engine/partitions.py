@@ -26,6 +26,9 @@ class PartitionState:
     next_offset: int | None = None
     #: What the broker last acknowledged for this member's commits.
     committed: int | None = None
+    #: The first offset fetched under this state: the group's committed position when this
+    #: member took the partition (the lag's base until this member commits).
+    start: int | None = None
     paused: bool = False
     #: Fetched and not yet done: messages and their bytes (for backpressure).
     pending_bytes: int = 0
@@ -54,6 +57,8 @@ class PartitionRegistry:
     def fetched(self, tp: TopicPartition, offset: int, size: int) -> PartitionState:
         """Register one fetched message; returns the state to mark it done on."""
         part = self.state(tp)
+        if part.start is None:
+            part.start = offset
         part.offsets.add(offset)
         part.next_offset = offset + 1
         part.pending_bytes += size
@@ -94,11 +99,19 @@ class PartitionRegistry:
                 part.committed = pos
 
     def lag(self, tp: TopicPartition, highwater: int | None) -> int | None:
-        """Messages between the next fetch position and the high watermark."""
+        """Messages between the committed offset and the high watermark.
+
+        Fetched-but-unfinished messages count (they are not done until committed). Before
+        this member's first commit of the partition, the base is where its fetching started
+        (the group's committed position at assignment). None while neither is known.
+        """
         part = self._parts.get(tp)
-        if part is None or part.next_offset is None or highwater is None:
+        if part is None or highwater is None:
             return None
-        return max(0, highwater - part.next_offset)
+        base = part.committed if part.committed is not None else part.start
+        if base is None:
+            return None
+        return max(0, highwater - base)
 
     def paused(self) -> set[TopicPartition]:
         """Partitions this member paused."""

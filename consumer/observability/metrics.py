@@ -92,7 +92,8 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "consumer_lag_messages",
-            "Messages behind the partition's high watermark (highwater minus position).",
+            "Messages behind the partition's high watermark, from the committed offset "
+            "(highwater minus committed; fetched-but-unfinished messages count).",
             ["topic", "partition"],
             namespace=ns,
             registry=r,

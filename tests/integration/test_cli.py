@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from consumer.settings import PREFIXES
 from tests.integration.support import CLIENT_ID, CLIENT_SECRET, EXAMPLE_MAPPING, make_emulator
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
@@ -20,13 +22,19 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
         "-m",
         "consumer",
         *args,
-        env={**os.environ, **(env or {})},
+        env={**_outside_settings(os.environ), **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def _outside_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The test process's environment without settings variables (``KAFKA_TEST_*`` would be
+    unknown variables, which ``check`` refuses)."""
+    return {k: v for k, v in environ.items() if not k.upper().startswith(PREFIXES)}
 
 
 def env_for(url: str, mapping: Path, **extra: str) -> dict[str, str]:
@@ -127,3 +135,15 @@ async def test_configuration_errors_are_reported_before_connecting(tmp_path: Pat
     )
     assert code == 2
     assert "cannot read mapping file" in err
+
+
+async def test_check_refuses_an_unknown_variable_and_names_the_closest() -> None:
+    async with make_emulator() as emulator:
+        env = env_for(emulator.url, EXAMPLE_MAPPING, KAFKA_GROUPID="typo", SYNC_FOO_BAR="1")
+        code, out, _ = await run_cli("check", env=env)
+    assert code == 2
+    assert "unknown variable KAFKA_GROUPID (did you mean KAFKA_GROUP_ID?)" in out
+    assert "unknown variable SYNC_FOO_BAR\n" in out
+    # The rest of the check still ran and is reported.
+    assert "OK: the mapping fits the org." in out
+    assert "2 unknown environment variable(s)" in out

@@ -346,3 +346,26 @@ async def test_while_a_lane_is_busy_a_persons_events_coalesce_by_event_time() ->
     assert second["late@x.com"]["Newsletter_Frequency__c"] == "v30"  # the latest by event time
     merged = [o for o in h.outcomes() if o["organization_user_id"] == "late@x.com"]
     assert {t["merged_events"] for o in merged for t in o["targets"]} == {3}
+
+
+@pytest.mark.asyncio
+async def test_exported_lag_counts_from_the_committed_offset() -> None:
+    h = Harness()
+    h.contact.gate = asyncio.Event()  # every write waits: fetched, not done
+    for i in range(6):
+        h.consumer.append(0, event(f"p{i}@x.com", i))
+
+    def lag() -> float | None:
+        return h.metrics.registry.get_sample_value(
+            "consent_sync_consumer_lag_messages", {"topic": TOPIC, "partition": "0"}
+        )
+
+    h.start()
+    await h.until("fetched", lambda: h.pipeline._parts.in_flight() == 6)
+    await h.until("the lag exported", lambda: lag() is not None)
+    # Fetched but unfinished: still behind (a next-fetch-position lag would say 0 here).
+    assert lag() == 6
+    h.contact.gate.set()
+    await h.until("committed", lambda: h.consumer.committed == {tp(0): 6})
+    await h.until("the lag caught up", lambda: lag() == 0)
+    await h.finish()

@@ -72,9 +72,17 @@ def test_done_on_a_forgotten_state_changes_nothing_in_use() -> None:
     assert reg.to_commit({T0}) == {T0: 6}
 
 
-def test_lag_is_highwater_minus_next_fetch_position() -> None:
+def test_lag_is_highwater_minus_committed_offset() -> None:
     reg = PartitionRegistry()
-    assert reg.lag(T0, 100) is None
-    reg.fetched(T0, 41, 1)
+    assert reg.lag(T0, 100) is None  # nothing known yet
+    part = reg.fetched(T0, 41, 1)
+    reg.fetched(T0, 42, 1)
+    # Not committed by this member yet: counted from where fetching started (the group's
+    # committed position), so fetched-but-unfinished messages still count.
+    assert reg.lag(T0, 100) == 59
+    reg.done(part, 41, 1)
+    assert reg.lag(T0, 100) == 59  # done is not committed
+    reg.committed(reg.to_commit({T0}))
     assert reg.lag(T0, 100) == 58
     assert reg.lag(T0, None) is None
+    assert reg.lag(T0, 10) == 0  # a stale high watermark never gives a negative lag

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from pydantic import ValidationError
 
-from consumer.settings import Settings, normalise_token_base
+from consumer.cli import _warn_unknown
+from consumer.settings import (
+    PREFIXES,
+    Settings,
+    known_variables,
+    normalise_token_base,
+    unknown_variables,
+)
 
 
 @pytest.mark.parametrize(
@@ -84,3 +93,56 @@ def test_sasl_without_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) ->
 def test_missing_salesforce_credentials_are_named() -> None:
     with pytest.raises(ValueError, match="SALESFORCE_TOKEN_URL, SALESFORCE_CLIENT_ID"):
         Settings().require_salesforce()
+
+
+def test_unknown_variables_are_named_with_the_closest_setting() -> None:
+    env = {
+        "KAFKA_GROUPID": "g",  # typo of KAFKA_GROUP_ID
+        "sync_batch_max_event": "5",  # read case-insensitively, so reported too
+        "SALESFORCE_SOMETHING_ELSE": "x",  # nothing close
+        "KAFKA_GROUP_ID": "g",  # known
+        "log_level": "DEBUG",  # known, any case
+        "HEALTH_POLL_STALL_SECONDS": "5",
+        "PATH": "/usr/bin",  # not ours
+        "KAFKAESQUE": "1",  # no settings prefix
+    }
+    found = {v.name: v.closest for v in unknown_variables(env)}
+    assert found == {
+        "KAFKA_GROUPID": "KAFKA_GROUP_ID",
+        "sync_batch_max_event": "SYNC_BATCH_MAX_EVENTS",
+        "SALESFORCE_SOMETHING_ELSE": None,
+    }
+    assert str(unknown_variables({"KAFKA_GROUPID": "g"})[0]) == (
+        "unknown variable KAFKA_GROUPID (did you mean KAFKA_GROUP_ID?)"
+    )
+
+
+def test_kubernetes_service_links_are_not_unknown() -> None:
+    # A Service named "kafka" (or "metrics") in the namespace injects these into every pod.
+    env = {
+        "KAFKA_PORT": "tcp://10.0.0.1:9092",
+        "KAFKA_PORT_9092_TCP": "tcp://10.0.0.1:9092",
+        "KAFKA_PORT_9092_TCP_ADDR": "10.0.0.1",
+        "KAFKA_PORT_9092_TCP_PORT": "9092",
+        "KAFKA_PORT_9092_TCP_PROTO": "tcp",
+        "KAFKA_SERVICE_HOST": "10.0.0.1",
+        "KAFKA_SERVICE_PORT": "9092",
+        "KAFKA_SERVICE_PORT_CLIENTS": "9092",
+        "METRICS_SERVICE_HOST": "10.0.0.2",
+    }
+    assert unknown_variables(env) == []
+
+
+def test_every_setting_is_a_known_variable_with_a_settings_prefix() -> None:
+    assert all(name.startswith(PREFIXES) for name in known_variables())
+    assert "KAFKA_GROUP_ID" in known_variables()
+
+
+def test_run_logs_each_unknown_variable(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="consumer.cli"):
+        _warn_unknown(unknown_variables({"SYNC_CONCURENCY": "8"}))
+    [record] = caplog.records
+    assert record.getMessage().startswith(
+        "unknown variable SYNC_CONCURENCY (did you mean SYNC_CONCURRENCY?)"
+    )
+    assert record.__dict__["closest"] == "SYNC_CONCURRENCY"
