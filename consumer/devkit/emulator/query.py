@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from consumer.devkit.emulator import soql
 from consumer.devkit.emulator.errors import ApiError, JsonObj
 from consumer.devkit.emulator.ids import normalize_id
-from consumer.devkit.emulator.schema import NUMBER_TYPES, STRING_TYPES, FieldSpec, SObjectSchema
+from consumer.devkit.emulator.schema import (
+    LENGTH_TYPES,
+    NUMBER_TYPES,
+    STRING_TYPES,
+    FieldSpec,
+    SObjectSchema,
+)
 from consumer.devkit.emulator.store import RecordStore
 
 __all__ = ["QueryEngine"]
@@ -51,10 +58,9 @@ class QueryEngine:
         conditions = [_bind_condition(query, schema, cond) for cond in query.where]
         order = [(_bind_sort(query, schema, o.field), o.descending) for o in query.order_by]
 
+        tests = [_Test(spec, cond) for spec, cond in conditions]
         matched = [
-            record
-            for record in self._store.rows[schema.name].values()
-            if all(_condition_holds(spec, cond, record) for spec, cond in conditions)
+            record for record in self._candidates(schema, tests) if all(t(record) for t in tests)
         ]
         # Stable sorts from the last key to the first give a multi-key ORDER BY; SOQL puts
         # nulls first when ascending and last when descending.
@@ -82,6 +88,14 @@ class QueryEngine:
             while len(self._cursors) > _MAX_OPEN_CURSORS:
                 self._cursors.popitem(last=False)
         return self._page(rows, 0, locator, version)
+
+    def _candidates(self, schema: SObjectSchema, tests: list[_Test]) -> Iterable[JsonObj]:
+        """The records a query must test: those an equality filter on a text field finds in
+        the store's index (a superset, tested again), else every record."""
+        for test in tests:
+            if test.indexable:
+                return self._store.matching(schema.name, test.spec.name, test.literals)
+        return self._store.rows[schema.name].values()
 
     def query_more(self, locator: str, version: str) -> JsonObj:
         """The page a ``nextRecordsUrl`` (``query/<cursor>-<offset>``) points at."""
@@ -195,13 +209,24 @@ def _comparable(spec: FieldSpec, value: object) -> object:
     return value
 
 
-def _condition_holds(spec: FieldSpec, cond: soql.Condition, record: JsonObj) -> bool:
-    actual = _comparable(spec, record.get(spec.name))
-    wanted = [_comparable(spec, literal.value) for literal in cond.values]
-    if cond.op in ("=", "IN"):
-        return actual in wanted
-    # SOQL's != and NOT IN keep rows whose value is null unless null itself is excluded.
-    return actual not in wanted
+class _Test:
+    """One bound WHERE condition, its values made comparable once (not once per record)."""
+
+    def __init__(self, spec: FieldSpec, cond: soql.Condition) -> None:
+        self.spec = spec
+        self.literals = [literal.value for literal in cond.values]
+        self._wanted = frozenset(_comparable(spec, value) for value in self.literals)
+        self._positive = cond.op in ("=", "IN")
+        # Text fields compare folded strings, as the store's index does; ids are normalised
+        # (15 or 18 characters), which the index does not know about.
+        self.indexable = self._positive and spec.type in LENGTH_TYPES
+
+    def __call__(self, record: JsonObj) -> bool:
+        actual = _comparable(self.spec, record.get(self.spec.name))
+        if self._positive:
+            return actual in self._wanted
+        # SOQL's != and NOT IN keep rows whose value is null unless null itself is excluded.
+        return actual not in self._wanted
 
 
 def _sort_key(spec: FieldSpec, record: JsonObj) -> tuple[int, Any]:
