@@ -38,6 +38,9 @@ class QueryEngine:
         self.page_size = page_size
         # Locator -> every row of the result; the oldest cursors are dropped past the cap.
         self._cursors: OrderedDict[str, list[JsonObj]] = OrderedDict()
+        #: The last query's sObject, filter values (all conditions) and total rows, for the
+        #: journal.
+        self.last: tuple[str, int, int] | None = None
 
     def query(self, source: str | None, version: str) -> JsonObj:
         """Run a SOQL query and return its first page (raises SoqlError for bad queries)."""
@@ -68,6 +71,7 @@ class QueryEngine:
             matched.sort(key=functools.partial(_sort_key, spec), reverse=descending)
         if query.limit is not None:
             matched = matched[: query.limit]
+        self.last = (schema.name, sum(len(t.literals) for t in tests), len(matched))
 
         rows = []
         for record in matched:
