@@ -39,7 +39,7 @@ schemas: $(STAMP)
 	$(BIN)/python -m consumer.devkit.schemas write
 
 bench: $(STAMP)
-	$(BIN)/python -m consumer.devkit.bench
+	$(BIN)/python -m consumer.devkit.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
