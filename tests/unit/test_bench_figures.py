@@ -31,6 +31,7 @@ from consumer.devkit.bench.figures import (
     people_bound,
     percentile,
     render_table,
+    rss_profile,
     steady_rate,
 )
 from consumer.mapping import parse_mapping
@@ -184,3 +185,12 @@ def test_quick_and_million_options() -> None:
     assert parse_args(["--only", "b"]).sections == {"a", "b"}
     with pytest.raises(SystemExit):
         parse_args(["--only", "z"])
+
+
+def test_rss_profile_marks_quarters_and_the_growth_of_the_second_half() -> None:
+    # 100 MB flat until half-way, then 1 MB more per 10,000 outputs.
+    samples = [(n, 102_400 + max(0, n - 50_000) // 10_000 * 1024) for n in range(0, 100_001, 5000)]
+    marks, growth = rss_profile(samples, 100_000)
+    assert marks == [100.0, 100.0, 102.0, 105.0]
+    assert growth == pytest.approx(10.0)
+    assert math.isnan(rss_profile([(10, 1024)], 100)[1])

@@ -221,3 +221,20 @@ def render_table(rows: Sequence[Row]) -> str:
     if notes:
         lines += ["", "Missed targets, and why:", *notes]
     return "\n".join(lines)
+
+
+def rss_profile(samples: Sequence[tuple[int, int]], total: int) -> tuple[list[float], float]:
+    """Resident MB when 25%, 50%, 75% and 100% of ``total`` outputs were seen, and the growth
+    over the second half in MB per 100,000 outputs (NaN when not measurable).
+
+    A flat second half means memory is bounded; steady growth means something is kept per
+    event (or per anything that grows with the run)."""
+    marks: list[float] = []
+    for share in (0.25, 0.5, 0.75, 1.0):
+        at = [kib for count, kib in samples if count >= share * total]
+        marks.append(at[0] / 1024 if at else math.nan)
+    half = [(c, kib) for c, kib in samples if c >= total / 2]
+    if len(half) < 2 or half[-1][0] == half[0][0]:
+        return marks, math.nan
+    (c0, k0), (c1, k1) = half[0], half[-1]
+    return marks, (k1 - k0) / 1024 / (c1 - c0) * 100_000

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,18 @@ class Children:
 
     def __init__(self) -> None:
         self._children: list[Child] = []
+        #: Stops of processes started elsewhere (the broker), run by :meth:`stop_all` too.
+        self._others: list[Callable[[], None]] = []
         atexit.register(self.stop_all)
+
+    def watch(self, stop: Callable[[], None]) -> None:
+        """Have :meth:`stop_all` call ``stop`` (for a process another class started)."""
+        self._others.append(stop)
+
+    def unwatch(self, stop: Callable[[], None]) -> None:
+        """Forget a ``stop`` given to :meth:`watch` (its process was stopped)."""
+        if stop in self._others:
+            self._others.remove(stop)
 
     def spawn(
         self, name: str, argv: list[str], *, env: dict[str, str], log: Path, cwd: Path
@@ -146,9 +158,13 @@ class Children:
         return proc.returncode
 
     def stop_all(self, timeout: float = 20.0) -> None:
-        """Stop every child still registered (last started first)."""
+        """Stop every child still registered (last started first), then the others."""
         for child in reversed(list(self._children)):
             self.stop(child, timeout)
+        while self._others:
+            stop = self._others.pop()
+            with contextlib.suppress(Exception):
+                stop()
 
 
 def wait_for_line(child: Child, pattern: str, timeout: float = 30.0) -> re.Match[str]:

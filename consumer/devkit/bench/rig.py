@@ -201,6 +201,8 @@ class Drain:
     exit_code: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     log: Path | None = None
+    #: (outputs seen, resident KiB) about once a second while it ran.
+    rss: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -266,6 +268,7 @@ class Rig:
         self._emulators: list[Emulator] = []
 
     async def __aenter__(self) -> Rig:
+        self.children.watch(self.broker.stop)
         await asyncio.to_thread(self.broker.start)
         return self
 
@@ -290,6 +293,7 @@ class Rig:
             self.children.stop(emu.child, timeout=10)
         self._emulators.clear()
         await asyncio.to_thread(self.broker.stop)
+        self.children.unwatch(self.broker.stop)
 
     def write_mapping(self, text: str) -> Path:
         """A mapping file for the service."""
@@ -327,14 +331,30 @@ class Rig:
             meter = CpuMeter(
                 {label: child.pid, "broker": self.broker.pid, **(others or {})}, self.cores
             )
-            finished = await watcher.wait_for(expected, timeout=timeout, alive=child.alive)
+            rss: list[tuple[int, int]] = []
+            sampler = asyncio.create_task(_sample_rss(child.pid, watcher, rss))
+            try:
+                finished = await watcher.wait_for(expected, timeout=timeout, alive=child.alive)
+            finally:
+                sampler.cancel()
             cpu = meter.stop()
             peak = memory_kib(child.pid)
             metrics = await scrape(metrics_port) if metrics_port is not None else {}
             code = await asyncio.to_thread(self.children.stop, child)
             child = None
-            return Drain(label, expected, watcher.seen, finished, cpu, peak, code, metrics, log)
+            return Drain(
+                label, expected, watcher.seen, finished, cpu, peak, code, metrics, log, rss
+            )
         finally:
             if child is not None:
                 await asyncio.to_thread(self.children.stop, child)
             await watcher.stop()
+
+
+async def _sample_rss(pid: int, watcher: Watcher, out: list[tuple[int, int]]) -> None:
+    """Note the process's resident memory against the outputs seen, once a second."""
+    while True:
+        rss = memory_kib(pid, "VmRSS")
+        if rss is not None:
+            out.append((watcher.seen.count, rss))
+        await asyncio.sleep(1.0)

@@ -38,6 +38,7 @@ from consumer.devkit.bench.figures import (
     match_latencies,
     people_bound,
     percentile,
+    rss_profile,
     steady_rate,
 )
 from consumer.devkit.bench.kafka_io import Watcher, produce
@@ -154,6 +155,31 @@ def _where_time_went(drain: Drain) -> str:
     )
 
 
+def _lane_occupancy(drain: Drain, lanes: int, latency_ms: float) -> str:
+    """How much of the lanes' time a Salesforce call was in flight, and how long calls took
+    against the emulator's configured latency (from the service's own call histogram)."""
+    m = drain.metrics
+    busy = calls = 0.0
+    for op in ("query", "update", "create", "upsert"):
+        total = _metric(m, "consent_sync_salesforce_call_duration_seconds_sum", operation=op)
+        count = _metric(m, "consent_sync_salesforce_call_duration_seconds_count", operation=op)
+        if not math.isnan(total):
+            busy += total
+            calls += count
+    if not calls or math.isnan(drain.seconds):
+        return "lane occupancy: not available"
+    batches = _metric(m, "consent_sync_batch_duration_seconds_count")
+    took = _metric(m, "consent_sync_batch_duration_seconds_sum")
+    outside = (took - busy) / batches * 1000 if batches else math.nan
+    return (
+        f"a Salesforce call was in flight {busy / (lanes * drain.seconds):.0%} of the "
+        f"{lanes} lanes' time; calls took {busy / calls * 1000:,.0f} ms on average "
+        f"(configured latency {latency_ms:g} ms, the rest is the emulator and the machine); "
+        f"{outside:,.0f} ms per batch went outside Salesforce calls (merge, requests, "
+        f"outcomes, publishing and waiting for the broker's acks)"
+    )
+
+
 def _drain_line(drain: Drain) -> str:
     state = (
         "" if drain.finished else f" (DID NOT FINISH: {drain.seen.count:,} of {drain.expected:,})"
@@ -253,18 +279,24 @@ async def throughput(bench: Bench) -> list[Section]:
     ) / 2
     per_event = svc_cpu / max(1, count) * 1e6
     pt_per_event = pt_cpu / max(1, count) * 1e6
+    # At equal CPU the ratio is the inverse ratio of CPU per event: what the figure would be
+    # on a machine with a core to spare for each, whatever the other load was during the run.
+    at_equal_cpu = pt_per_event / per_event if per_event > 0 else math.nan
     a.lines.append(
         f"  CPU per event: service {per_event:,.0f} us, passthrough {pt_per_event:,.0f} us "
-        f"(over each run's measured window)"
+        f"(over each run's measured window); at equal CPU the service would run at "
+        f"{at_equal_cpu:.2f} x the passthrough, {1e6 / per_event:,.0f} events/s on a full core"
     )
     why = ""
     saturated = service.cpu.saturated()
     if saturated:
         why = f"Saturated: {saturated}. "
     why += (
-        f"The service used {per_event:,.0f} us of CPU per event against "
-        f"{pt_per_event:,.0f} us for the passthrough; {service.cpu.describe()}. "
-        f"{_where_time_went(service)}."
+        f"The service is CPU-bound: {per_event:,.0f} us of CPU per event against "
+        f"{pt_per_event:,.0f} us for the passthrough, so even with a whole core it would do "
+        f"{1e6 / per_event:,.0f} events/s ({at_equal_cpu:.2f} x the passthrough at equal "
+        f"CPU); the pure-path table above shows how much of that is parsing, mapping and "
+        f"building outcomes. {service.cpu.describe()}. {_where_time_went(service)}."
     )
     a.rows.append(
         Row(
@@ -277,12 +309,17 @@ async def throughput(bench: Bench) -> list[Section]:
             why=why,
         )
     )
-    b.rows.extend(_calls_rows(b, stats, journal, count, backlog))
+    b.rows.extend(_calls_rows(b, stats, journal, count, backlog, service))
     return [a, b]
 
 
 def _calls_rows(
-    section: Section, stats: dict[str, Any], journal: dict[str, Any], count: int, backlog: Backlog
+    section: Section,
+    stats: dict[str, Any],
+    journal: dict[str, Any],
+    count: int,
+    backlog: Backlog,
+    service: Drain,
 ) -> list[Row]:
     calls = CallFigures.from_summary(stats["journal"]["summary"])
     counters = stats["stats"]
@@ -317,9 +354,9 @@ def _calls_rows(
         else "Every kind of call was at least 90% full on average. "
     )
     why += (
-        "A batch (one lane's window: at most 200 people per target, 1,000 events or the "
-        "linger) splits its people between update and create calls, and each target queries "
-        "on its own."
+        "A batch (one lane's window: at most 200 people per target, SYNC_BATCH_MAX_EVENTS "
+        "events or the linger) splits its people between update and create calls, and each "
+        f"target queries and writes on its own; {_where_time_went(service)}."
     )
     return [
         Row(
@@ -360,6 +397,12 @@ async def write_rate(bench: Bench) -> list[Section]:
         ("external-id", EXTERNAL_ID_MAPPING, 0.8),
         ("match", MATCH_MAPPING, 0.4),
     )
+    section.lines += [
+        "  external-id mapping: Contact only, external_id_field Didomi_Id__c, upsert_mode, no "
+        "sync_state_field (an upsert per 200 people, no query)",
+        "  match mapping: Contact only, match_field Email, upsert_mode, sync_state_field "
+        "Didomi_Sync_State__c (a query, then an update, per 200 people)",
+    ]
     for mode, mapping_text, target in modes:
         async with Rig(bench.children, bench.workdir, bench.cores) as rig:
             emu = rig.emulator(o.rate_latency_ms)
@@ -398,14 +441,16 @@ async def write_rate(bench: Bench) -> list[Section]:
             "    " + _where_time_went(drain),
         ]
         _check(drain, section)
+        occupancy = _lane_occupancy(drain, DEFAULT_CONCURRENCY, o.rate_latency_ms)
+        section.lines.append("    " + occupancy)
         why = ""
         saturated = drain.cpu.saturated()
         if saturated:
             why = f"Saturated: {saturated}. "
         why += (
-            f"{drain.cpu.describe()}. {_where_time_went(drain)}. The bound assumes every call "
-            f"carries {PER_CALL} records and the {DEFAULT_CONCURRENCY} lanes always have one "
-            f"call in flight; "
+            f"{occupancy}. {drain.cpu.describe()}. {_where_time_went(drain)}. The bound "
+            f"assumes every call carries {PER_CALL} records and the {DEFAULT_CONCURRENCY} lanes "
+            f"always have one call in flight; "
             + (
                 "match mode needs a query and a write per 200 people (half the bound at best)."
                 if mode == "match"
@@ -455,6 +500,7 @@ async def memory(bench: Bench) -> list[Section]:
         f"{o.rss_latency_ms:g} ms emulator, {o.people:,} people (Zipf), example mapping"
     )
     peaks: dict[int, float] = {}
+    profiles: dict[int, str] = {}
     for count in o.rss_events:
         async with Rig(bench.children, bench.workdir, bench.cores) as rig:
             emu = rig.emulator(o.rss_latency_ms)
@@ -478,6 +524,13 @@ async def memory(bench: Bench) -> list[Section]:
                 metrics_port=port,
             )
         section.lines.append("  " + _drain_line(drain))
+        marks, growth = rss_profile(drain.rss, drain.expected)
+        profiles[count] = (
+            f"RSS at 25/50/75/100% of the {count:,} outcomes: "
+            + " / ".join(f"{m:,.0f}" for m in marks)
+            + f" MB; {growth:+,.1f} MB per 100,000 events over the second half"
+        )
+        section.lines.append("    " + profiles[count])
         _check(drain, section)
         mb = (drain.peak_rss_kib or 0) / 1024
         peaks[count] = mb
@@ -505,7 +558,12 @@ async def memory(bench: Bench) -> list[Section]:
                 "100,000-event peak",
                 1.1,
                 at_most=True,
-                why="Memory grew with the backlog: something is kept per event or per person.",
+                why=(
+                    "The peak grew with the backlog (same people, same settings). "
+                    f"{profiles[small]}. {profiles[large]}. Steady growth in the second half "
+                    "means something is kept per event; a step early and a flat tail means a "
+                    "one-off (allocator high-water mark, a larger moment of backlog)."
+                ),
             )
         )
     elif large not in peaks:
@@ -613,9 +671,9 @@ async def latency(bench: Bench) -> list[Section]:
     why = (
         f"{over / max(1, len(latencies)):.1%} of events took longer than linger + 2 x latency "
         f"+ 50 ms. Kafka alone (produce, fetch, produce) took p50 {leg50:,.0f} ms / p99 "
-        f"{leg99:,.0f} ms at this rate on this broker. {cpu.describe()}. "
-        f"{_where_time_went(drain)}. A lane writes one batch at a time: events arriving while "
-        f"its batch is in flight wait for it, on top of their own linger."
+        f"{leg99:,.0f} ms at this rate on this broker. By write: {'; '.join(by_action)} (a "
+        f"batch holding known and new people writes its updates, then its creates: a third "
+        f"round trip for the created). {cpu.describe()}. {_where_time_went(drain)}."
     )
     section.rows += [
         Row("(e) p50 latency", p50, "ms", ideal, "linger + 2 x latency", None),
