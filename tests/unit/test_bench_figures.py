@@ -194,3 +194,5 @@ def test_rss_profile_marks_quarters_and_the_growth_of_the_second_half() -> None:
     assert marks == [100.0, 100.0, 102.0, 105.0]
     assert growth == pytest.approx(10.0)
     assert math.isnan(rss_profile([(10, 1024)], 100)[1])
+    # The last sample stands for the end when the run ended between two samples.
+    assert rss_profile([(0, 1024), (90, 2048)], 100)[0][3] == 2.0

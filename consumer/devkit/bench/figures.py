@@ -232,6 +232,8 @@ def rss_profile(samples: Sequence[tuple[int, int]], total: int) -> tuple[list[fl
     marks: list[float] = []
     for share in (0.25, 0.5, 0.75, 1.0):
         at = [kib for count, kib in samples if count >= share * total]
+        if not at and share == 1.0 and samples:
+            at = [samples[-1][1]]  # the run ended between two samples: the last one
         marks.append(at[0] / 1024 if at else math.nan)
     half = [(c, kib) for c, kib in samples if c >= total / 2]
     if len(half) < 2 or half[-1][0] == half[0][0]:
