@@ -187,12 +187,15 @@ def test_quick_and_million_options() -> None:
         parse_args(["--only", "z"])
 
 
-def test_rss_profile_marks_quarters_and_the_growth_of_the_second_half() -> None:
-    # 100 MB flat until half-way, then 1 MB more per 10,000 outputs.
-    samples = [(n, 102_400 + max(0, n - 50_000) // 10_000 * 1024) for n in range(0, 100_001, 5000)]
+def test_rss_profile_marks_quarters_and_the_growth_while_draining() -> None:
+    # 100 MB growing by 1 MB per 10,000 outputs, and a drop at the very end (drained).
+    samples = [(n, 102_400 + n // 10_000 * 1024) for n in range(0, 100_000, 5000)]
+    samples.append((100_000, 90 * 1024))
     marks, growth = rss_profile(samples, 100_000)
-    assert marks == [100.0, 100.0, 102.0, 105.0]
-    assert growth == pytest.approx(10.0)
+    assert marks == [102.0, 105.0, 107.0, 90.0]
+    assert growth == pytest.approx(10.0, rel=0.1)
+    flat = [(n, 100 * 1024) for n in range(0, 100_001, 5000)]
+    assert rss_profile(flat, 100_000)[1] == 0.0
     assert math.isnan(rss_profile([(10, 1024)], 100)[1])
     # The last sample stands for the end when the run ended between two samples.
     assert rss_profile([(0, 1024), (90, 2048)], 100)[0][3] == 2.0

@@ -224,19 +224,26 @@ def render_table(rows: Sequence[Row]) -> str:
 
 
 def rss_profile(samples: Sequence[tuple[int, int]], total: int) -> tuple[list[float], float]:
-    """Resident MB when 25%, 50%, 75% and 100% of ``total`` outputs were seen, and the growth
-    over the second half in MB per 100,000 outputs (NaN when not measurable).
+    """Resident MB when 25%, 50%, 75% and 100% of ``total`` outputs were seen, and its growth
+    while the backlog drained (least squares over the samples between 25% and 90%, leaving
+    out the warm-up and the end, where the backlog and memory shrink), in MB per 100,000
+    outputs; NaN when not measurable.
 
-    A flat second half means memory is bounded; steady growth means something is kept per
-    event (or per anything that grows with the run)."""
+    A flat middle means memory is bounded; steady growth means something is kept per event
+    (or per anything that grows with the run)."""
     marks: list[float] = []
     for share in (0.25, 0.5, 0.75, 1.0):
         at = [kib for count, kib in samples if count >= share * total]
         if not at and share == 1.0 and samples:
             at = [samples[-1][1]]  # the run ended between two samples: the last one
         marks.append(at[0] / 1024 if at else math.nan)
-    half = [(c, kib) for c, kib in samples if c >= total / 2]
-    if len(half) < 2 or half[-1][0] == half[0][0]:
+    middle = [(c, kib / 1024) for c, kib in samples if 0.25 * total <= c <= 0.9 * total]
+    if len(middle) < 3:
         return marks, math.nan
-    (c0, k0), (c1, k1) = half[0], half[-1]
-    return marks, (k1 - k0) / 1024 / (c1 - c0) * 100_000
+    mean_c = sum(c for c, _ in middle) / len(middle)
+    mean_m = sum(m for _, m in middle) / len(middle)
+    spread = sum((c - mean_c) ** 2 for c, _ in middle)
+    if spread == 0:
+        return marks, math.nan
+    slope = sum((c - mean_c) * (m - mean_m) for c, m in middle) / spread
+    return marks, slope * 100_000

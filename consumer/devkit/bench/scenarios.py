@@ -149,7 +149,8 @@ def _where_time_went(drain: Drain) -> str:
         if count and not math.isnan(count):
             calls.append(f"{op} {count:,.0f} x {total / count * 1000:.0f} ms")
     return (
-        f"service metrics: {batches:,.0f} batches of {events / batches:,.0f} events / "
+        f"service metrics: {batches:,.0f} batches (the direct lane's too, which hold only "
+        f"messages that write nothing) of {events / batches:,.0f} events / "
         f"{people / batches:,.0f} people on average, {took / batches * 1000:,.0f} ms each from "
         f"dispatch to acknowledged outcomes; Salesforce calls: {', '.join(calls) or 'none'}"
     )
@@ -529,7 +530,7 @@ async def memory(bench: Bench) -> list[Section]:
         profiles[count] = (
             f"RSS at 25/50/75/100% of the {count:,} outcomes: "
             + " / ".join(f"{m:,.0f}" for m in marks)
-            + f" MB; {growth:+,.1f} MB per 100,000 events over the second half"
+            + f" MB; {growth:+,.1f} MB per 100,000 events while draining (25% to 90%)"
         )
         section.lines.append("    " + profiles[count])
         _check(drain, section)
@@ -561,8 +562,8 @@ async def memory(bench: Bench) -> list[Section]:
                 at_most=True,
                 why=(
                     "The peak grew with the backlog (same people, same settings). "
-                    f"{profiles[small]}. {profiles[large]}. Steady growth in the second half "
-                    "means something is kept per event; a step early and a flat tail means a "
+                    f"{profiles[small]}. {profiles[large]}. Steady growth while draining means "
+                    "something is kept per event; a flat middle and a higher peak mean a "
                     "one-off (allocator high-water mark, a larger moment of backlog)."
                 ),
             )
