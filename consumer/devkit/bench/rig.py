@@ -342,6 +342,8 @@ class Rig:
             metrics = await scrape(metrics_port) if metrics_port is not None else {}
             code = await asyncio.to_thread(self.children.stop, child)
             child = None
+            # Anything published after the count was reached (a duplicate) arrives by now.
+            await asyncio.sleep(1.0)
             return Drain(
                 label, expected, watcher.seen, finished, cpu, peak, code, metrics, log, rss
             )

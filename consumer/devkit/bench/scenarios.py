@@ -194,10 +194,23 @@ def _drain_line(drain: Drain) -> str:
 
 
 def _check(drain: Drain, section: Section) -> None:
-    """Say loudly when a run did not finish or the service failed (with its log)."""
+    """Say loudly when a run did not finish, the service failed (with its log), published
+    more than one output for some message, or any outcome failed or was rejected."""
     if not drain.finished or (drain.exit_code not in (0, None)):
         section.lines.append(
             f"  !! {drain.label} did not finish cleanly (exit {drain.exit_code}); its log: "
+            f"{drain.log}"
+        )
+    extra = drain.seen.count - drain.expected
+    if extra > 0:
+        section.lines.append(
+            f"  !! {drain.label} published {extra:,} outputs more than it read messages "
+            f"(duplicates); its log: {drain.log}"
+        )
+    bad = {k: v for k, v in drain.seen.statuses.items() if k in ("failed", "rejected", "partial")}
+    if bad:
+        section.lines.append(
+            f"  !! {drain.label}: unexpected outcomes {statuses_line(Counter(bad))}; its log: "
             f"{drain.log}"
         )
 
