@@ -81,7 +81,7 @@ schemas: $(STAMP)
 	$(BIN)/python -m consumer.devkit.schemas write
 
 bench: $(STAMP)
-	$(BIN)/python -m consumer.devkit.bench
+	$(BIN)/python -m consumer.devkit.bench $(BENCH_ARGS)
 
 lock: $(STAMP)
 	$(UV_COMPILE) pyproject.toml -o requirements.lock

@@ -1,8 +1,12 @@
 """Run the emulator standalone: ``python -m consumer.devkit.emulator --port 8080 [--seed-demo]``.
 
 ``--latency-ms`` / ``--jitter-ms`` delay every answer, so a benchmark can run the emulator as
-its own process and measure a client against realistic round trips. ``--port 0`` picks a free
-port; the first line printed names the URL.
+its own process and measure a client against realistic round trips. ``--control`` adds routes
+outside Salesforce's API under ``/_emulator/``: ``GET stats`` (counters, API usage, records per
+sObject, journal summary), ``GET journal?calls=N&writes=M`` (entries from those positions on;
+recorded only with ``--journal``), ``POST seed`` (``{"sobject": ..., "records": [...]}``) and
+``POST reset`` (counters and journal). ``--port 0`` picks a free port; the first line printed
+names the URL.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import signal
 
 from consumer.devkit.emulator import SalesforceEmulator
+from consumer.devkit.emulator.app import CONTROL_PREFIX
 from consumer.devkit.emulator.fields import example_custom_fields
 
 
@@ -56,6 +61,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--latency-seed", type=int, default=None, help="seed the jitter for repeatable runs"
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="serve /_emulator/stats, /_emulator/journal, /_emulator/seed and /_emulator/reset "
+        "(for a benchmark driving this process)",
+    )
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="record when each call was answered and each record written (read it with "
+        "--control at /_emulator/journal)",
+    )
     return parser.parse_args(argv)
 
 
@@ -76,7 +93,9 @@ async def _serve(args: argparse.Namespace) -> None:
         custom_fields=example_custom_fields(),
         api_limit=args.api_limit,
         page_size=args.page_size,
+        control=args.control,
     )
+    emu.journal.enabled = args.journal
     if args.seed_demo:
         seed_demo(emu)
     emu.set_latency(base_ms=args.latency_ms, jitter_ms=args.jitter_ms, seed=args.latency_seed)
@@ -88,6 +107,9 @@ async def _serve(args: argparse.Namespace) -> None:
     print(f"  API versions:  {', '.join(emu.state.api_versions)}", flush=True)
     if args.latency_ms or args.jitter_ms:
         print(f"  latency:       {args.latency_ms:g} ms + 0..{args.jitter_ms:g} ms", flush=True)
+    if args.control:
+        journal = "on" if args.journal else "off"
+        print(f"  control:       {url}{CONTROL_PREFIX}/ (journal {journal})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

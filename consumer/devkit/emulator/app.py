@@ -26,6 +26,7 @@ from aiohttp.web_response import ContentCoding
 
 from consumer.devkit.emulator import soql
 from consumer.devkit.emulator.duplicates import DUPLICATE_RULE_HEADER, DuplicateRule
+from consumer.devkit.emulator.journal import Journal
 from consumer.devkit.emulator.state import (
     ApiError,
     EmulatorError,
@@ -36,9 +37,13 @@ from consumer.devkit.emulator.state import (
     not_found,
 )
 
-__all__ = ["MAX_REQUEST_HEAD_BYTES", "SalesforceEmulator"]
+__all__ = ["CONTROL_PREFIX", "MAX_REQUEST_HEAD_BYTES", "SalesforceEmulator"]
 
 _log = logging.getLogger(__name__)
+
+CONTROL_PREFIX = "/_emulator"
+"""Where the control routes live (with ``control=True``): ``stats``, ``journal``, ``seed``,
+``reset``."""
 
 MAX_REQUEST_HEAD_BYTES = 16_384
 """Salesforce's cap on request line + headers; beyond it the answer is 414 with an HTML body."""
@@ -178,7 +183,11 @@ class SalesforceEmulator:
         api_limit: int = 15000,
         page_size: int = 2000,
         instance_url: str | None = None,
+        control: bool = False,
     ) -> None:
+        #: Serve the ``/_emulator/*`` control routes (stats, journal, seeding) so a process
+        #: started with ``python -m consumer.devkit.emulator --control`` can be steered.
+        self.control = control
         self.state = EmulatorState(
             client_id=client_id,
             client_secret=client_secret,
@@ -305,6 +314,12 @@ class SalesforceEmulator:
     def reset_stats(self) -> None:
         """Zero every counter."""
         self.state.stats.reset()
+
+    @property
+    def journal(self) -> Journal:
+        """When each call was answered and each record written (enable it first:
+        ``emu.journal.enabled = True``)."""
+        return self.state.journal
 
     @property
     def api_usage(self) -> tuple[int, int]:
@@ -457,7 +472,61 @@ class SalesforceEmulator:
             wrapped = self._api(kind, handler)
             add(method, f"{base}/{path_tail}", wrapped)
             add(method, f"{base}/{path_tail}/", wrapped)
+        if self.control:
+            add("GET", f"{CONTROL_PREFIX}/stats", self._control_stats)
+            add("GET", f"{CONTROL_PREFIX}/journal", self._control_journal)
+            add("POST", f"{CONTROL_PREFIX}/seed", self._control_seed)
+            add("POST", f"{CONTROL_PREFIX}/reset", self._control_reset)
         return app
+
+    # ---- control routes (not Salesforce's; only with control=True) --------------------
+
+    async def _control_stats(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        return _json(
+            {
+                "stats": state.stats.snapshot(),
+                "api_usage": {"used": state.usage.used, "limit": state.usage.limit},
+                "records": {name: len(rows) for name, rows in state.store.rows.items() if rows},
+                "journal": {
+                    "enabled": state.journal.enabled,
+                    "calls": len(state.journal.calls),
+                    "writes": len(state.journal.writes),
+                    "summary": state.journal.summary(),
+                },
+            }
+        )
+
+    async def _control_journal(self, request: web.Request) -> web.StreamResponse:
+        try:
+            calls = int(request.query.get("calls", "0"))
+            writes = int(request.query.get("writes", "0"))
+        except ValueError:
+            return _json({"error": "calls and writes must be integers"}, 400)
+        return _json(self.state.journal.export(calls, writes))
+
+    async def _control_seed(self, request: web.Request) -> web.StreamResponse:
+        """``{"sobject": "Contact", "records": [{field: value}, ...]}``: insert without
+        validation, as :meth:`seed` does; answers how many."""
+        try:
+            body = orjson.loads(await request.read())
+            sobject = body["sobject"]
+            records = body["records"]
+            if not isinstance(sobject, str) or not isinstance(records, list):
+                raise TypeError("sobject must be a string and records a list")
+            for fields in records:
+                self.state.seed(sobject, fields)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            return _json({"error": f"bad seed request: {exc!r}"}, 400)
+        except EmulatorError as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json({"seeded": len(records)})
+
+    async def _control_reset(self, request: web.Request) -> web.StreamResponse:
+        """Zero the counters and empty the journal (records stay)."""
+        self.state.stats.reset()
+        self.state.journal.clear()
+        return _json({"reset": True})
 
     def _make_middleware(self) -> Any:
         state = self.state

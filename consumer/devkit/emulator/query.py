@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from consumer.devkit.emulator import soql
 from consumer.devkit.emulator.errors import ApiError, JsonObj
 from consumer.devkit.emulator.ids import normalize_id
-from consumer.devkit.emulator.schema import NUMBER_TYPES, STRING_TYPES, FieldSpec, SObjectSchema
+from consumer.devkit.emulator.schema import (
+    LENGTH_TYPES,
+    NUMBER_TYPES,
+    STRING_TYPES,
+    FieldSpec,
+    SObjectSchema,
+)
 from consumer.devkit.emulator.store import RecordStore
 
 __all__ = ["QueryEngine"]
@@ -31,6 +38,9 @@ class QueryEngine:
         self.page_size = page_size
         # Locator -> every row of the result; the oldest cursors are dropped past the cap.
         self._cursors: OrderedDict[str, list[JsonObj]] = OrderedDict()
+        #: The last query's sObject, filter values (all conditions) and total rows, for the
+        #: journal.
+        self.last: tuple[str, int, int] | None = None
 
     def query(self, source: str | None, version: str) -> JsonObj:
         """Run a SOQL query and return its first page (raises SoqlError for bad queries)."""
@@ -51,12 +61,9 @@ class QueryEngine:
         conditions = [_bind_condition(query, schema, cond) for cond in query.where]
         order = [(_bind_sort(query, schema, o.field), o.descending) for o in query.order_by]
 
-        # Each condition's wanted values folded once per query, not once per record.
-        tests = [(spec, cond.op in ("=", "IN"), _wanted(spec, cond)) for spec, cond in conditions]
+        tests = [_Test(spec, cond) for spec, cond in conditions]
         matched = [
-            record
-            for record in self._store.rows[schema.name].values()
-            if all(_holds(spec, positive, wanted, record) for spec, positive, wanted in tests)
+            record for record in self._candidates(schema, tests) if all(t(record) for t in tests)
         ]
         # Stable sorts from the last key to the first give a multi-key ORDER BY; SOQL puts
         # nulls first when ascending and last when descending.
@@ -64,6 +71,7 @@ class QueryEngine:
             matched.sort(key=functools.partial(_sort_key, spec), reverse=descending)
         if query.limit is not None:
             matched = matched[: query.limit]
+        self.last = (schema.name, sum(len(t.literals) for t in tests), len(matched))
 
         rows = []
         for record in matched:
@@ -84,6 +92,14 @@ class QueryEngine:
             while len(self._cursors) > _MAX_OPEN_CURSORS:
                 self._cursors.popitem(last=False)
         return self._page(rows, 0, locator, version)
+
+    def _candidates(self, schema: SObjectSchema, tests: list[_Test]) -> Iterable[JsonObj]:
+        """The records a query must test: those an equality filter on a text field finds in
+        the store's index (a superset, tested again), else every record."""
+        for test in tests:
+            if test.indexable:
+                return self._store.matching(schema.name, test.spec.name, test.literals)
+        return self._store.rows[schema.name].values()
 
     def query_more(self, locator: str, version: str) -> JsonObj:
         """The page a ``nextRecordsUrl`` (``query/<cursor>-<offset>``) points at."""
@@ -197,20 +213,24 @@ def _comparable(spec: FieldSpec, value: object) -> object:
     return value
 
 
-def _wanted(spec: FieldSpec, cond: soql.Condition) -> set[Any] | list[Any]:
-    values = [_comparable(spec, literal.value) for literal in cond.values]
-    try:
-        return set(values)
-    except TypeError:  # an unhashable literal: compare one by one
-        return values
+class _Test:
+    """One bound WHERE condition, its values made comparable once (not once per record)."""
 
+    def __init__(self, spec: FieldSpec, cond: soql.Condition) -> None:
+        self.spec = spec
+        self.literals = [literal.value for literal in cond.values]
+        self._wanted = frozenset(_comparable(spec, value) for value in self.literals)
+        self._positive = cond.op in ("=", "IN")
+        # Text fields compare folded strings, as the store's index does; ids are normalised
+        # (15 or 18 characters), which the index does not know about.
+        self.indexable = self._positive and spec.type in LENGTH_TYPES
 
-def _holds(spec: FieldSpec, positive: bool, wanted: set[Any] | list[Any], record: JsonObj) -> bool:
-    actual = _comparable(spec, record.get(spec.name))
-    if positive:  # = and IN
-        return actual in wanted
-    # SOQL's != and NOT IN keep rows whose value is null unless null itself is excluded.
-    return actual not in wanted
+    def __call__(self, record: JsonObj) -> bool:
+        actual = _comparable(self.spec, record.get(self.spec.name))
+        if self._positive:
+            return actual in self._wanted
+        # SOQL's != and NOT IN keep rows whose value is null unless null itself is excluded.
+        return actual not in self._wanted
 
 
 def _sort_key(spec: FieldSpec, record: JsonObj) -> tuple[int, Any]:

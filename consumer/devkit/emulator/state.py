@@ -14,6 +14,8 @@ its own module:
 * :mod:`~consumer.devkit.emulator.auth` -- tokens;
 * :mod:`~consumer.devkit.emulator.limits` -- API usage and stats;
 * :mod:`~consumer.devkit.emulator.faults` -- injected faults, latency, hangs;
+* :mod:`~consumer.devkit.emulator.journal` -- when each call and record write happened (off
+  unless enabled; for benchmarks);
 * :mod:`~consumer.devkit.emulator.ids` and :mod:`~consumer.devkit.emulator.errors`.
 
 The names other modules and tests imported from here before the split stay importable here.
@@ -30,11 +32,12 @@ from consumer.devkit.emulator.duplicates import DuplicateRule, DuplicateRuleHead
 from consumer.devkit.emulator.errors import ApiError, EmulatorError, JsonObj, not_found
 from consumer.devkit.emulator.faults import FaultPlan, HttpFault, html_page
 from consumer.devkit.emulator.ids import normalize_id
+from consumer.devkit.emulator.journal import Journal
 from consumer.devkit.emulator.limits import STAT_KEYS, ApiUsage, Stats
 from consumer.devkit.emulator.query import QueryEngine
 from consumer.devkit.emulator.schema import FieldSpec, SObjectSchema, builtin_schemas
 from consumer.devkit.emulator.store import RecordStore
-from consumer.devkit.emulator.values import format_sf_datetime, is_valid_email
+from consumer.devkit.emulator.values import fold, format_sf_datetime, is_valid_email
 from consumer.devkit.emulator.writes import MAX_COLLECTION_RECORDS, CollectionWriter, SaveContext
 
 __all__ = [
@@ -86,6 +89,7 @@ class EmulatorState:
         self.tokens = TokenStore(monotonic)
         self.usage = ApiUsage(0, api_limit)
         self.stats = Stats()
+        self.journal = Journal(clock)
         self.faults = FaultPlan()
         self.duplicates = DuplicateRules()
         self.queries = QueryEngine(self.store, page_size)
@@ -196,7 +200,11 @@ class EmulatorState:
 
     def query(self, source: str | None, version: str) -> JsonObj:
         """Run a SOQL query and return its first page (raises SoqlError for bad queries)."""
-        return self.queries.query(source, version)
+        page = self.queries.query(source, version)
+        if self.journal.enabled and self.queries.last is not None:
+            sobject, values, rows = self.queries.last
+            self.journal.call("query", sobject, values, rows)
+        return page
 
     def query_more(self, locator: str, version: str) -> JsonObj:
         """The page a ``nextRecordsUrl`` (``query/<cursor>-<offset>``) points at."""
@@ -215,13 +223,15 @@ class EmulatorState:
     ) -> list[JsonObj]:
         """``POST composite/sobjects``; ``duplicate_header`` is the raw
         ``Sforce-Duplicate-Rule-Header`` value, if any."""
-        return self.writes.create(body, self._save_context(version, duplicate_header))
+        results = self.writes.create(body, self._save_context(version, duplicate_header))
+        return self._journaled("create", body, results)
 
     def update(
         self, body: object, *, version: str | None = None, duplicate_header: str | None = None
     ) -> list[JsonObj]:
         """``PATCH composite/sobjects`` (each record carries its id)."""
-        return self.writes.update(body, self._save_context(version, duplicate_header))
+        results = self.writes.update(body, self._save_context(version, duplicate_header))
+        return self._journaled("update", body, results)
 
     def upsert(
         self,
@@ -234,8 +244,52 @@ class EmulatorState:
     ) -> list[JsonObj]:
         """``PATCH composite/sobjects/{sobject}/{external_field}``."""
         context = self._save_context(version, duplicate_header)
-        return self.writes.upsert(sobject, external_field, body, context)
+        results = self.writes.upsert(sobject, external_field, body, context)
+        return self._journaled("upsert", body, results, external_field)
 
     def delete(self, ids: Sequence[str], all_or_none: bool) -> list[JsonObj]:
         """``DELETE composite/sobjects?ids=...``."""
-        return self.writes.delete(ids, all_or_none)
+        results = self.writes.delete(ids, all_or_none)
+        if self.journal.enabled:
+            found = (self.store.schema_for_id(str(r.get("id") or "")) for r in results)
+            sobject = next((s.name for s in found if s is not None), "")
+            ok = sum(1 for r in results if r.get("success"))
+            self.journal.call("delete", sobject, len(results), ok)
+        return results
+
+    def _journaled(
+        self, kind: str, body: object, results: list[JsonObj], external_field: str | None = None
+    ) -> list[JsonObj]:
+        """Note a collections call and the records it wrote in the journal (when enabled)."""
+        journal = self.journal
+        if not journal.enabled:
+            return results
+        sobject = _body_sobject(body)
+        ok = 0
+        for result in results:
+            if not result.get("success"):
+                continue
+            ok += 1
+            found = self.store.find(str(result.get("id")))
+            if found is None:
+                continue
+            schema, record = found
+            sobject = schema.name
+            key = record.get("Email")
+            if key is None and external_field is not None:
+                spec = schema.field(external_field)
+                key = record.get(spec.name) if spec is not None else None
+            created = kind == "create" or (kind == "upsert" and bool(result.get("created")))
+            action = "create" if created else "update"
+            journal.write(schema.name, action, str(record["Id"]), fold(key))
+        journal.call(kind, sobject, len(results), ok)
+        return results
+
+
+def _body_sobject(body: object) -> str:
+    """The type of the first record of a collections body ("" when it has none)."""
+    records = body.get("records") if isinstance(body, dict) else None
+    first = records[0] if isinstance(records, list) and records else None
+    attributes = first.get("attributes") if isinstance(first, dict) else None
+    kind = attributes.get("type") if isinstance(attributes, dict) else None
+    return kind if isinstance(kind, str) else ""

@@ -4,18 +4,24 @@ Queries (:mod:`~consumer.devkit.emulator.query`) read it, collections
 (:mod:`~consumer.devkit.emulator.writes`) change it, and tests seed and inspect it directly
 through the Python-side methods here (no validation on that path, so a test can set up states
 the API would refuse).
+
+Every change goes through :meth:`RecordStore.insert`, :meth:`RecordStore.change` or
+:meth:`RecordStore.remove`, which keep the lookup indexes right: an equality filter or an
+external id is then found without scanning every record, so an org of 100,000 records answers
+a 200-value ``IN`` query or upsert in milliseconds (a benchmark drives the emulator that hard).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from consumer.devkit.emulator.errors import EmulatorError, JsonObj
 from consumer.devkit.emulator.ids import IdFactory, normalize_id
 from consumer.devkit.emulator.schema import SObjectSchema
-from consumer.devkit.emulator.values import format_sf_datetime
+from consumer.devkit.emulator.values import fold, format_sf_datetime
 
 __all__ = ["ACCOUNT_KEY_PREFIX", "CONVERTED_LEAD_STATUS", "RecordStore"]
 
@@ -33,8 +39,17 @@ class RecordStore:
         self._clock = clock
         self.ids = IdFactory()
         # sObject name -> record id -> the stored record (every field present, null or not).
+        # Read freely; change only through insert/change/remove (they keep the indexes right).
         self.rows: dict[str, dict[str, JsonObj]] = {name: {} for name in schemas}
         self.deleted: set[str] = set()
+        # sObject -> field -> folded value -> ids holding it (a dict: an ordered set). Built on
+        # first use of a field, then kept up to date by every change.
+        self._indexes: dict[str, dict[str, dict[str | None, dict[str, None]]]] = {
+            name: {} for name in schemas
+        }
+        # Record id -> creation number, so indexed lookups answer in creation order as a scan.
+        self._created: dict[str, int] = {}
+        self._sequence = itertools.count()
 
     # ---- lookups -----------------------------------------------------------------------
 
@@ -68,6 +83,68 @@ class RecordStore:
         """The current time in Salesforce's datetime format."""
         return format_sf_datetime(self._clock())
 
+    def matching(self, sobject: str, field: str, values: Iterable[object]) -> list[JsonObj]:
+        """The live records of ``sobject`` whose ``field`` equals one of ``values`` ignoring
+        case (as :func:`~consumer.devkit.emulator.values.fold` compares), in creation order.
+
+        ``field`` is the field's own spelling. Answered from an index, so callers with a
+        stricter notion of equality filter the answer again (it never misses a record).
+        """
+        index = self._index(sobject, field)
+        found: set[str] = set()
+        for value in values:
+            found.update(index.get(fold(value), ()))
+        rows = self.rows[sobject]
+        return [rows[i] for i in sorted(found, key=self._created.__getitem__)]
+
+    def _index(self, sobject: str, field: str) -> dict[str | None, dict[str, None]]:
+        indexes = self._indexes[sobject]
+        index = indexes.get(field)
+        if index is None:
+            index = {}
+            for record_id, record in self.rows[sobject].items():
+                index.setdefault(fold(record.get(field)), {})[record_id] = None
+            indexes[field] = index
+        return index
+
+    # ---- changes (the only paths that write rows) ------------------------------------
+
+    def insert(self, sobject: str, record: JsonObj) -> None:
+        """Store a new record (``record["Id"]`` set, every field present)."""
+        record_id = str(record["Id"])
+        self.rows[sobject][record_id] = record
+        self._created[record_id] = next(self._sequence)
+        for field, index in self._indexes[sobject].items():
+            index.setdefault(fold(record.get(field)), {})[record_id] = None
+
+    def change(self, sobject: str, record_id: str, values: Mapping[str, Any]) -> None:
+        """Set fields of a stored record."""
+        record = self.rows[sobject][record_id]
+        for field, index in self._indexes[sobject].items():
+            if field not in values:
+                continue
+            before, after = fold(record.get(field)), fold(values[field])
+            if before != after:
+                self._unindex(index, before, record_id)
+                index.setdefault(after, {})[record_id] = None
+        record.update(values)
+
+    def remove(self, sobject: str, record_id: str) -> None:
+        """Delete a stored record (its id is remembered as deleted)."""
+        record = self.rows[sobject].pop(record_id)
+        self._created.pop(record_id, None)
+        for field, index in self._indexes[sobject].items():
+            self._unindex(index, fold(record.get(field)), record_id)
+        self.deleted.add(record_id)
+
+    @staticmethod
+    def _unindex(index: dict[str | None, dict[str, None]], key: str | None, record_id: str) -> None:
+        holders = index.get(key)
+        if holders is not None:
+            holders.pop(record_id, None)
+            if not holders:
+                del index[key]
+
     # ---- Python-side record access ----------------------------------------------------
 
     def seed(self, sobject: str, fields: Mapping[str, Any]) -> str:
@@ -94,7 +171,7 @@ class RecordStore:
         record["Id"] = record_id
         record["CreatedDate"] = record.get("CreatedDate") or now
         record["LastModifiedDate"] = record.get("LastModifiedDate") or now
-        self.rows[sobject][record_id] = record
+        self.insert(sobject, record)
         return record_id
 
     def records(self, sobject: str) -> list[JsonObj]:
@@ -158,13 +235,17 @@ class RecordStore:
             account = contact.get("AccountId") or self.ids.make(ACCOUNT_KEY_PREFIX)
         now = self.now()
         if contact.get("AccountId") is None:
-            contact.update(AccountId=account, LastModifiedDate=now)
-        lead.update(
-            IsConverted=True,
-            ConvertedContactId=contact["Id"],
-            ConvertedAccountId=account,
-            ConvertedDate=datetime.fromtimestamp(self._clock(), tz=UTC).date().isoformat(),
-            Status=CONVERTED_LEAD_STATUS,
-            LastModifiedDate=now,
+            self.change("Contact", contact["Id"], {"AccountId": account, "LastModifiedDate": now})
+        self.change(
+            "Lead",
+            lead["Id"],
+            {
+                "IsConverted": True,
+                "ConvertedContactId": contact["Id"],
+                "ConvertedAccountId": account,
+                "ConvertedDate": datetime.fromtimestamp(self._clock(), tz=UTC).date().isoformat(),
+                "Status": CONVERTED_LEAD_STATUS,
+                "LastModifiedDate": now,
+            },
         )
         return str(contact["Id"])

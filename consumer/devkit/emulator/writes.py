@@ -304,8 +304,8 @@ class CollectionWriter:
             return None, None, record_error("MISSING_ARGUMENT", f"{key_spec.name} not specified")
         folded = value.casefold() if isinstance(value, str) else str(value)
         matches = [
-            rid
-            for rid, record in self._store.rows[item.schema.name].items()
+            str(record["Id"])
+            for record in self._store.matching(item.schema.name, key_spec.name, [value])
             if fold(record.get(key_spec.name)) == folded
         ]
         if len(matches) > 1:
@@ -389,21 +389,22 @@ class CollectionWriter:
             return [r if r is not None else dict(rolled) for r in results]
         now = self._store.now()
         for step in plan:
-            store = self._store.rows[step.schema.name]
+            sobject = step.schema.name
             step.values.update(stored_datetimes(step.schema, step.values))
             if step.action == "create":
                 record: JsonObj = dict.fromkeys(step.schema.fields)
                 record.update(step.schema.defaults)
                 record.update(step.values)
                 record.update(Id=step.record_id, CreatedDate=now, LastModifiedDate=now)
-                store[step.record_id] = record
+                self._store.insert(sobject, record)
                 self._stats.incr("records_created")
             elif step.action == "update":
-                store[step.record_id].update(step.values, LastModifiedDate=now)
+                self._store.change(
+                    sobject, step.record_id, {**step.values, "LastModifiedDate": now}
+                )
                 self._stats.incr("records_updated")
             else:
-                del store[step.record_id]
-                self._store.deleted.add(step.record_id)
+                self._store.remove(sobject, step.record_id)
                 self._stats.incr("records_deleted")
             result: JsonObj = {"id": step.record_id, "success": True, "errors": []}
             if upsert:
