@@ -135,7 +135,7 @@ class Settings(BaseSettings):
 
     # --- Sync ----------------------------------------------------------------------------
     sync_mapping_file: Path = Path("mapping.yaml")
-    sync_batch_max_events: PositiveInt = 1_000
+    sync_batch_max_events: PositiveInt = 10_000
     sync_batch_max_bytes: PositiveInt = 8 * 1024 * 1024
     sync_batch_linger_ms: Annotated[int, Field(ge=0)] = 500
     sync_concurrency: Annotated[int, Field(ge=1, le=25)] = 4
@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     sync_rebalance_timeout_seconds: PositiveFloat = 10.0
     #: Largest number of fetched-but-unfinished messages and bytes held in memory; above
     #: either, partitions are paused until work drains.
-    sync_max_pending_events: PositiveInt = 10_000
+    sync_max_pending_events: PositiveInt = 50_000
     sync_max_pending_bytes: PositiveInt = 64 * 1024 * 1024
 
     # --- Operations ----------------------------------------------------------------------

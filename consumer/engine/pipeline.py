@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -169,6 +169,8 @@ class Pipeline:
         self._flushing = False
         #: Start no batch any more (the end of shutdown).
         self._closed = False
+        #: Fetching is paused by the pending bounds: no input can complete a lingering batch.
+        self._starved = False
         #: The first unexpected error of a batch task; the loop stops when it is set.
         self.failure: BaseException | None = None
 
@@ -251,8 +253,15 @@ class Pipeline:
             record.timestamp,
         )
         parsed = parse_message(message.value, self._rules, message.timestamp_ms)
-        fields = map_change(parsed.change, self._plans) if isinstance(parsed, Accepted) else {}
-        person = parsed.change.email_key if fields and isinstance(parsed, Accepted) else None
+        fields: Mapping[str, FieldValues] = {}
+        person = None
+        if isinstance(parsed, Accepted):
+            change = parsed.change
+            fields = map_change(change, self._plans)
+            if fields:
+                person = change.email_key
+            # Mapped: the parsed purposes are not needed any more, and a backlog holds many.
+            parsed = Accepted(replace(change, purposes=(), previous_purposes=None))
         part = self._parts.fetched(tp, message.offset, message.size)
         self._lanes.route(person).buffer.add(
             tp, person, fields.keys(), Fetched(part, message, parsed, fields), message.size
@@ -263,11 +272,11 @@ class Pipeline:
         or writing to Salesforce is paused; resume when it drains. Polling goes on, so the
         group membership is kept however long it lasts."""
         c = self._cfg
-        full = (
+        self._starved = (
             self._parts.in_flight() >= c.max_pending_events
             or self._parts.pending_bytes >= c.max_pending_bytes
-            or self._gate.holding()
         )
+        full = self._starved or self._gate.holding()
         assigned = self._consumer.assignment()
         paused = self._parts.paused()
         if full:
@@ -295,8 +304,11 @@ class Pipeline:
         """Start the next batch of every idle lane that has one ready."""
         if self.failure is not None or self._closed:
             return
+        # Lingering only pays while more input can arrive: at shutdown, or while fetching is
+        # paused by the pending bounds, a lane writes what it holds.
+        flush = self._flushing or self._starved
         for lane in self._lanes:
-            if lane.idle and (lane.buffer.ready() if not self._flushing else len(lane.buffer) > 0):
+            if lane.idle and (len(lane.buffer) > 0 if flush else lane.buffer.ready()):
                 self._start(lane)
 
     def _start(self, lane: Lane[Fetched]) -> None:

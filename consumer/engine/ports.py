@@ -54,8 +54,30 @@ class ConsumerPort(Protocol):
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None: ...
 
 
+class BatchPort(Protocol):
+    """A batch being filled (``aiokafka.producer.message_accumulator.BatchBuilder``)."""
+
+    def append(
+        self,
+        *,
+        timestamp: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> object | None: ...
+
+
 class ProducerPort(Protocol):
-    """A producer whose ``send`` queues a record and returns its delivery future."""
+    """A producer: ``send`` queues one record, ``send_batch`` a batch of one partition; both
+    return the delivery future."""
+
+    async def partitions_for(self, topic: str) -> set[int]: ...
+
+    def create_batch(self) -> BatchPort: ...
+
+    async def send_batch(
+        self, batch: BatchPort, topic: str, *, partition: int
+    ) -> asyncio.Future[Any]: ...
 
     async def send(
         self,

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeEr
 
 from consumer.engine.ports import ProducerPort
 from consumer.errors import PublishError
+from consumer.kafka.partitioner import CachedPartitioner
 from consumer.model.messages import DLQ_HEADER_PREFIX, VALUE_OMITTED_HEADER
 from consumer.observability.metrics import Metrics
 from consumer.stages.report import DeadLetterOut, OutcomeDoc, Publication, outcome_json
@@ -52,6 +53,9 @@ class _Record:
     #: How many times it was shrunk already.
     shrunk: int = 0
     outcome: OutcomeDoc | None = None
+    #: Sent on its own (not in a batch with others): its batch was refused for size, and
+    #: only this record's own answer tells whether it is the one too large.
+    alone: bool = False
 
     def smaller(self) -> _Record | None:
         """The next smaller form of this record, or None when nothing is left to cut."""
@@ -90,6 +94,7 @@ class Publisher:
         self._metrics = metrics
         self._initial = retry_initial_seconds
         self._max = retry_max_seconds
+        self._partitioner = CachedPartitioner()
 
     async def publish(
         self, publications: Sequence[Publication], dead: Sequence[DeadLetterOut]
@@ -136,6 +141,9 @@ class Publisher:
             again: list[_Record] = []
             transient: BaseException | None = None
             for record, answer in zip(pending, answers, strict=True):
+                if answer is _SPLIT:
+                    again.append(replace(record, alone=True))
+                    continue
                 if not isinstance(answer, BaseException):
                     continue
                 if isinstance(answer, MessageSizeTooLargeError):
@@ -168,27 +176,79 @@ class Publisher:
             pending = again
 
     async def _send_all(self, records: list[_Record]) -> list[object]:
-        """Queue every record, then wait for every delivery; one answer (or error) each."""
-        answers: list[object] = []
+        """Queue every record, then wait for every delivery; one answer (or error) each.
+
+        Records go in batches, one per partition (filled up to the producer's batch size),
+        in their order: one future per batch instead of one per record. A record marked
+        ``alone`` is sent by itself.
+        """
+        answers: list[object] = [None] * len(records)
         futures: list[asyncio.Future[Any]] = []
-        slots: list[int] = []
-        for record in records:
-            try:
-                future = await self._producer.send(
-                    record.topic, value=record.value, key=record.key, headers=list(record.headers)
-                )
-            except (KafkaError, ValueError, TypeError) as exc:
-                # send() itself refuses a record over max_request_size (before queuing it);
-                # the broker's refusals arrive on the delivery future instead.
-                answers.append(exc)
+        members: list[list[int]] = []
+        groups: dict[tuple[str, int], list[int]] = {}
+        partitions: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            if record.alone:
+                try:
+                    futures.append(
+                        await self._producer.send(
+                            record.topic,
+                            value=record.value,
+                            key=record.key,
+                            headers=list(record.headers),
+                        )
+                    )
+                except (KafkaError, ValueError, TypeError) as exc:
+                    # send() refuses a record over max_request_size before queuing it.
+                    answers[i] = exc
+                    continue
+                members.append([i])
                 continue
-            slots.append(len(answers))
-            answers.append(None)
-            futures.append(future)
+            known = partitions.get(record.topic)
+            if known is None:
+                known = partitions[record.topic] = sorted(
+                    await self._producer.partitions_for(record.topic)
+                )
+            partition = self._partitioner(record.key, known, known)
+            groups.setdefault((record.topic, partition), []).append(i)
+        for (topic, partition), indexes in groups.items():
+            batch = self._producer.create_batch()
+            held: list[int] = []
+            for i in indexes:
+                record = records[i]
+                fits = batch.append(
+                    key=record.key, value=record.value, timestamp=None, headers=list(record.headers)
+                )
+                if fits is None:
+                    futures.append(
+                        await self._producer.send_batch(batch, topic, partition=partition)
+                    )
+                    members.append(held)
+                    batch, held = self._producer.create_batch(), []
+                    batch.append(
+                        key=record.key,
+                        value=record.value,
+                        timestamp=None,
+                        headers=list(record.headers),
+                    )
+                held.append(i)
+            if held:
+                futures.append(await self._producer.send_batch(batch, topic, partition=partition))
+                members.append(held)
         delivered = await asyncio.gather(*futures, return_exceptions=True)
-        for slot, answer in zip(slots, delivered, strict=True):
-            answers[slot] = answer
+        for held, answer in zip(members, delivered, strict=True):
+            if isinstance(answer, MessageSizeTooLargeError) and len(held) > 1:
+                # Which record is too large only its own answer can tell.
+                answer = _SPLIT
+            for i in held:
+                answers[i] = (
+                    answer if isinstance(answer, BaseException) or answer is _SPLIT else None
+                )
         return answers
+
+
+#: A batch of several records refused for its size: each is sent again on its own.
+_SPLIT = object()
 
 
 def _retriable(error: KafkaError) -> bool:

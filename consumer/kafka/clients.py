@@ -64,5 +64,8 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         max_request_size=settings.kafka_producer_max_request_bytes,
         compression_type=None,
         partitioner=CachedPartitioner(),
+        # The publisher fills batches itself (one per partition per publish): room for a
+        # batch's outcomes, under the brokers' default message.max.bytes (1 MiB).
+        max_batch_size=256 * 1024,
         **connection_options(settings),
     )

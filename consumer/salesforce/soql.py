@@ -9,7 +9,7 @@ measured is exactly the length sent.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 #: Salesforce's limit on one string literal.
 MAX_LITERAL_CHARS = 4000
@@ -62,12 +62,39 @@ def in_queries(
     Each statement, once encoded and appended to ``path + "?q="``, is at most
     ``max_url_bytes`` long. Values keep their order; duplicates are dropped.
     """
-    head = f"SELECT {', '.join(select)} FROM {sobject} WHERE {field} IN ("
-    tail = ")" + (f" AND {extra_where}" if extra_where else "")
-    fixed = len(path) + len("?q=") + len(encode_query(head)) + len(encode_query(tail))
+    encoded = in_queries_encoded(
+        path=path,
+        select=select,
+        sobject=sobject,
+        field=field,
+        values=values,
+        max_url_bytes=max_url_bytes,
+        extra_where=extra_where,
+    )
+    return [unquote(q) for q in encoded]
+
+
+def in_queries_encoded(
+    *,
+    path: str,
+    select: Sequence[str],
+    sobject: str,
+    field: str,
+    values: Iterable[str],
+    max_url_bytes: int,
+    extra_where: str = "",
+) -> list[str]:
+    """:func:`in_queries`, already percent-encoded for the ``q`` parameter.
+
+    Percent-encoding maps each character on its own, so the encoded statement is the
+    concatenation of its encoded parts: each literal is encoded once, to be measured and sent.
+    """
+    head = encode_query(f"SELECT {', '.join(select)} FROM {sobject} WHERE {field} IN (")
+    tail = encode_query(")" + (f" AND {extra_where}" if extra_where else ""))
+    fixed = len(path) + len("?q=") + len(head) + len(tail)
     if fixed >= max_url_bytes:
         raise ValueError("max_url_bytes is too small for the query's fixed part")
-    comma = len(encode_query(","))
+    comma = encode_query(",")
     queries: list[str] = []
     current: list[str] = []
     size = fixed
@@ -76,16 +103,16 @@ def in_queries(
         if value in seen:
             continue
         seen.add(value)
-        literal = quote_literal(value)
-        cost = len(encode_query(literal)) + (comma if current else 0)
+        literal = encode_query(quote_literal(value))
+        cost = len(literal) + (len(comma) if current else 0)
         if current and size + cost > max_url_bytes:
-            queries.append(head + ",".join(current) + tail)
+            queries.append(head + comma.join(current) + tail)
             current, size = [], fixed
-            cost = len(encode_query(literal))
+            cost = len(literal)
         if size + cost > max_url_bytes:
             raise ValueError("one value does not fit in max_url_bytes")
         current.append(literal)
         size += cost
     if current:
-        queries.append(head + ",".join(current) + tail)
+        queries.append(head + comma.join(current) + tail)
     return queries

@@ -54,7 +54,7 @@ from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.salesforce.client import COLLECTION_LIMIT, RecordResult, SalesforceClient
 from consumer.salesforce.fields import FIELD_CODES, refusal
 from consumer.salesforce.retry import Backoff
-from consumer.salesforce.soql import encode_query, in_queries
+from consumer.salesforce.soql import in_queries_encoded
 from consumer.salesforce.wire import format_datetime
 from consumer.settings import Settings
 
@@ -656,7 +656,7 @@ class TargetWriter:
             # Converted Leads are read too, to know whom not to create and what they became;
             # they are never written.
             select += ["IsConverted", "ConvertedContactId"]
-        queries = in_queries(
+        queries = in_queries_encoded(
             path=self._client.query_path(),
             select=tuple(dict.fromkeys(select)),
             sobject=self.sobject,
@@ -665,8 +665,8 @@ class TargetWriter:
             max_url_bytes=self._settings.salesforce_max_url_bytes,
         )
         found: dict[str, list[Match]] = {}
-        for soql in queries:
-            for row in await self._client.query_all(encode_query(soql)):
+        for encoded in queries:
+            for row in await self._client.query_all(encoded):
                 value = row.get(lookup)
                 if not isinstance(value, str):
                     continue

@@ -93,6 +93,10 @@ def assemble(
     outcomes: list[Publication] = []
     dead: list[DeadLetterOut] = []
     steps = {s.index: s for person in people.values() for s in person.steps}
+    # Every event of a person whose outcome on a target has nothing of its own (no field
+    # refused, none older than the record) shares one target document: under skew a busy
+    # person has hundreds of events in one batch.
+    shared: dict[tuple[int, str], dict[str, Any]] = {}
     for index, (message, result) in enumerate(zip(messages, parsed, strict=True)):
         source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         if isinstance(result, Rejected):
@@ -141,7 +145,18 @@ def assemble(
             if written is None:
                 continue
             mine = step.fields.get(plan.sobject, {}) if step is not None else {}
-            target = _target(plan.sobject, written, index, mine, len(person.indexes))
+            plain = (
+                index not in written.older
+                and index not in written.stale_indexes
+                and not (written.refused and any(f in written.refused for f in mine))
+            )
+            if plain:
+                target = shared.get((id(written), plan.sobject))
+                if target is None:
+                    target = _target(plan.sobject, written, index, mine, len(person.indexes))
+                    shared[(id(written), plan.sobject)] = target
+            else:
+                target = _target(plan.sobject, written, index, mine, len(person.indexes))
             targets.append(target)
             if "fields_refused" in target:
                 refused.append((plan.sobject, target))

@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from consumer.engine.ports import BatchPort
 from consumer.model.changes import PersonResult, PersonWrite
 
 
@@ -143,18 +144,80 @@ class Sent:
     headers: list[tuple[str, bytes]]
 
 
+class MemoryBatch:
+    """A batch being filled (like aiokafka's BatchBuilder: full at ``max_bytes``, but the
+    first record always fits)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self._size = 0
+        self._max = max_bytes
+
+    def append(
+        self,
+        *,
+        timestamp: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> object | None:
+        # aiokafka's builder refuses anything but a list here (a TypeError at run time).
+        assert isinstance(headers, list), "headers must be a list"
+        size = len(key or b"") + len(value or b"")
+        if self.records and self._size + size > self._max:
+            return None
+        self.records.append((key, value, list(headers)))
+        self._size += size
+        return object()
+
+
 class MemoryProducer:
     """A producer whose records land in lists; faults are injected per topic."""
 
-    def __init__(self) -> None:
+    def __init__(self, partitions: int = 1, batch_bytes: int = 16_384) -> None:
         self.topics: dict[str, list[Sent]] = defaultdict(list)
-        #: topic -> exceptions for the next deliveries to that topic (on the future).
+        #: topic -> exceptions for the next deliveries to that topic (one per send or batch).
         self.fail_delivery: dict[str, list[BaseException]] = defaultdict(list)
-        #: Largest value accepted by send() itself (like max_request_size), None: no limit.
+        #: Largest value accepted (send() refuses it at once, a batch is refused by the
+        #: "broker"), None: no limit.
         self.max_value_bytes: int | None = None
         #: Decides a delivery's error from the record (None: delivered).
         self.fail_when: Callable[[Sent], BaseException | None] | None = None
+        #: Records offered for delivery, delivered or not.
         self.attempts = 0
+        self.batches = 0
+        self._partitions = partitions
+        self._batch_bytes = batch_bytes
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self._partitions))
+
+    def create_batch(self) -> MemoryBatch:
+        return MemoryBatch(self._batch_bytes)
+
+    async def send_batch(
+        self, batch: BatchPort, topic: str, *, partition: int
+    ) -> asyncio.Future[Any]:
+        assert isinstance(batch, MemoryBatch)
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        self.batches += 1
+        self.attempts += len(batch.records)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        sent = [Sent(topic, k, v, h) for k, v, h in batch.records]
+        faults = self.fail_delivery.get(topic)
+        error: BaseException | None = faults.pop(0) if faults else None
+        limit = self.max_value_bytes
+        if error is None and limit is not None and any(len(s.value or b"") > limit for s in sent):
+            error = MessageSizeTooLargeError("a record is over the topic's limit")
+        if error is None and self.fail_when is not None:
+            error = next((e for s in sent if (e := self.fail_when(s)) is not None), None)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            self.topics[topic].extend(sent)
+            future.set_result(None)
+        return future
 
     async def send(
         self,
@@ -167,21 +230,12 @@ class MemoryProducer:
     ) -> asyncio.Future[Any]:
         from aiokafka.errors import MessageSizeTooLargeError
 
-        self.attempts += 1
         if self.max_value_bytes is not None and len(value or b"") > self.max_value_bytes:
+            self.attempts += 1
             raise MessageSizeTooLargeError("over max_request_size")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        sent = Sent(topic, key, value, list(headers or []))
-        faults = self.fail_delivery.get(topic)
-        error = faults.pop(0) if faults else None
-        if error is None and self.fail_when is not None:
-            error = self.fail_when(sent)
-        if error is not None:
-            future.set_exception(error)
-        else:
-            self.topics[topic].append(sent)
-            future.set_result(None)
-        return future
+        batch = self.create_batch()
+        batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers or [])
+        return await self.send_batch(batch, topic, partition=partition or 0)
 
 
 @dataclass

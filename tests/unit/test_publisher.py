@@ -86,16 +86,42 @@ async def test_dead_letters_go_first_with_original_bytes_and_metrics_count_once(
     assert get("consent_sync_outcomes_total", {"status": "rejected", "sobject": ""}) == 2
 
 
-async def test_a_retriable_error_resends_only_that_record() -> None:
-    producer = MemoryProducer()
-    producer.fail_delivery["results"] = [NotLeaderForPartitionError(), KafkaTimeoutError()]
+async def test_a_retriable_error_resends_only_the_records_not_acknowledged() -> None:
+    # Two partitions: two batches. The batch that holds k1 fails once (a moved leader, then a
+    # delivery timeout); the other is acknowledged at once and never sent again.
+    producer = MemoryProducer(partitions=2)
+    failures = [NotLeaderForPartitionError(), KafkaTimeoutError()]
+
+    def flaky(sent: Sent) -> BaseException | None:
+        return failures.pop(0) if sent.key == b"k1" and failures else None
+
+    producer.fail_when = flaky
     pub, _ = publisher(producer)
-    await pub.publish([outcome(1), outcome(2), outcome(3)], [])
-    keys = [s.key or b"" for s in producer.topics["results"]]
-    # The first two failed once each (a moved leader, a delivery timeout) and were sent
-    # again; nothing acknowledged was sent twice.
-    assert sorted(keys) == [b"k1", b"k2", b"k3"]
-    assert producer.attempts == 3 + 2 + 0  # first round, then k1 again, then k2 again
+    await pub.publish([outcome(n) for n in range(1, 9)], [])
+    keys = sorted(s.key or b"" for s in producer.topics["results"])
+    assert keys == sorted(f"k{n}".encode() for n in range(1, 9))  # each exactly once
+    with_k1 = sum(1 for n in range(1, 9) if part(f"k{n}", 2) == part("k1", 2))
+    assert producer.attempts == 8 + 2 * with_k1  # only k1's batch went again, twice
+
+
+def part(key: str, partitions: int) -> int:
+    from consumer.kafka.partitioner import CachedPartitioner
+
+    return CachedPartitioner()(key.encode(), list(range(partitions)), list(range(partitions)))
+
+
+async def test_a_batch_refused_for_size_is_split_and_only_the_large_record_shrunk() -> None:
+    producer = MemoryProducer()
+    producer.max_value_bytes = 400
+    pub, _ = publisher(producer)
+    await pub.publish([outcome(1), outcome(2, reason="why " * 100), outcome(3)], [])
+    sent = {s.key: s for s in producer.topics["results"]}
+    assert set(sent) == {b"k1", b"k3", None}  # the shrunk one loses its key
+    assert OUTCOME_SHRUNK_HEADER not in dict(sent[b"k1"].headers)
+    assert orjson.loads(sent[b"k1"].value or b"")["reason"] == "r"  # intact
+    shrunk = sent[None]
+    assert orjson.loads(shrunk.value or b"")["event_id"] == "ev-2"
+    assert OUTCOME_SHRUNK_HEADER in dict(shrunk.headers)
 
 
 async def test_a_dead_letter_too_large_loses_its_value_then_its_key() -> None:
