@@ -166,7 +166,11 @@ def build_pipeline(
         clock=clock,
     )
     publisher = Publisher(
-        producer, results_topic=s.kafka_results_topic, dlq_topic=s.kafka_dlq_topic, metrics=metrics
+        producer,
+        results_topic=s.kafka_results_topic,
+        dlq_topic=s.kafka_dlq_topic,
+        metrics=metrics,
+        max_record_bytes=s.kafka_producer_max_request_bytes,
     )
     return Pipeline(
         EngineConfig.from_settings(s),

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: PositiveInt = 3_000
     kafka_max_poll_interval_ms: PositiveInt = 300_000
     kafka_fetch_max_records: PositiveInt = 1_000
+    #: Longest a fetch waits for data at the broker (aiokafka's default is 500 ms): with
+    #: little traffic it bounds the Kafka leg of an event's latency.
+    kafka_fetch_max_wait_ms: PositiveInt = 100
     #: Idempotent producer (needs broker support; Apache Kafka has it, the embedded broker not).
     kafka_producer_idempotence: bool = False
     kafka_producer_linger_ms: Annotated[int, Field(ge=0)] = 5

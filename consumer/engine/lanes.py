@@ -30,15 +30,19 @@ def lane_of(person: str, lanes: int) -> int:
 
 @dataclass(eq=False)
 class Lane(Generic[T]):
-    """One lane: its waiting batches and the batch it is writing (at most one)."""
+    """One lane: its waiting batches, the batch it is writing (at most one), and the end of
+    the publishing of its latest batch (outcomes go out in the lane's order)."""
 
     index: int
     buffer: LaneBuffer[TopicPartition, T]
     task: asyncio.Task[Any] | None = None
+    #: Set once the latest batch started by this lane has published (or ended otherwise).
+    #: True once it published, False when it failed (nothing after it may publish).
+    published: asyncio.Future[bool] | None = None
 
     @property
     def idle(self) -> bool:
-        """True when no batch of this lane is being written."""
+        """True when no batch of this lane is being written to Salesforce."""
         return self.task is None
 
 

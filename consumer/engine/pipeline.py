@@ -120,6 +120,14 @@ class Fetched:
 
 
 @dataclass(eq=False)
+class LaneBroken(Exception):
+    """A batch's lane had an earlier batch fail: it does not publish (the service stops)."""
+
+    def __init__(self, lane: int) -> None:
+        super().__init__(f"lane {lane}: an earlier batch failed; not publishing after it")
+
+
+@dataclass(eq=False)
 class Batch:
     """Messages of one lane written together."""
 
@@ -322,7 +330,12 @@ class Pipeline:
             {tp for tp, _ in taken},
         )
         self._metrics.batch_events.observe(len(batch.items))
-        task = asyncio.create_task(self._run_batch(batch), name=f"batch-{batch.seq}")
+        before = lane.published
+        published: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        lane.published = published
+        task = asyncio.create_task(
+            self._run_batch(batch, before, published), name=f"batch-{batch.seq}"
+        )
         lane.task = task
         self._inflight[task] = batch
         self._metrics.batches_in_flight.set(len(self._inflight))
@@ -330,7 +343,9 @@ class Pipeline:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         batch = self._inflight.pop(task)
-        self._lanes[batch.lane].task = None
+        lane = self._lanes[batch.lane]
+        if lane.task is task:
+            lane.task = None
         self._metrics.batches_in_flight.set(len(self._inflight))
         if task.cancelled():
             return
@@ -350,23 +365,58 @@ class Pipeline:
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
 
-    async def _run_batch(self, batch: Batch) -> None:
-        messages = [item.message for item in batch.items]
-        parsed = [item.parsed for item in batch.items]
-        people = merge_by_person(
-            Sourced(item.parsed.change, item.message.partition, item.message.offset, i, item.fields)
-            for i, item in enumerate(batch.items)
-            if isinstance(item.parsed, Accepted)
-        )
-        self._metrics.batch_people.observe(len(people))
-        results = await self._write(people)
-        publications, dead = assemble(messages, parsed, people, results, self._plans, self._wall())
-        await self._publisher.publish(publications, dead)
-        for item in batch.items:
-            self._parts.done(item.part, item.message.offset, item.message.size)
-        now = self._clock()
-        self._metrics.batch_duration.observe(now - batch.started)
-        self._health.progressed(now)
+    async def _run_batch(
+        self,
+        batch: Batch,
+        before: asyncio.Future[bool] | None,
+        published: asyncio.Future[bool],
+    ) -> None:
+        """Write a batch, then publish its outcomes once the lane's previous batch published.
+
+        The lane is free for its next batch as soon as the Salesforce writes are done, so
+        Salesforce is not idle while outcomes are acknowledged; outcomes still go out in the
+        lane's order, and offsets are marked done only after their acknowledgement.
+        """
+        try:
+            messages = [item.message for item in batch.items]
+            parsed = [item.parsed for item in batch.items]
+            people = merge_by_person(
+                Sourced(
+                    item.parsed.change, item.message.partition, item.message.offset, i, item.fields
+                )
+                for i, item in enumerate(batch.items)
+                if isinstance(item.parsed, Accepted)
+            )
+            self._metrics.batch_people.observe(len(people))
+            results = await self._write(people)
+            publications, dead = assemble(
+                messages, parsed, people, results, self._plans, self._wall()
+            )
+            lane = self._lanes[batch.lane]
+            if lane.task is asyncio.current_task():
+                lane.task = None
+                self._dispatch_ready()
+            if before is not None and not await asyncio.shield(before):
+                raise LaneBroken(batch.lane)
+            await self._publisher.publish(publications, dead)
+            for item in batch.items:
+                self._parts.done(item.part, item.message.offset, item.message.size)
+            now = self._clock()
+            self._metrics.batch_duration.observe(now - batch.started)
+            self._health.progressed(now)
+        except asyncio.CancelledError:
+            # Abandoned (rebalance, shutdown): re-read later; later batches may go on.
+            if not published.done():
+                published.set_result(True)
+            raise
+        except BaseException:
+            # Nothing after a batch that could not publish may publish: outcomes would run
+            # ahead of what is committed, and the service is stopping anyway.
+            if not published.done():
+                published.set_result(False)
+            raise
+        if not published.done():
+            published.set_result(True)
 
     async def _write(self, people: Mapping[str, PersonWrite]) -> dict[str, dict[str, PersonResult]]:
         """Write every target that has something to write, the targets concurrently."""

@@ -87,6 +87,7 @@ class Publisher:
         metrics: Metrics,
         retry_initial_seconds: float = 0.5,
         retry_max_seconds: float = 10.0,
+        max_record_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._producer = producer
         self._results = results_topic
@@ -95,6 +96,9 @@ class Publisher:
         self._initial = retry_initial_seconds
         self._max = retry_max_seconds
         self._partitioner = CachedPartitioner()
+        #: The producer's max_request_size: send() refuses a larger record, and batches are
+        #: held to the same rule (a broker without a limit would take it).
+        self._max_record = max_record_bytes
 
     async def publish(
         self, publications: Sequence[Publication], dead: Sequence[DeadLetterOut]
@@ -188,6 +192,11 @@ class Publisher:
         groups: dict[tuple[str, int], list[int]] = {}
         partitions: dict[str, list[int]] = {}
         for i, record in enumerate(records):
+            if _size(record) > self._max_record:
+                answers[i] = MessageSizeTooLargeError(
+                    f"the record is over max_request_size ({self._max_record} bytes)"
+                )
+                continue
             if record.alone:
                 try:
                     futures.append(
@@ -245,6 +254,15 @@ class Publisher:
                     answer if isinstance(answer, BaseException) or answer is _SPLIT else None
                 )
         return answers
+
+
+def _size(record: _Record) -> int:
+    """A record's bytes as the producer counts them (key, value, headers; overhead aside)."""
+    return (
+        len(record.key or b"")
+        + len(record.value or b"")
+        + sum(len(k) + len(v) for k, v in record.headers)
+    )
 
 
 #: A batch of several records refused for its size: each is sent again on its own.

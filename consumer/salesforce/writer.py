@@ -452,13 +452,21 @@ class TargetWriter:
             acc = done.of(w.key)
             acc.refused.update(w.refused)
             acc.pending += 1
-        for operation in ("update", "create", "upsert"):
-            mine = [w for w in writes if w.operation == operation]
-            if not mine:
-                continue
-            fallbacks = await self._send(operation, mine, done)
-            if fallbacks:
-                await self._send(operation, fallbacks, done)
+        # Updates and creates of one batch go concurrently: one round trip, not two.
+        operations: tuple[Operation, ...] = ("update", "create", "upsert")
+        by_operation = [
+            (operation, mine)
+            for operation in operations
+            if (mine := [w for w in writes if w.operation == operation])
+        ]
+        await asyncio.gather(*(self._send_operation(op, mine, done) for op, mine in by_operation))
+
+    async def _send_operation(
+        self, operation: Operation, writes: list[_Write], done: _Round
+    ) -> None:
+        fallbacks = await self._send(operation, writes, done)
+        if fallbacks:
+            await self._send(operation, fallbacks, done)
 
     async def _send(self, operation: Operation, writes: list[_Write], done: _Round) -> list[_Write]:
         fallbacks: list[_Write] = []
