@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     sync_rebalance_timeout_seconds: PositiveFloat = 10.0
     #: Largest number of fetched-but-unfinished messages and bytes held in memory; above
     #: either, partitions are paused until work drains.
-    sync_max_pending_events: PositiveInt = 50_000
+    sync_max_pending_events: PositiveInt = 20_000
     sync_max_pending_bytes: PositiveInt = 64 * 1024 * 1024
 
     # --- Operations ----------------------------------------------------------------------

@@ -177,8 +177,6 @@ class Pipeline:
         self._flushing = False
         #: Start no batch any more (the end of shutdown).
         self._closed = False
-        #: Fetching is paused by the pending bounds: no input can complete a lingering batch.
-        self._starved = False
         #: The first unexpected error of a batch task; the loop stops when it is set.
         self.failure: BaseException | None = None
 
@@ -280,11 +278,11 @@ class Pipeline:
         or writing to Salesforce is paused; resume when it drains. Polling goes on, so the
         group membership is kept however long it lasts."""
         c = self._cfg
-        self._starved = (
+        full = (
             self._parts.in_flight() >= c.max_pending_events
             or self._parts.pending_bytes >= c.max_pending_bytes
+            or self._gate.holding()
         )
-        full = self._starved or self._gate.holding()
         assigned = self._consumer.assignment()
         paused = self._parts.paused()
         if full:
@@ -312,9 +310,9 @@ class Pipeline:
         """Start the next batch of every idle lane that has one ready."""
         if self.failure is not None or self._closed:
             return
-        # Lingering only pays while more input can arrive: at shutdown, or while fetching is
-        # paused by the pending bounds, a lane writes what it holds.
-        flush = self._flushing or self._starved
+        # At shutdown a lane writes what it holds; otherwise a batch waits to be full (or its
+        # linger): under a backlog the next batch fills as soon as fetching resumes.
+        flush = self._flushing
         for lane in self._lanes:
             if lane.idle and (len(lane.buffer) > 0 if flush else lane.buffer.ready()):
                 self._start(lane)

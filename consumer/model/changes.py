@@ -19,7 +19,7 @@ FieldValue = bool | str | None
 FieldValues = dict[str, FieldValue]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConsentChange:
     """A validated choice of one person, normalised for the map and merge stages."""
 
@@ -38,7 +38,7 @@ class ConsentChange:
     previous_purposes: tuple[Purpose, ...] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """The message carries a change to apply."""
 
@@ -46,7 +46,7 @@ class Accepted:
     kind: Literal["accepted"] = "accepted"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ignored:
     """A valid message that, by the product's rules, changes nothing."""
 
@@ -58,7 +58,7 @@ class Ignored:
     kind: Literal["ignored"] = "ignored"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A message that cannot be processed; it goes to the dead-letter topic."""
 

@@ -30,7 +30,7 @@ K = TypeVar("K", bound=Hashable)
 class _Entry(Generic[K, T]):
     partition: K
     person: str | None
-    targets: frozenset[str]
+    targets: tuple[str, ...]
     item: T
     size: int
 
@@ -51,9 +51,10 @@ class _Open(Generic[K, T]):
         self.size += entry.size
         if entry.person is not None:
             known = self.people.setdefault(entry.person, set())
-            for target in entry.targets - known:
-                known.add(target)
-                self.per_target[target] += 1
+            for target in entry.targets:
+                if target not in known:
+                    known.add(target)
+                    self.per_target[target] += 1
 
 
 class LaneBuffer(Generic[K, T]):
@@ -98,7 +99,7 @@ class LaneBuffer(Generic[K, T]):
         self, partition: K, person: str | None, targets: Collection[str], item: T, size: int
     ) -> None:
         """Queue one item; ``person`` None for items that write nothing (joins the last batch)."""
-        entry = _Entry(partition, person, frozenset(targets), item, size)
+        entry = _Entry(partition, person, tuple(targets), item, size)
         batch = self._where.get(person) if person is not None else None
         if batch is None or not self._fits(batch, entry):
             batch = self._queue[-1] if self._queue else None

@@ -46,7 +46,10 @@ SMALL_BATCHES: dict[str, Any] = {
 
 async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> None:
     scenario = build(n_people=40, n_events=600, seed=31)
-    topics = await scenario_topics(kafka_bootstrap, scenario)
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics)
+    pairs = [(m.key, m.value) for m in scenario.messages]
+    await produce(kafka_bootstrap, topics.input, pairs[:100])
     async with make_emulator() as emulator:
         seed(emulator, scenario)
         emulator.set_latency(base_ms=10)
@@ -64,6 +67,8 @@ async def test_daily_limit_pauses_writing_then_resumes(kafka_bootstrap: str) -> 
         ):
             await wait_for(lambda: len(results.records) >= 100, 60, "first outcomes")
             emulator.set_api_usage(15000, 15000)  # the org's day is spent
+            # The rest arrives after the quota ran out: it needs calls, which are refused.
+            await produce(kafka_bootstrap, topics.input, pairs[100:])
             metrics = running.service.metrics
             await wait_for(
                 lambda: sample_value(metrics, "consent_sync_salesforce_writes_paused") == 1,
