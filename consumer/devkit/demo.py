@@ -26,36 +26,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumer.devkit.broker import EmbeddedBroker, create_topics, free_port
 from consumer.devkit.emulator import SalesforceEmulator
-from consumer.devkit.emulator.fields import example_custom_fields
+from consumer.devkit.emulator.fields import EXAMPLE_MAPPING, example_custom_fields
 
 CLIENT_ID = "demo-client-id"
 CLIENT_SECRET = "demo-client-secret"  # the emulator's; never a real credential
 
-MAPPING = """\
-regulations: [gdpr]
-targets:
-  - sobject: Contact
-    upsert_mode: true
-    match_field: Email
-    sync_state_field: Didomi_Sync_State__c
-    create_defaults: {LastName: "Unknown"}
-    purposes:
-      newsletter: Newsletter_Consent__c
-      analytics: Analytics_Consent__c
-    preferences:
-      topics: Newsletter_Topics__c
-      frequency: Newsletter_Frequency__c
-    preference_values:
-      topics:
-        product_news: Topic_Product_News__c
-        offers: Topic_Offers__c
-  - sobject: Lead
-    upsert_mode: false
-    match_field: Email
-    sync_state_field: Didomi_Sync_State__c
-    purposes:
-      newsletter: Newsletter_Consent__c
-"""
+MAPPING = EXAMPLE_MAPPING
 
 SHOWN_FIELDS = (
     "Newsletter_Consent__c",

@@ -13,7 +13,6 @@ import yaml
 
 from consumer.devkit.bench.cli import options_from, parse_args
 from consumer.devkit.bench.events import (
-    EXAMPLE_MAPPING,
     EXTERNAL_ID_MAPPING,
     MATCH_MAPPING,
     Backlog,
@@ -34,6 +33,7 @@ from consumer.devkit.bench.figures import (
     rss_profile,
     steady_rate,
 )
+from consumer.devkit.emulator.fields import EXAMPLE_MAPPING
 from consumer.mapping import parse_mapping
 from consumer.model.changes import Accepted, Ignored
 from consumer.stages.parse import ParseRules, parse_message

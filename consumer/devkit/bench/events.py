@@ -22,34 +22,6 @@ from typing import Any
 
 import orjson
 
-#: The project's example mapping, as in ``tests/fixtures/mapping.example.yaml`` (a unit test
-#: keeps the two equal): Contact in match mode with the sync state, upsert; Lead update-only.
-EXAMPLE_MAPPING = """\
-regulations: [gdpr]
-targets:
-  - sobject: Contact
-    upsert_mode: true
-    match_field: Email
-    sync_state_field: Didomi_Sync_State__c
-    create_defaults: {LastName: "Unknown"}
-    purposes:
-      newsletter: Newsletter_Consent__c
-      analytics: Analytics_Consent__c
-    preferences:
-      topics: Newsletter_Topics__c
-      frequency: Newsletter_Frequency__c
-    preference_values:
-      topics:
-        product_news: Topic_Product_News__c
-        offers: Topic_Offers__c
-  - sobject: Lead
-    upsert_mode: false
-    match_field: Email
-    sync_state_field: Didomi_Sync_State__c
-    purposes:
-      newsletter: Newsletter_Consent__c
-"""
-
 _CONTACT_FIELDS = """\
     purposes:
       newsletter: Newsletter_Consent__c

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-from consumer.devkit.bench.events import EXAMPLE_MAPPING, Backlog
+from consumer.devkit.bench.events import Backlog
+from consumer.devkit.emulator.fields import EXAMPLE_MAPPING
 from consumer.mapping import TargetPlan, parse_mapping, plan_target
 from consumer.model.changes import Accepted, PersonResult, Sourced
 from consumer.model.messages import InputMessage

@@ -21,7 +21,6 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from consumer.devkit.bench.events import (
-    EXAMPLE_MAPPING,
     EXTERNAL_ID_MAPPING,
     MATCH_MAPPING,
     Backlog,
@@ -54,6 +53,7 @@ from consumer.devkit.bench.rig import (
     service_env,
 )
 from consumer.devkit.broker import create_topics, free_port
+from consumer.devkit.emulator.fields import EXAMPLE_MAPPING
 
 SERVICE = ["-m", "consumer", "run"]
 PASSTHROUGH = ["-m", "consumer.devkit.bench.passthrough"]
