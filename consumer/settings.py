@@ -52,12 +52,13 @@ def normalise_token_base(url: str) -> str:
             "must be the org's base URL (https://my-domain.my.salesforce.com) or its "
             f"{TOKEN_PATH} endpoint"
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError("http:// is allowed only for a loopback host; use https://")
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (``localhost`` or a loopback address)."""
     if host.lower() == "localhost":
         return True
     try:

@@ -12,6 +12,7 @@ character needs a 6-byte escape, and under 2 KB for printable ASCII text.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -180,12 +181,15 @@ class Outcome(BaseModel):
     processed_at: datetime
 
 
-def overall_status(targets: list[TargetResult]) -> Status:
-    """The status an outcome reports for a set of target results."""
-    best = max(targets, key=lambda t: STATUS_PRECEDENCE[t.status], default=None)
-    if best is None:
-        return "ignored"
-    return best.status
+def overall_status(statuses: Iterable[str]) -> str:
+    """The status an outcome reports for its targets' statuses: the strongest by
+    :data:`STATUS_PRECEDENCE`, ``ignored`` when there are none."""
+    best, rank = "ignored", 0
+    for status in statuses:
+        here = STATUS_PRECEDENCE[status]
+        if here > rank:
+            best, rank = status, here
+    return best
 
 
 class DeadLetter(BaseModel):

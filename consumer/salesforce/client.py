@@ -9,7 +9,6 @@ The access token never leaves this module: not in logs, not in exceptions.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import re
@@ -38,7 +37,7 @@ from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.retry import Backoff
 from consumer.salesforce.soql import encode_query
-from consumer.settings import TOKEN_PATH, Settings
+from consumer.settings import TOKEN_PATH, Settings, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ def trusted_instance_url(answer: object, token_base: str) -> str:
     # the same host is not the org.
     same = parts.netloc.lower() == urlsplit(token_base).netloc.lower()
     trusted = same or any(host == d or host.endswith("." + d) for d in SALESFORCE_DOMAINS)
-    secure = parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
+    secure = parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host))
     if not host or not trusted or not secure or parts.path not in ("", "/") or parts.query:
         raise AuthenticationError(
             "token: the answer's instance_url is not a Salesforce https address (nor the token "
@@ -141,15 +140,6 @@ def trusted_instance_url(answer: object, token_base: str) -> str:
             code="UNTRUSTED_INSTANCE_URL",
         )
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_limit_info(header: str | None) -> tuple[int, int] | None:

@@ -33,12 +33,12 @@ from consumer.model.outcomes import (
     MAX_ID_CHARS,
     MAX_KEY_BYTES,
     MAX_REASON_CHARS,
-    STATUS_PRECEDENCE,
     DeadLetter,
     Outcome,
     SalesforceErrorInfo,
     clip,
     clip_bytes,
+    overall_status,
 )
 
 #: The error class of an event some of whose fields were refused (the others were written).
@@ -162,12 +162,7 @@ def assemble(
                 refused.append((plan.sobject, target))
             elif target["status"] == "failed" and failed is None and "error" in target:
                 failed = target
-        status = "ignored"
-        rank = 0
-        for t in targets:
-            here = STATUS_PRECEDENCE[t["status"]]
-            if here > rank:
-                status, rank = t["status"], here
+        status = overall_status(t["status"] for t in targets)
         reason = None
         error_class = None
         if not targets:
