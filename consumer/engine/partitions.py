@@ -8,7 +8,7 @@ way state leaves: on revocation, after abandoning work, and at shutdown.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
@@ -40,12 +40,6 @@ class PartitionRegistry:
     def __init__(self) -> None:
         self._parts: dict[TopicPartition, PartitionState] = {}
         self._pending_bytes = 0
-
-    def __contains__(self, tp: object) -> bool:
-        return tp in self._parts
-
-    def __iter__(self) -> Iterator[TopicPartition]:
-        return iter(list(self._parts))
 
     def state(self, tp: TopicPartition) -> PartitionState:
         """The state of ``tp``, created on first use."""
@@ -126,12 +120,9 @@ class PartitionRegistry:
         """Bytes of fetched messages not yet done, over all partitions."""
         return self._pending_bytes
 
-    def forget(self, tps: Iterable[TopicPartition]) -> list[TopicPartition]:
-        """Drop partitions this member no longer owns (or must re-read); returns those known."""
-        gone = []
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Drop partitions this member no longer owns (or must re-read)."""
         for tp in tps:
             part = self._parts.pop(tp, None)
             if part is not None:
                 self._pending_bytes -= part.pending_bytes
-                gone.append(tp)
-        return gone

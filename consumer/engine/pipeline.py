@@ -81,14 +81,14 @@ class EngineConfig:
 
     concurrency: int = 4
     batch_max_people: int = COLLECTION_PEOPLE
-    batch_max_events: int = 1_000
+    batch_max_events: int = 10_000
     batch_max_bytes: int = 8 * 1024 * 1024
     linger_seconds: float = 0.5
     fetch_max_records: int = 1_000
     commit_interval_seconds: float = 1.0
     shutdown_timeout_seconds: float = 20.0
     rebalance_timeout_seconds: float = 10.0
-    max_pending_events: int = 10_000
+    max_pending_events: int = 20_000
     max_pending_bytes: int = 64 * 1024 * 1024
 
     @classmethod
@@ -119,7 +119,6 @@ class Fetched:
     fields: Mapping[str, FieldValues]
 
 
-@dataclass(eq=False)
 class LaneBroken(Exception):
     """A batch's lane had an earlier batch fail: it does not publish (the service stops)."""
 

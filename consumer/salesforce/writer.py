@@ -626,8 +626,6 @@ class TargetWriter:
         result.refused = dict(refused or {})
         result.written = set(written or ())
         if not (self._state_field and live):
-            if result.status == "unchanged":
-                result.stale_indexes = set()
             return result
         # A field is older for an event when every record holds a stamp at least as new: the
         # oldest of the records' stamps for it is what an event must beat.

@@ -146,3 +146,10 @@ def test_run_logs_each_unknown_variable(caplog: pytest.LogCaptureFixture) -> Non
         "unknown variable SYNC_CONCURENCY (did you mean SYNC_CONCURRENCY?)"
     )
     assert record.__dict__["closest"] == "SYNC_CONCURRENCY"
+
+
+def test_the_engine_defaults_are_the_settings_defaults() -> None:
+    from consumer.engine.pipeline import EngineConfig
+
+    # model_construct: the declared defaults, without reading the environment.
+    assert EngineConfig.from_settings(Settings.model_construct()) == EngineConfig()
