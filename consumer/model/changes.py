@@ -73,6 +73,11 @@ class Rejected:
 ParseResult = Accepted | Ignored | Rejected
 
 
+def epoch_ms(moment: datetime) -> int:
+    """A moment in milliseconds since the epoch (how stamps and Kafka timestamps count)."""
+    return int(moment.timestamp() * 1000)
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class Stamp:
     """When a choice was made and where it was read: what orders the choices of one field.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from consumer.model.changes import PersonWrite, Sourced, Stamp, Step
+from consumer.model.changes import PersonWrite, Sourced, Stamp, Step, epoch_ms
 
 
 def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
@@ -45,6 +45,4 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
 def stamp_of(item: Sourced) -> Stamp:
     """The stamp of a sourced change: its event time to the millisecond and its position."""
     change = item.change
-    return Stamp(
-        int(change.event_time.timestamp() * 1000), item.partition, item.offset, change.event_id
-    )
+    return Stamp(epoch_ms(change.event_time), item.partition, item.offset, change.event_id)

@@ -33,6 +33,7 @@ from consumer.model.changes import (
     Ignored,
     ParseResult,
     Rejected,
+    epoch_ms,
 )
 from consumer.model.events import (
     KNOWN_TYPES,
@@ -103,7 +104,7 @@ def parse_message(
 
 def _bounded(result: Accepted, record_time_ms: int, skew_seconds: float) -> ParseResult:
     change = result.change
-    ahead = (_millis(change.event_time) - record_time_ms) / 1000
+    ahead = (epoch_ms(change.event_time) - record_time_ms) / 1000
     if ahead <= skew_seconds:
         return result
     return Rejected(
@@ -168,53 +169,53 @@ def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
             event_id = (source.get("id") if source else None) or user["id"]
             previous = _previous_purposes(params.get("old_entity"), user)
         if "gdpr" not in rules.regulations:
-            return Ignored(
+            return _ignored(
                 "user entities carry the person's GDPR state; gdpr is not among the synced "
                 f"regulations ({', '.join(rules.regulations)})",
-                clip(event_id, MAX_ID_CHARS),
+                event_id,
                 kind,
-                clip(user["organization_user_id"], MAX_ID_CHARS),
-                _utc(user.get("updated_at") or user["created_at"]),
+                user["organization_user_id"],
+                _event_time(user),
             )
         return _from_user(kind, event_id, user, previous)
     entity_or_user = params["entity"]
     if kind == "event.deleted":
-        return Ignored(
+        return _ignored(
             "deleted events are not synced: Salesforce keeps the last applied state",
-            clip(entity_or_user["id"], MAX_ID_CHARS),
+            entity_or_user["id"],
             kind,
-            clip(entity_or_user["user"]["organization_user_id"], MAX_ID_CHARS),
-            _utc(entity_or_user.get("updated_at") or entity_or_user["created_at"]),
+            entity_or_user["user"]["organization_user_id"],
+            _event_time(entity_or_user),
         )
-    return Ignored(
+    return _ignored(
         "deleted users are not synced: Salesforce keeps the last applied state",
-        clip(entity_or_user["id"], MAX_ID_CHARS),
+        entity_or_user["id"],
         kind,
-        clip(entity_or_user["organization_user_id"], MAX_ID_CHARS),
-        _utc(entity_or_user.get("updated_at") or entity_or_user["created_at"]),
+        entity_or_user["organization_user_id"],
+        _event_time(entity_or_user),
     )
 
 
 def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> ParseResult:
     org_user_id = entity["user"]["organization_user_id"]
-    when = _utc(entity.get("updated_at") or entity["created_at"])
+    when = _event_time(entity)
     event_id = entity["id"]
     if entity.get("status") == "pending_approval":
-        return Ignored(
+        return _ignored(
             "status is pending_approval: applied only once approved",
-            clip(event_id, MAX_ID_CHARS),
+            event_id,
             event_type,
-            clip(org_user_id, MAX_ID_CHARS),
+            org_user_id,
             when,
         )
     regulation = entity.get("regulation", "gdpr")
     if regulation not in rules.regulations:
-        return Ignored(
+        return _ignored(
             f"regulation {clip(regulation, MAX_NAME_CHARS)!r} is not synced "
             f"(synced: {', '.join(rules.regulations)})",
-            clip(event_id, MAX_ID_CHARS),
+            event_id,
             event_type,
-            clip(org_user_id, MAX_ID_CHARS),
+            org_user_id,
             when,
         )
     bad = _check_email(org_user_id, event_id, event_type)
@@ -265,7 +266,7 @@ def _from_user(
             event_type=event_type,
             organization_user_id=org_user_id,
             email_key=email_key(org_user_id),
-            event_time=_utc(user.get("updated_at") or user["created_at"]),
+            event_time=_event_time(user),
             regulation=None,
             purposes=tuple(user.get("consents", {}).get("purposes", ())),
             full_state=True,
@@ -345,8 +346,18 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _millis(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+def _event_time(entity: ConsentEvent | User) -> datetime:
+    """When an event or a user's state was made: ``updated_at``, else ``created_at``."""
+    return _utc(entity.get("updated_at") or entity["created_at"])
+
+
+def _ignored(
+    reason: str, event_id: str, event_type: str, org_user_id: str, when: datetime
+) -> Ignored:
+    """An ignored result; what it repeats from the input is clipped."""
+    return Ignored(
+        reason, clip(event_id, MAX_ID_CHARS), event_type, clip(org_user_id, MAX_ID_CHARS), when
+    )
 
 
 def _json_kind(doc: object) -> str:
