@@ -16,6 +16,11 @@ def format_datetime(moment: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
+def format_epoch_ms(ms: int) -> str:
+    """Milliseconds since the epoch as Salesforce takes a datetime."""
+    return format_datetime(datetime.fromtimestamp(ms / 1000, UTC))
+
+
 def parse_datetime(value: object) -> datetime | None:
     """A Salesforce datetime (``2026-11-20T09:14:03.512+0000``), or None."""
     if not isinstance(value, str) or not value:

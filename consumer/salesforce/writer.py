@@ -55,7 +55,7 @@ from consumer.salesforce.client import COLLECTION_LIMIT, RecordResult, Salesforc
 from consumer.salesforce.fields import FIELD_CODES, refusal
 from consumer.salesforce.retry import Backoff
 from consumer.salesforce.soql import in_queries_encoded
-from consumer.salesforce.wire import format_datetime
+from consumer.salesforce.wire import format_epoch_ms
 from consumer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -340,10 +340,8 @@ class TargetWriter:
             newer.add(name)
             if not (name in match.values and self._same(name, match.values[name], value)):
                 send[name] = value
-        refused = self._validate(send)
-        for name in refused:
-            send.pop(name)
-            newer.discard(name)
+        send, refused = self._valid(send)
+        newer -= refused.keys()
         state: dict[str, Stamp] | None = None
         if self._state_field:
             state = dict(match.state)
@@ -360,18 +358,15 @@ class TargetWriter:
             state,
             newer,
             refused,
-            newest_ms=max((stamps[n].time_ms for n in newer if n in stamps), default=0),
+            newest_ms=_newest(stamps, newer),
             held=match.state,
         )
         return write, refused
 
     def _create_write(self, key: str, person: PersonWrite) -> _Write:
         mapping, sobject = self._plan.mapping, self.sobject
-        values = dict(person.fields[sobject])
+        values, refused = self._valid(person.fields[sobject])
         stamps = person.stamps.get(sobject, {})
-        refused = self._validate(values)
-        for name in refused:
-            values.pop(name)
         extra: dict[str, Any] = dict(mapping.create_defaults)
         extra[mapping.match_field] = person.email
         if mapping.external_id_field:
@@ -387,18 +382,15 @@ class TargetWriter:
             written,
             refused,
             extra,
-            newest_ms=max((stamps[n].time_ms for n in written if n in stamps), default=0),
+            newest_ms=_newest(stamps, written),
         )
 
     def _upsert_write(self, key: str, person: PersonWrite, *, defaults: bool = False) -> _Write:
         mapping = self._plan.mapping
         ext = mapping.external_id_field
         assert ext is not None
-        values = dict(person.fields[self.sobject])
+        values, refused = self._valid(person.fields[self.sobject])
         stamps = person.stamps.get(self.sobject, {})
-        refused = self._validate(values)
-        for name in refused:
-            values.pop(name)
         extra: dict[str, Any] = {ext: person.email}
         if defaults:
             extra = {**mapping.create_defaults, mapping.match_field: person.email, **extra}
@@ -411,16 +403,20 @@ class TargetWriter:
             set(values),
             refused,
             extra,
-            newest_ms=max((stamps[n].time_ms for n in values if n in stamps), default=0),
+            newest_ms=_newest(stamps, values),
         )
 
-    def _validate(self, values: FieldValues) -> dict[str, SalesforceErrorInfo]:
-        out: dict[str, SalesforceErrorInfo] = {}
+    def _valid(self, values: FieldValues) -> tuple[FieldValues, dict[str, SalesforceErrorInfo]]:
+        """``values`` without those describe says Salesforce would refuse, and the refusals."""
+        refused: dict[str, SalesforceErrorInfo] = {}
+        kept: FieldValues = {}
         for name, value in values.items():
             why = refusal(self._plan.info(name), value)
-            if why is not None:
-                out[name] = why
-        return out
+            if why is None:
+                kept[name] = value
+            else:
+                refused[name] = why
+        return kept, refused
 
     def _same(self, name: str, held: Any, value: FieldValue) -> bool:
         if held is None or held == "":
@@ -442,7 +438,7 @@ class TargetWriter:
         if self._state_field and write.state is not None:
             record[self._state_field] = sync_state.encode(write.state)
         if mapping.last_synced_field and write.newest_ms:
-            record[mapping.last_synced_field] = format_datetime(_from_ms(write.newest_ms))
+            record[mapping.last_synced_field] = format_epoch_ms(write.newest_ms)
         return record
 
     async def _send_all(self, writes: list[_Write], done: _Round) -> None:
@@ -692,7 +688,6 @@ class TargetWriter:
         return found
 
 
-def _from_ms(ms: int) -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, UTC)
+def _newest(stamps: Mapping[str, Stamp], names: Iterable[str]) -> int:
+    """The time of the newest choice among ``names`` (0 when none has a stamp)."""
+    return max((stamps[n].time_ms for n in names if n in stamps), default=0)

@@ -25,3 +25,10 @@ def test_parse_reads_salesforce_and_iso_forms() -> None:
 def test_round_trip_compares_equal_at_millisecond_precision() -> None:
     moment = datetime(2026, 11, 20, 9, 14, 3, 512_345, tzinfo=UTC)
     assert parse_datetime(format_datetime(moment)) == millis(moment)
+
+
+def test_epoch_milliseconds_format_as_salesforce_datetimes() -> None:
+    from consumer.salesforce.wire import format_epoch_ms
+
+    assert format_epoch_ms(1_763_629_203_512) == "2025-11-20T09:00:03.512Z"
+    assert format_epoch_ms(0) == "1970-01-01T00:00:00.000Z"
