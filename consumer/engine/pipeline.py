@@ -374,6 +374,7 @@ class Pipeline:
         Salesforce is not idle while outcomes are acknowledged; outcomes still go out in the
         lane's order, and offsets are marked done only after their acknowledgement.
         """
+        ok = False
         try:
             messages = [item.message for item in batch.items]
             parsed = [item.parsed for item in batch.items]
@@ -401,19 +402,15 @@ class Pipeline:
             now = self._clock()
             self._metrics.batch_duration.observe(now - batch.started)
             self._health.progressed(now)
+            ok = True
         except asyncio.CancelledError:
             # Abandoned (rebalance, shutdown): re-read later; later batches may go on.
-            if not published.done():
-                published.set_result(True)
+            ok = True
             raise
-        except BaseException:
+        finally:
             # Nothing after a batch that could not publish may publish: outcomes would run
             # ahead of what is committed, and the service is stopping anyway.
-            if not published.done():
-                published.set_result(False)
-            raise
-        if not published.done():
-            published.set_result(True)
+            published.set_result(ok)
 
     async def _write(self, people: Mapping[str, PersonWrite]) -> dict[str, dict[str, PersonResult]]:
         """Write every target that has something to write, the targets concurrently."""
