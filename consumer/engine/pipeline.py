@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -108,7 +108,7 @@ class EngineConfig:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fetched:
     """One fetched message and what the poll loop learned from it."""
 
@@ -266,7 +266,7 @@ class Pipeline:
             if fields:
                 person = change.email_key
             # Mapped: the parsed purposes are not needed any more, and a backlog holds many.
-            parsed = Accepted(replace(change, purposes=(), previous_purposes=None))
+            parsed = Accepted(change.mapped())
         part = self._parts.fetched(tp, message.offset, message.size)
         self._lanes.route(person).buffer.add(
             tp, person, fields.keys(), Fetched(part, message, parsed, fields), message.size

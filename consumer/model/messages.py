@@ -25,7 +25,7 @@ def email_key(organization_user_id: str) -> str:
     return organization_user_id.strip().lower()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputMessage:
     """An input message as read from Kafka (what outcomes and dead letters refer to)."""
 

@@ -26,7 +26,7 @@ T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry(Generic[K, T]):
     partition: K
     person: str | None

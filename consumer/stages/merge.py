@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from consumer.model.changes import PersonWrite, Sourced, Stamp, Step, epoch_ms
+from consumer.model.changes import FieldValues, PersonWrite, Sourced, Stamp, Step, epoch_ms
 
 
 def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
@@ -18,9 +18,13 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
     Each merged field keeps the stamp (event time, partition, offset, event id) of the event
     whose value it holds, which is what the writer compares with a record's sync state.
     """
-    ordered = sorted(changes, key=lambda s: (s.change.event_time, s.partition, s.offset, s.index))
+    # Sorted on the stamps' plain ints: event times are whole milliseconds (parse truncates
+    # them), so this is event-time order, and the unique index keeps tuples off the changes.
+    ordered = sorted(
+        (epoch_ms(s.change.event_time), s.partition, s.offset, s.index, s) for s in changes
+    )
     people: dict[str, PersonWrite] = {}
-    for item in ordered:
+    for time_ms, partition, offset, index, item in ordered:
         change = item.change
         person = people.get(change.email_key)
         if person is None:
@@ -28,17 +32,20 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
                 change.email_key, change.organization_user_id
             )
         person.email = change.organization_user_id.strip()
-        person.indexes.append(item.index)
-        stamp = stamp_of(item)
-        step = Step(change.event_time, item.index, {}, stamp)
+        person.indexes.append(index)
+        stamp = Stamp(time_ms, partition, offset, change.event_id)
+        mine: dict[str, FieldValues] = {}
         for sobject, values in item.fields.items():
             if values:
-                person.fields.setdefault(sobject, {}).update(values)
-                stamps = person.stamps.setdefault(sobject, {})
-                for name in values:
-                    stamps[name] = stamp
-                step.fields[sobject] = dict(values)
-        person.steps.append(step)
+                mine[sobject] = values
+                merged = person.fields.get(sobject)
+                if merged is None:
+                    person.fields[sobject] = dict(values)
+                    person.stamps[sobject] = dict.fromkeys(values, stamp)
+                else:
+                    merged.update(values)
+                    person.stamps[sobject].update(dict.fromkeys(values, stamp))
+        person.steps.append(Step(change.event_time, index, mine, stamp))
     return people
 
 

@@ -48,7 +48,7 @@ OutcomeDoc = dict[str, Any]
 """An outcome as published (the JSON object of :class:`Outcome`, nulls left out)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publication:
     """One outcome to publish, with its Kafka key."""
 

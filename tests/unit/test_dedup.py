@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from consumer.model.changes import ConsentChange, Sourced
 from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
@@ -86,3 +88,11 @@ def test_fields_after_keeps_only_newer_events_in_order() -> None:
     lead, used = person.fields_after("Lead", a.event_time)
     assert lead == {"Newsletter_Consent__c": False}
     assert [s.index for s in used] == [1]
+
+
+def test_a_mapped_change_keeps_everything_but_its_purposes() -> None:
+    full = change("Jane@X.com", purpose("newsletter", True), full=True)
+    slim = full.mapped()
+    assert slim.purposes == () and slim.previous_purposes is None
+    kept = [f for f in fields(ConsentChange) if f.name not in ("purposes", "previous_purposes")]
+    assert kept and all(getattr(slim, f.name) == getattr(full, f.name) for f in kept)
