@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -24,6 +25,9 @@ from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.service import EXIT_CONFIG, Service
 from consumer.settings import Settings, UnknownVariable, unknown_variables
+
+#: Allocations between two young collections of the cyclic garbage collector (default 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +139,21 @@ async def _check(settings: Settings, mapping: MappingConfig) -> int:
     return 0 if report.ok else EXIT_CONFIG
 
 
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a long-running consumer.
+
+    Almost nothing the pipeline drops is cyclic (reference counting frees it), but with the
+    default thresholds the collector kept walking the pending events: a full collection each
+    time a quarter of the old generation was new, about 20% of the service's CPU in ``make
+    bench`` (c). Objects alive at start (modules, schemas, clients' setup) are frozen out of
+    every collection, and a young collection waits for 10,000 allocations instead of 700.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 async def _run(settings: Settings, mapping: MappingConfig) -> int:
+    _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = 0
