@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pure-events", type=int, default=20_000, help="pure path: events")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--keep", action="store_true", help="keep logs and files afterwards")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run each service under cProfile (a .prof beside its log; implies --keep)",
+    )
     args = parser.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS) - {"b"}
@@ -138,6 +143,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> int:
             _say(line)
     workdir = Path(tempfile.mkdtemp(prefix="consent-sync-bench-"))
     children = Children()
+    children.profile = args.profile
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     bench = Bench(children, workdir, cores, options, lambda t: _say(f"  .. {t}"))
     rows: list[Row] = []
@@ -165,7 +171,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> int:
                 rows += section.rows
     finally:
         await asyncio.to_thread(children.stop_all)
-        if args.keep or failed:
+        if args.keep or args.profile or failed:
             _say(f"\nlogs and files kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -106,6 +106,8 @@ class Children:
         self._children: list[Child] = []
         #: Stops of processes started elsewhere (the broker), run by :meth:`stop_all` too.
         self._others: list[Callable[[], None]] = []
+        #: Run each service under cProfile (``--profile``): its stats go beside its log.
+        self.profile = False
         atexit.register(self.stop_all)
 
     def watch(self, stop: Callable[[], None]) -> None:
@@ -139,6 +141,9 @@ class Children:
         self, name: str, args: list[str], *, env: dict[str, str], log: Path, cwd: Path
     ) -> Child:
         """Start ``python -m ...`` with this interpreter and this checkout's code."""
+        if self.profile and args[:3] == ["-m", "consumer", "run"]:
+            # The service returns from main on SIGTERM, so cProfile writes its file then.
+            args = ["-m", "cProfile", "-o", str(log.with_suffix(".prof")), *args]
         return self.spawn(name, [sys.executable, *args], env=child_env(env), log=log, cwd=cwd)
 
     def stop(self, child: Child, timeout: float = 30.0) -> int | None:
