@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import re
 import time
@@ -1096,6 +1097,29 @@ async def test_hang_makes_client_time_out_and_latency_delays(
     started = time.monotonic()
     await api.request("GET", api.data_path("limits"))
     assert time.monotonic() - started >= 0.06
+
+
+@pytest.mark.asyncio
+async def test_latency_counts_the_emulators_own_work(api: Api, emu: SalesforceEmulator) -> None:
+    """As with Salesforce, a write is done inside the latency, not before it starts: the
+    record changes while its answer is still on the way."""
+    record_id = emu.seed("Contact", {"Email": "late@x.com", "LastName": "Before"})
+    emu.set_latency(base_ms=2_000)
+    write = asyncio.create_task(
+        api.collections(
+            "PATCH", [{"attributes": {"type": "Contact"}, "id": record_id, "LastName": "Changed"}]
+        )
+    )
+    try:
+        while emu.records("Contact")[0]["LastName"] != "Changed":
+            assert not write.done()
+            await asyncio.sleep(0.01)
+        assert not write.done()
+    finally:
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        emu.set_latency(base_ms=0)
 
 
 # ---- transport ----------------------------------------------------------------------------

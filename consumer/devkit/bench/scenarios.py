@@ -175,8 +175,8 @@ def _lane_occupancy(drain: Drain, lanes: int, latency_ms: float) -> str:
     return (
         f"a Salesforce call was in flight {busy / (lanes * drain.seconds):.0%} of the "
         f"{lanes} lanes' time; calls took {busy / calls * 1000:,.0f} ms on average "
-        f"(configured latency {latency_ms:g} ms; the rest is the emulator, the loopback and "
-        f"the service's own event loop getting round to the answer); "
+        f"(configured latency {latency_ms:g} ms, the emulator's own work included; the rest "
+        f"is HTTP on the loopback and the service's event loop getting round to the answer); "
         f"{outside:,.0f} ms per batch went outside Salesforce calls (merge, requests, "
         f"outcomes, publishing and waiting for the broker's acks)"
     )
