@@ -24,6 +24,7 @@ _ESCAPES = {
     "\b": "\\b",
     "\f": "\\f",
 }
+_TRANSLATION = str.maketrans(_ESCAPES)
 
 
 def escape_literal(value: str) -> str:
@@ -32,7 +33,7 @@ def escape_literal(value: str) -> str:
     Backslash and quotes are escaped, as are the control characters SOQL has escapes for;
     other characters (any Unicode) are legal as they are.
     """
-    return "".join(_ESCAPES.get(ch, ch) for ch in value)
+    return value.translate(_TRANSLATION)
 
 
 def quote_literal(value: str) -> str:
