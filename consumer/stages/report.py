@@ -26,6 +26,7 @@ from consumer.model.changes import (
     PersonResult,
     PersonWrite,
     Rejected,
+    Step,
 )
 from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
 from consumer.model.outcomes import (
@@ -97,6 +98,7 @@ def assemble(
     # refused, none older than the record) shares one target document: under skew a busy
     # person has hundreds of events in one batch.
     shared: dict[tuple[int, str], dict[str, Any]] = {}
+    alike: dict[str, _Verdict] = {}
     for index, (message, result) in enumerate(zip(messages, parsed, strict=True)):
         source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         if isinstance(result, Rejected):
@@ -133,52 +135,16 @@ def assemble(
             continue
         assert isinstance(result, Accepted)
         change = result.change
-        person = people[change.email_key]
-        step = steps.get(index)
-        targets: list[dict[str, Any]] = []
-        refused: list[tuple[str, dict[str, Any]]] = []
-        failed: dict[str, Any] | None = None
-        for plan in plans:
-            if plan.sobject not in person.fields:
-                continue
-            written = results.get(plan.sobject, {}).get(change.email_key)
-            if written is None:
-                continue
-            mine = step.fields.get(plan.sobject, {}) if step is not None else {}
-            plain = (
-                index not in written.older
-                and index not in written.stale_indexes
-                and not (written.refused and any(f in written.refused for f in mine))
-            )
-            if plain:
-                target = shared.get((id(written), plan.sobject))
-                if target is None:
-                    target = _target(plan.sobject, written, index, mine, len(person.indexes))
-                    shared[(id(written), plan.sobject)] = target
-            else:
-                target = _target(plan.sobject, written, index, mine, len(person.indexes))
-            targets.append(target)
-            if "fields_refused" in target:
-                refused.append((plan.sobject, target))
-            elif target["status"] == "failed" and failed is None and "error" in target:
-                failed = target
-        status = overall_status(t["status"] for t in targets)
-        reason = None
-        error_class = None
-        if not targets:
-            reason = "the event carries no choice that the mapping writes to any target"
-        if failed is not None:
-            error_class = failed["error"]["code"]
-            reason = f"{failed['sobject']}: {error_class}: {failed['error']['message']}"
-        elif refused:
-            # Fields Salesforce refused (or describe says it would): the rest was written.
-            # Dead-lettered so an operator can fix the field and redrive the event.
-            error_class = FIELD_REJECTED
-            reason = "; ".join(
-                f"{sobject}.{r['field']}: {r['code']}: {r['message']}"
-                for sobject, target in refused
-                for r in target["fields_refused"]
-            )
+        # A person whose results hold nothing per event (no field refused, none older than
+        # the record, no event stale) gives each of their events the same targets: worked
+        # out once per person, as under skew a busy person has hundreds of events a batch.
+        verdict = alike.get(change.email_key)
+        if verdict is None:
+            person = people[change.email_key]
+            verdict = _verdict(index, person, results, plans, steps.get(index), shared)
+            if _uniform(change.email_key, person, results, plans):
+                alike[change.email_key] = verdict
+        targets, status, reason, error_class = verdict
         if error_class is not None and reason is not None:
             dead.append(
                 DeadLetterOut(
@@ -199,6 +165,81 @@ def assemble(
         )
         outcomes.append(Publication(_key(doc, message), doc))
     return outcomes, dead
+
+
+#: What an accepted event came to: its target documents, status, reason and error class.
+_Verdict = tuple[list[dict[str, Any]], str, str | None, str | None]
+
+
+def _uniform(
+    key: str,
+    person: PersonWrite,
+    results: Mapping[str, Mapping[str, PersonResult]],
+    plans: Sequence[TargetPlan],
+) -> bool:
+    """True when no target result of this person says anything about one event alone."""
+    for plan in plans:
+        if plan.sobject in person.fields:
+            written = results.get(plan.sobject, {}).get(key)
+            if written is not None and (written.older or written.stale_indexes or written.refused):
+                return False
+    return True
+
+
+def _verdict(
+    index: int,
+    person: PersonWrite,
+    results: Mapping[str, Mapping[str, PersonResult]],
+    plans: Sequence[TargetPlan],
+    step: Step | None,
+    shared: dict[tuple[int, str], dict[str, Any]],
+) -> _Verdict:
+    """What the event at ``index`` came to on each target its person has fields for."""
+    targets: list[dict[str, Any]] = []
+    refused: list[tuple[str, dict[str, Any]]] = []
+    failed: dict[str, Any] | None = None
+    for plan in plans:
+        if plan.sobject not in person.fields:
+            continue
+        written = results.get(plan.sobject, {}).get(person.email_key)
+        if written is None:
+            continue
+        mine = step.fields.get(plan.sobject, {}) if step is not None else {}
+        plain = (
+            index not in written.older
+            and index not in written.stale_indexes
+            and not (written.refused and any(f in written.refused for f in mine))
+        )
+        if plain:
+            target = shared.get((id(written), plan.sobject))
+            if target is None:
+                target = _target(plan.sobject, written, index, mine, len(person.indexes))
+                shared[(id(written), plan.sobject)] = target
+        else:
+            target = _target(plan.sobject, written, index, mine, len(person.indexes))
+        targets.append(target)
+        if "fields_refused" in target:
+            refused.append((plan.sobject, target))
+        elif target["status"] == "failed" and failed is None and "error" in target:
+            failed = target
+    status = overall_status(t["status"] for t in targets)
+    reason = None
+    error_class = None
+    if not targets:
+        reason = "the event carries no choice that the mapping writes to any target"
+    if failed is not None:
+        error_class = failed["error"]["code"]
+        reason = f"{failed['sobject']}: {error_class}: {failed['error']['message']}"
+    elif refused:
+        # Fields Salesforce refused (or describe says it would): the rest was written.
+        # Dead-lettered so an operator can fix the field and redrive the event.
+        error_class = FIELD_REJECTED
+        reason = "; ".join(
+            f"{sobject}.{r['field']}: {r['code']}: {r['message']}"
+            for sobject, target in refused
+            for r in target["fields_refused"]
+        )
+    return targets, status, reason, error_class
 
 
 def _doc(

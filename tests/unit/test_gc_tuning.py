@@ -21,7 +21,8 @@ def restored_gc() -> Iterator[None]:
 def test_run_freezes_what_exists_and_collects_young_objects_less_often(restored_gc: None) -> None:
     gc.unfreeze()
     before = gc.get_freeze_count()
-    alive: list[list[int]] = [[] for _ in range(1_000)]  # containers that exist before the service starts
+    # Containers that exist before the service starts.
+    alive: list[list[int]] = [[] for _ in range(1_000)]
     cli._tune_gc()
     assert gc.get_freeze_count() >= before + len(alive)
     assert gc.get_threshold()[0] == cli.GC_YOUNG_THRESHOLD > 700
