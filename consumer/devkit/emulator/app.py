@@ -630,8 +630,10 @@ class SalesforceEmulator:
             # the request came in, however long the emulator took to compute it (with 200
             # records a call that is milliseconds of Python that Salesforce does not cost us).
             loop = asyncio.get_running_loop()
-            due = loop.time() + state.faults.latency_seconds()
-            response = await answer(request)
+            latency = state.faults.latency_seconds()
+            due = loop.time() + latency
+            with state.journal.answering(latency):
+                response = await answer(request)
             rest = due - loop.time()
             if rest > 0:
                 await asyncio.sleep(rest)

@@ -5,18 +5,25 @@ collections call with how many keys or records it carried and how many succeeded
 record written with the email it was written for. A benchmark reads it to compute records
 written per second over time, records per call, and the delay from an event's production to
 its write. Times are wall-clock seconds (``time.time``), comparable with Kafka record
-timestamps taken by other processes on the same machine.
+timestamps taken by other processes on the same machine. An entry's time is when its answer
+left: the emulator does its work at the start of a call's latency, so inside
+:meth:`Journal.answering` entries are stamped with the end of that latency instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from consumer.devkit.emulator.errors import JsonObj
 
 __all__ = ["CallEntry", "Journal", "WriteEntry"]
+
+#: When the answer of the call being handled leaves (wall clock); one per request's task.
+_ANSWER_DUE: ContextVar[float] = ContextVar("answer_due", default=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +60,28 @@ class Journal:
         self.calls: list[CallEntry] = []
         self.writes: list[WriteEntry] = []
 
+    @contextlib.contextmanager
+    def answering(self, latency_seconds: float) -> Iterator[None]:
+        """Within: the call being handled answers ``latency_seconds`` from now at the
+        earliest, and its entries say so."""
+        token = _ANSWER_DUE.set(self._clock() + latency_seconds)
+        try:
+            yield
+        finally:
+            _ANSWER_DUE.reset(token)
+
+    def _now(self) -> float:
+        return max(self._clock(), _ANSWER_DUE.get())
+
     def call(self, kind: str, sobject: str, sent: int, ok: int) -> None:
         """Note one call."""
         if self.enabled:
-            self.calls.append(CallEntry(self._clock(), kind, sobject, sent, ok))
+            self.calls.append(CallEntry(self._now(), kind, sobject, sent, ok))
 
     def write(self, sobject: str, action: str, record_id: str, key: str | None) -> None:
         """Note one record written."""
         if self.enabled:
-            self.writes.append(WriteEntry(self._clock(), sobject, action, record_id, key))
+            self.writes.append(WriteEntry(self._now(), sobject, action, record_id, key))
 
     def clear(self) -> None:
         """Forget every entry."""
