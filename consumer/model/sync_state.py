@@ -40,14 +40,18 @@ def decode(text: object) -> dict[str, Stamp]:
     if not isinstance(doc, dict) or doc.get("v") != VERSION or not isinstance(doc.get("f"), dict):
         return {}
     out: dict[str, Stamp] = {}
+    # orjson gives exact types (a bool is never an int here), so ``type(..) is`` suffices:
+    # this runs for every mapped field of every record a query returns.
     for name, entry in doc["f"].items():
-        if (
-            isinstance(entry, list)
-            and len(entry) == 4
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in entry[:3])
-            and isinstance(entry[3], str)
-        ):
-            out[str(name)] = Stamp(entry[0], entry[1], entry[2], entry[3])
+        if type(entry) is list and len(entry) == 4:
+            time_ms, partition, offset, event_id = entry
+            if (
+                type(time_ms) is int
+                and type(partition) is int
+                and type(offset) is int
+                and type(event_id) is str
+            ):
+                out[name] = Stamp(time_ms, partition, offset, event_id)
     return out
 
 
