@@ -41,7 +41,7 @@ KEY_OMITTED_HEADER = "x-dlq-key-omitted"
 OUTCOME_SHRUNK_HEADER = "x-outcome-shrunk"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Record:
     """One record to send, and how it can still be shrunk."""
 
