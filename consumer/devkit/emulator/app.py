@@ -596,11 +596,30 @@ class SalesforceEmulator:
 
         return middleware
 
-    async def _delay(self, kind: str) -> None:
+    async def _within_latency(
+        self, kind: str, answer: Handler, request: web.Request
+    ) -> web.StreamResponse:
+        """``answer`` the request, leaving the configured latency after it came in.
+
+        Salesforce's latency includes its own work, so the emulator works first and sleeps
+        for whatever is left (with 200 records a call that is milliseconds of Python that
+        Salesforce does not cost its clients). A hang comes first, as before. The journal
+        stamps the call's entries when the answer leaves, after the sleep.
+        """
         await self._hang(kind)
-        latency = self.state.faults.latency_seconds()
-        if latency > 0:
-            await asyncio.sleep(latency)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.state.faults.latency_seconds()
+        with self.state.journal.answering():
+            try:
+                response = await answer(request)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                # An emulator bug (the middleware answers 500) still waits its latency.
+                await _sleep_until(loop, due)
+                raise
+            await _sleep_until(loop, due)
+        return response
 
     async def _hang(self, kind: str) -> None:
         hang = self.state.faults.take_hang(kind)
@@ -625,19 +644,7 @@ class SalesforceEmulator:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             state.stats.incr(kind)
             state.stats.incr("api_calls")
-            await self._hang(kind)
-            # Salesforce's latency includes its own work: the answer leaves ``latency`` after
-            # the request came in, however long the emulator took to compute it (with 200
-            # records a call that is milliseconds of Python that Salesforce does not cost us).
-            loop = asyncio.get_running_loop()
-            latency = state.faults.latency_seconds()
-            due = loop.time() + latency
-            with state.journal.answering(latency):
-                response = await answer(request)
-            rest = due - loop.time()
-            if rest > 0:
-                await asyncio.sleep(rest)
-            return response
+            return await self._within_latency(kind, answer, request)
 
         async def answer(request: web.Request) -> web.StreamResponse:
             fault = state.faults.take_http(kind)
@@ -685,9 +692,11 @@ class SalesforceEmulator:
     # ---- endpoints ---------------------------------------------------------------------
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
+        self.state.stats.incr("token")
+        return await self._within_latency("token", self._token_answer, request)
+
+    async def _token_answer(self, request: web.Request) -> web.StreamResponse:
         state = self.state
-        state.stats.incr("token")
-        await self._delay("token")
         fault = state.faults.take_http("token")
         if fault is not None:
             return self._fault_response(fault)
@@ -773,3 +782,9 @@ def _maybe_compress(request: web.BaseRequest, response: web.StreamResponse) -> N
         response.enable_compression(ContentCoding.gzip)
     elif "deflate" in codings:
         response.enable_compression(ContentCoding.deflate)
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
+    rest = due - loop.time()
+    if rest > 0:
+        await asyncio.sleep(rest)

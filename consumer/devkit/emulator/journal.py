@@ -6,8 +6,8 @@ record written with the email it was written for. A benchmark reads it to comput
 written per second over time, records per call, and the delay from an event's production to
 its write. Times are wall-clock seconds (``time.time``), comparable with Kafka record
 timestamps taken by other processes on the same machine. An entry's time is when its answer
-left: the emulator does its work at the start of a call's latency, so inside
-:meth:`Journal.answering` entries are stamped with the end of that latency instead.
+left: the emulator does its work at the start of a call's latency, so entries made inside
+:meth:`Journal.answering` are held and stamped when it ends, after the latency's sleep.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from consumer.devkit.emulator.errors import JsonObj
 
 __all__ = ["CallEntry", "Journal", "WriteEntry"]
 
-#: When the answer of the call being handled leaves (wall clock); one per request's task.
-_ANSWER_DUE: ContextVar[float] = ContextVar("answer_due", default=0.0)
+#: Entries of the call being handled, held until its answer leaves; one list per request.
+_HELD: ContextVar[list[tuple[str, Any]] | None] = ContextVar("journal_held", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,27 +62,39 @@ class Journal:
         self.writes: list[WriteEntry] = []
 
     @contextlib.contextmanager
-    def answering(self, latency_seconds: float) -> Iterator[None]:
-        """Within: the call being handled answers ``latency_seconds`` from now at the
-        earliest, and its entries say so."""
-        token = _ANSWER_DUE.set(self._clock() + latency_seconds)
+    def answering(self) -> Iterator[None]:
+        """Within: entries are held, then stamped and kept when the block ends (the call's
+        answer leaves), in the order they were made."""
+        held: list[tuple[str, Any]] = []
+        token = _HELD.set(held)
         try:
             yield
         finally:
-            _ANSWER_DUE.reset(token)
-
-    def _now(self) -> float:
-        return max(self._clock(), _ANSWER_DUE.get())
+            _HELD.reset(token)
+            now = self._clock()
+            for what, args in held:
+                if what == "call":
+                    self.calls.append(CallEntry(now, *args))
+                else:
+                    self.writes.append(WriteEntry(now, *args))
 
     def call(self, kind: str, sobject: str, sent: int, ok: int) -> None:
         """Note one call."""
         if self.enabled:
-            self.calls.append(CallEntry(self._now(), kind, sobject, sent, ok))
+            held = _HELD.get()
+            if held is not None:
+                held.append(("call", (kind, sobject, sent, ok)))
+            else:
+                self.calls.append(CallEntry(self._clock(), kind, sobject, sent, ok))
 
     def write(self, sobject: str, action: str, record_id: str, key: str | None) -> None:
         """Note one record written."""
         if self.enabled:
-            self.writes.append(WriteEntry(self._now(), sobject, action, record_id, key))
+            held = _HELD.get()
+            if held is not None:
+                held.append(("write", (sobject, action, record_id, key)))
+            else:
+                self.writes.append(WriteEntry(self._clock(), sobject, action, record_id, key))
 
     def clear(self) -> None:
         """Forget every entry."""
