@@ -142,8 +142,9 @@ class Children:
     ) -> Child:
         """Start ``python -m ...`` with this interpreter and this checkout's code."""
         if self.profile and args[:3] == ["-m", "consumer", "run"]:
-            # The service returns from main on SIGTERM, so cProfile writes its file then.
-            args = ["-m", "cProfile", "-o", str(log.with_suffix(".prof")), *args]
+            # The service returns from main on SIGTERM; the stats are written then.
+            profiled = "consumer.devkit.bench.profiled"
+            args = ["-m", profiled, str(log.with_suffix(".prof")), *args[2:]]
         return self.spawn(name, [sys.executable, *args], env=child_env(env), log=log, cwd=cwd)
 
     def stop(self, child: Child, timeout: float = 30.0) -> int | None:
