@@ -148,6 +148,7 @@ def _tune_gc() -> None:
     bench`` (c). Objects alive at start (modules, schemas, clients' setup) are frozen out of
     every collection, and a young collection waits for 10,000 allocations instead of 700.
     """
+    gc.collect()  # nothing cyclic left over from start-up is frozen with the rest
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 

@@ -128,7 +128,10 @@ class Sourced:
 
 @dataclass(slots=True)
 class Step:
-    """One merged event: when it happened, where it sits in the batch, what it writes."""
+    """One merged event: when it happened, where it sits in the batch, what it writes.
+
+    ``fields`` holds the map stage's own dicts (not copies): read them, never change them.
+    """
 
     event_time: datetime
     index: int

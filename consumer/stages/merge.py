@@ -8,8 +8,12 @@ wins each field it mentions, and a partial event never erases a field it did not
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 
 from consumer.model.changes import FieldValues, PersonWrite, Sourced, Stamp, Step, epoch_ms
+
+#: What orders the changes: time, partition, offset, then index (never the change itself).
+_POSITION = itemgetter(0, 1, 2, 3)
 
 
 def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
@@ -19,9 +23,10 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
     whose value it holds, which is what the writer compares with a record's sync state.
     """
     # Sorted on the stamps' plain ints: event times are whole milliseconds (parse truncates
-    # them), so this is event-time order, and the unique index keeps tuples off the changes.
+    # them), so this is event-time order.
     ordered = sorted(
-        (epoch_ms(s.change.event_time), s.partition, s.offset, s.index, s) for s in changes
+        ((epoch_ms(s.change.event_time), s.partition, s.offset, s.index, s) for s in changes),
+        key=_POSITION,
     )
     people: dict[str, PersonWrite] = {}
     for time_ms, partition, offset, index, item in ordered:
@@ -47,9 +52,3 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
                     person.stamps[sobject].update(dict.fromkeys(values, stamp))
         person.steps.append(Step(change.event_time, index, mine, stamp))
     return people
-
-
-def stamp_of(item: Sourced) -> Stamp:
-    """The stamp of a sourced change: its event time to the millisecond and its position."""
-    change = item.change
-    return Stamp(epoch_ms(change.event_time), item.partition, item.offset, change.event_id)

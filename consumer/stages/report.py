@@ -99,6 +99,7 @@ def assemble(
     # person has hundreds of events in one batch.
     shared: dict[tuple[int, str], dict[str, Any]] = {}
     alike: dict[str, _Verdict] = {}
+    varied: set[str] = set()
     for index, (message, result) in enumerate(zip(messages, parsed, strict=True)):
         source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         if isinstance(result, Rejected):
@@ -142,8 +143,11 @@ def assemble(
         if verdict is None:
             person = people[change.email_key]
             verdict = _verdict(index, person, results, plans, steps.get(index), shared)
-            if _uniform(change.email_key, person, results, plans):
-                alike[change.email_key] = verdict
+            if change.email_key not in varied:
+                if _uniform(change.email_key, person, results, plans):
+                    alike[change.email_key] = verdict
+                else:
+                    varied.add(change.email_key)
         targets, status, reason, error_class = verdict
         if error_class is not None and reason is not None:
             dead.append(
