@@ -67,6 +67,10 @@ class MemoryConsumer:
     def paused_partitions(self) -> set[TopicPartition]:
         return set(self._paused)
 
+    def position(self, tp: TopicPartition) -> int:
+        """The next offset ``getmany`` hands out for ``tp``."""
+        return self._position[tp]
+
     async def rebalance(self, assignment: set[TopicPartition]) -> None:
         """An eager rebalance: everything revoked, then ``assignment`` handed out from the
         committed offsets."""

@@ -369,3 +369,24 @@ async def test_exported_lag_counts_from_the_committed_offset() -> None:
     await h.until("committed", lambda: h.consumer.committed == {tp(0): 6})
     await h.until("the lag caught up", lambda: lag() == 0)
     await h.finish()
+
+
+@pytest.mark.asyncio
+async def test_polls_that_return_at_once_still_let_batches_run_between_them() -> None:
+    # aiokafka's getmany() returns without waiting while it holds fetched records: a backlog
+    # must not be taken in whole before the first batch gets to write (or an answer is read).
+    h = Harness(fetch_max_records=10)
+    for i in range(2_000):
+        h.consumer.append(0, event(f"p{i}@x.com", i))
+    taken_in: list[int] = []
+    write = h.contact.write
+
+    async def noting(people: Any, done: Any = None) -> Any:
+        taken_in.append(h.consumer.position(tp(0)))
+        return await write(people, done)
+
+    h.contact.write = noting  # type: ignore[method-assign]
+    h.start()
+    await h.until("the first write", lambda: bool(taken_in))
+    await h.finish()
+    assert taken_in[0] < 200  # without a pause per poll: all 2,000
