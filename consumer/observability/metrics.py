@@ -5,7 +5,14 @@ Labels never carry personal data: no email, no organization_user_id, no record i
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+)
 
 NAMESPACE = "consent_sync"
 
@@ -20,6 +27,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r, ns = self.registry, NAMESPACE
+        # The process's CPU and memory, and the garbage collector `run` tunes (collections
+        # per generation, objects collected): what a throughput or memory problem needs first.
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         self.messages_consumed = Counter(
             "messages_consumed_total",
             "Messages read from the input topic.",
