@@ -143,3 +143,62 @@ def test_the_fast_path_writes_exactly_what_the_outcome_model_writes() -> None:
     for publication in outcomes:
         model = publication.outcome  # validates the document against the model
         assert publication.value() == orjson.dumps(model.model_dump(mode="json", exclude_none=True))
+
+
+def test_only_people_whose_results_hold_nothing_per_event_share_one_verdict() -> None:
+    # a@ has three plain events; b@'s first event is older than the record on Contact, and
+    # b@'s frequency is refused on Contact: each of b@'s events gets its own verdict.
+    plans = example_plans()
+    a = [
+        change("a@x.com", purpose("newsletter", i % 2 == 0), minutes=i, event_id=f"a{i}")
+        for i in (1, 3, 5)
+    ]
+    b_old = change("b@x.com", purpose("newsletter", True), minutes=2, event_id="b-old")
+    b_new = change(
+        "b@x.com",
+        purpose("newsletter", False, frequency="weekly"),
+        minutes=4,
+        event_id="b-new",
+    )
+    order = [a[0], b_old, a[1], b_new, a[2]]
+    parsed: list[ParseResult] = [Accepted(c) for c in order]
+    people = merge_by_person(
+        [Sourced(c, 0, i, i, map_change(c, plans)) for i, c in enumerate(order)]
+    )
+    refused = SalesforceErrorInfo(code="INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", message="bad")
+    results = {
+        "Contact": {
+            "a@x.com": PersonResult("updated", ["003A"]),
+            "b@x.com": PersonResult(
+                "updated",
+                ["003B"],
+                stale_indexes={1},
+                older={1: ["Newsletter_Consent__c"]},
+                refused={"Newsletter_Frequency__c": refused},
+            ),
+        },
+        "Lead": {
+            "a@x.com": PersonResult("not_found"),
+            "b@x.com": PersonResult("updated", ["00QB"]),
+        },
+    }
+    outcomes, dead = assemble([message(i) for i in range(5)], parsed, people, results, plans, NOW)
+    docs = [o.outcome for o in outcomes]
+    assert [d.event_id for d in docs] == ["a1", "b-old", "a3", "b-new", "a5"]
+    assert [d.status for d in docs] == ["updated", "updated", "updated", "partial", "updated"]
+    for d in (docs[0], docs[2], docs[4]):
+        assert [(t.sobject, t.status) for t in d.targets] == [
+            ("Contact", "updated"),
+            ("Lead", "not_found"),
+        ]
+        assert d.error_class is None
+    assert [(t.sobject, t.status) for t in docs[1].targets] == [
+        ("Contact", "stale"),
+        ("Lead", "updated"),
+    ]
+    assert [(t.sobject, t.status) for t in docs[3].targets] == [
+        ("Contact", "partial"),
+        ("Lead", "updated"),
+    ]
+    assert docs[3].error_class == "FIELD_REJECTED"
+    assert [d.message.offset for d in dead] == [3]
