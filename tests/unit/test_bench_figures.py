@@ -199,3 +199,14 @@ def test_rss_profile_marks_quarters_and_the_growth_while_draining() -> None:
     assert math.isnan(rss_profile([(10, 1024)], 100)[1])
     # The last sample stands for the end when the run ended between two samples.
     assert rss_profile([(0, 1024), (90, 2048)], 100)[0][3] == 2.0
+
+
+def test_a_profiled_service_keeps_its_exit_code_and_writes_its_stats(tmp_path: Path) -> None:
+    from consumer.devkit.bench import profiled
+
+    out = tmp_path / "service.prof"
+    # A usage error ends the command before it touches logging or the network.
+    with pytest.raises(SystemExit) as ended:
+        profiled.main([str(out), "run", "--no-such-option"])
+    assert ended.value.code == 2  # not swallowed, as `python -m cProfile` does
+    assert out.stat().st_size > 0
