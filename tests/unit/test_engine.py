@@ -390,3 +390,62 @@ async def test_polls_that_return_at_once_still_let_batches_run_between_them() ->
     await h.until("the first write", lambda: bool(taken_in))
     await h.finish()
     assert taken_in[0] < 200  # without a pause per poll: all 2,000
+
+
+@pytest.mark.asyncio
+async def test_salesforce_answers_are_read_while_a_large_poll_is_taken_in() -> None:
+    # A batch is waiting for Salesforce when a poll of 1,000 records arrives; its answer
+    # comes while that poll is being taken in and is read before the poll's end.
+    h = Harness(fetch_max_records=1_000)
+    h.contact.gate = asyncio.Event()
+    h.consumer.append(0, event("first@x.com", 0))
+    h.start()
+    await h.until("the first write", lambda: h.contact.in_flight == 1)
+    for i in range(1, 1_001):
+        h.consumer.append(0, event(f"p{i}@x.com", i))
+    taken = 0
+    written_before_the_poll_ended: list[bool] = []
+    take_in = h.pipeline._take_in
+
+    def counting(tp: TopicPartition, record: Any) -> None:
+        nonlocal taken
+        take_in(tp, record)
+        taken += 1
+        if taken == 50:
+            assert h.contact.gate is not None
+            h.contact.gate.set()  # Salesforce answers now, mid-poll
+        if taken == 1_000:
+            written_before_the_poll_ended.append(len(h.contact.calls) == 1)
+
+    h.pipeline._take_in = counting  # type: ignore[method-assign]
+    await h.until("every outcome", lambda: len(h.outcomes()) == 1_001)
+    await h.finish()
+    assert written_before_the_poll_ended == [True]
+
+
+@pytest.mark.asyncio
+async def test_a_rebalance_during_a_large_poll_waits_for_it_and_loses_nothing() -> None:
+    h = Harness(partitions=2, fetch_max_records=1_000)
+    for i in range(600):
+        h.consumer.append(i % 2, event(f"p{i % 50}@x.com", i))
+    taken = 0
+    rebalances: list[asyncio.Task[None]] = []
+    take_in = h.pipeline._take_in
+
+    def counting(tp: TopicPartition, record: Any) -> None:
+        nonlocal taken
+        take_in(tp, record)
+        taken += 1
+        if taken == 150:  # mid-poll: the revocation must wait for the other 450
+            rebalances.append(asyncio.ensure_future(h.consumer.rebalance({tp0, tp1})))
+
+    tp0, tp1 = tp(0), tp(1)
+    h.pipeline._take_in = counting  # type: ignore[method-assign]
+    h.start()
+    await h.until("the rebalance", lambda: bool(rebalances) and rebalances[0].done())
+    rebalances[0].result()
+    await h.until("commits at the end", lambda: h.consumer.committed == {tp0: 300, tp1: 300})
+    await h.finish()
+    seen = {(o["source"]["partition"], o["source"]["offset"]) for o in h.outcomes()}
+    assert seen == {(p, o) for p in (0, 1) for o in range(300)}  # each at least once
+    assert h.pipeline.failure is None
