@@ -14,6 +14,7 @@ from typing import Any, cast
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from consumer.devkit.bench.events import EXTERNAL_ID_MAPPING
 from consumer.engine.lanes import lane_of
 from consumer.mapping import parse_mapping
 from consumer.model.messages import email_key
@@ -369,25 +370,6 @@ async def test_spent_retry_budget_follows_the_policy(kafka_bootstrap: str, polic
         assert statuses["failed"] == 0
         assert dlq.records == []
         assert_final_state(emulator, scenario)
-
-
-EXTERNAL_ID_MAPPING = """
-targets:
-  - sobject: Contact
-    upsert_mode: true
-    external_id_field: Didomi_Id__c
-    create_defaults: {LastName: "Unknown"}
-    purposes:
-      newsletter: Newsletter_Consent__c
-      analytics: Analytics_Consent__c
-    preferences:
-      topics: Newsletter_Topics__c
-      frequency: Newsletter_Frequency__c
-    preference_values:
-      topics:
-        product_news: Topic_Product_News__c
-        offers: Topic_Offers__c
-"""
 
 
 async def test_external_id_mode_upserts_without_queries(kafka_bootstrap: str) -> None:

@@ -22,18 +22,7 @@ from typing import Any
 
 import orjson
 
-_CONTACT_FIELDS = """\
-    purposes:
-      newsletter: Newsletter_Consent__c
-      analytics: Analytics_Consent__c
-    preferences:
-      topics: Newsletter_Topics__c
-      frequency: Newsletter_Frequency__c
-    preference_values:
-      topics:
-        product_news: Topic_Product_News__c
-        offers: Topic_Offers__c
-"""
+from consumer.devkit.emulator.fields import CONTACT_CHOICES
 
 #: External-ID mode: upsert by ``Didomi_Id__c``, 200 people a call and no query.
 EXTERNAL_ID_MAPPING = (
@@ -46,7 +35,7 @@ targets:
     external_id_field: Didomi_Id__c
     create_defaults: {LastName: "Unknown"}
 """
-    + _CONTACT_FIELDS
+    + CONTACT_CHOICES
 )
 
 #: Match mode on Contact alone: a query then a write per 200 people (with the advised sync
@@ -61,7 +50,7 @@ targets:
     sync_state_field: Didomi_Sync_State__c
     create_defaults: {LastName: "Unknown"}
 """
-    + _CONTACT_FIELDS
+    + CONTACT_CHOICES
 )
 
 _FIRST = (

@@ -35,17 +35,10 @@ def example_custom_fields() -> dict[str, list[FieldSpec]]:
     return {"Contact": contact, "Lead": lead}
 
 
-#: The project's example mapping, as in ``tests/fixtures/mapping.example.yaml`` (a unit test
-#: keeps the two equal); the demo and the bench run with it. Contact in match mode with the
-#: sync state, upsert; Lead update-only.
-EXAMPLE_MAPPING = """\
-regulations: [gdpr]
-targets:
-  - sobject: Contact
-    upsert_mode: true
-    match_field: Email
-    sync_state_field: Didomi_Sync_State__c
-    create_defaults: {LastName: "Unknown"}
+#: The Contact choices of the example mapping (a target's ``purposes``, ``preferences`` and
+#: ``preference_values``, indented for a target entry): the bench's and the tests' other
+#: Contact mappings use the same ones.
+CONTACT_CHOICES = """\
     purposes:
       newsletter: Newsletter_Consent__c
       analytics: Analytics_Consent__c
@@ -56,6 +49,23 @@ targets:
       topics:
         product_news: Topic_Product_News__c
         offers: Topic_Offers__c
+"""
+
+#: The project's example mapping, as in ``tests/fixtures/mapping.example.yaml`` (a unit test
+#: keeps the two equal); the demo and the bench run with it. Contact in match mode with the
+#: sync state, upsert; Lead update-only.
+EXAMPLE_MAPPING = (
+    """\
+regulations: [gdpr]
+targets:
+  - sobject: Contact
+    upsert_mode: true
+    match_field: Email
+    sync_state_field: Didomi_Sync_State__c
+    create_defaults: {LastName: "Unknown"}
+"""
+    + CONTACT_CHOICES
+    + """\
   - sobject: Lead
     upsert_mode: false
     match_field: Email
@@ -63,3 +73,4 @@ targets:
     purposes:
       newsletter: Newsletter_Consent__c
 """
+)
