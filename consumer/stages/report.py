@@ -99,7 +99,6 @@ def assemble(
     # person has hundreds of events in one batch.
     shared: dict[tuple[int, str], dict[str, Any]] = {}
     alike: dict[str, _Verdict] = {}
-    varied: set[str] = set()
     for index, (message, result) in enumerate(zip(messages, parsed, strict=True)):
         source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
         if isinstance(result, Rejected):
@@ -142,12 +141,9 @@ def assemble(
         verdict = alike.get(change.email_key)
         if verdict is None:
             person = people[change.email_key]
-            verdict = _verdict(index, person, results, plans, steps.get(index), shared)
-            if change.email_key not in varied:
-                if _uniform(change.email_key, person, results, plans):
-                    alike[change.email_key] = verdict
-                else:
-                    varied.add(change.email_key)
+            verdict, for_all = _verdict(index, person, results, plans, steps.get(index), shared)
+            if for_all:
+                alike[change.email_key] = verdict
         targets, status, reason, error_class = verdict
         if error_class is not None and reason is not None:
             dead.append(
@@ -175,21 +171,6 @@ def assemble(
 _Verdict = tuple[list[dict[str, Any]], str, str | None, str | None]
 
 
-def _uniform(
-    key: str,
-    person: PersonWrite,
-    results: Mapping[str, Mapping[str, PersonResult]],
-    plans: Sequence[TargetPlan],
-) -> bool:
-    """True when no target result of this person says anything about one event alone."""
-    for plan in plans:
-        if plan.sobject in person.fields:
-            written = results.get(plan.sobject, {}).get(key)
-            if written is not None and (written.older or written.stale_indexes or written.refused):
-                return False
-    return True
-
-
 def _verdict(
     index: int,
     person: PersonWrite,
@@ -197,8 +178,11 @@ def _verdict(
     plans: Sequence[TargetPlan],
     step: Step | None,
     shared: dict[tuple[int, str], dict[str, Any]],
-) -> _Verdict:
-    """What the event at ``index`` came to on each target its person has fields for."""
+) -> tuple[_Verdict, bool]:
+    """What the event at ``index`` came to on each target its person has fields for, and
+    whether every event of the person comes to the same (no result holds anything about
+    one event alone: no field refused, none older than the record, no event stale)."""
+    for_all = True
     targets: list[dict[str, Any]] = []
     refused: list[tuple[str, dict[str, Any]]] = []
     failed: dict[str, Any] | None = None
@@ -208,6 +192,8 @@ def _verdict(
         written = results.get(plan.sobject, {}).get(person.email_key)
         if written is None:
             continue
+        if written.older or written.stale_indexes or written.refused:
+            for_all = False
         mine = step.fields.get(plan.sobject, {}) if step is not None else {}
         plain = (
             index not in written.older
@@ -243,7 +229,7 @@ def _verdict(
             for sobject, target in refused
             for r in target["fields_refused"]
         )
-    return targets, status, reason, error_class
+    return (targets, status, reason, error_class), for_all
 
 
 def _doc(
