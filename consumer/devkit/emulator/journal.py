@@ -24,7 +24,9 @@ from consumer.devkit.emulator.errors import JsonObj
 __all__ = ["CallEntry", "Journal", "WriteEntry"]
 
 #: Entries of the call being handled, held until its answer leaves; one list per request.
-_HELD: ContextVar[list[tuple[str, Any]] | None] = ContextVar("journal_held", default=None)
+#: An entry held: it is made with its time once the answer leaves, and kept in its list.
+_Held = tuple[Callable[[float], Any], list[Any]]
+_HELD: ContextVar[list[_Held] | None] = ContextVar("journal_held", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,36 +67,32 @@ class Journal:
     def answering(self) -> Iterator[None]:
         """Within: entries are held, then stamped and kept when the block ends (the call's
         answer leaves), in the order they were made."""
-        held: list[tuple[str, Any]] = []
+        held: list[_Held] = []
         token = _HELD.set(held)
         try:
             yield
         finally:
             _HELD.reset(token)
             now = self._clock()
-            for what, args in held:
-                if what == "call":
-                    self.calls.append(CallEntry(now, *args))
-                else:
-                    self.writes.append(WriteEntry(now, *args))
+            for make, into in held:
+                into.append(make(now))
 
     def call(self, kind: str, sobject: str, sent: int, ok: int) -> None:
         """Note one call."""
-        if self.enabled:
-            held = _HELD.get()
-            if held is not None:
-                held.append(("call", (kind, sobject, sent, ok)))
-            else:
-                self.calls.append(CallEntry(self._clock(), kind, sobject, sent, ok))
+        self._note(lambda at: CallEntry(at, kind, sobject, sent, ok), self.calls)
 
     def write(self, sobject: str, action: str, record_id: str, key: str | None) -> None:
         """Note one record written."""
-        if self.enabled:
-            held = _HELD.get()
-            if held is not None:
-                held.append(("write", (sobject, action, record_id, key)))
-            else:
-                self.writes.append(WriteEntry(self._clock(), sobject, action, record_id, key))
+        self._note(lambda at: WriteEntry(at, sobject, action, record_id, key), self.writes)
+
+    def _note(self, make: Callable[[float], Any], into: list[Any]) -> None:
+        if not self.enabled:
+            return
+        held = _HELD.get()
+        if held is None:
+            into.append(make(self._clock()))
+        else:
+            held.append((make, into))
 
     def clear(self) -> None:
         """Forget every entry."""
