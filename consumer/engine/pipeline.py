@@ -241,9 +241,10 @@ class Pipeline:
         # is never half registered when its partitions are settled.
         async with self._intake:
             taken = 0
+            fetched_ms = self._wall().timestamp() * 1000
             for tp, messages in records.items():
                 for record in messages:
-                    self._take_in(tp, record)
+                    self._take_in(tp, record, fetched_ms)
                     taken += 1
                     if taken % INTAKE_CHUNK == 0:
                         await asyncio.sleep(0)
@@ -266,8 +267,9 @@ class Pipeline:
                     timeout = min(timeout, max(wait, 0.005))
         return timeout
 
-    def _take_in(self, tp: TopicPartition, record: Any) -> None:
-        """Parse, map and route one fetched record (pure stages, no I/O)."""
+    def _take_in(self, tp: TopicPartition, record: Any, fetched_ms: float) -> None:
+        """Parse, map and route one fetched record (pure stages, no I/O); ``fetched_ms`` is
+        the wall clock at the poll, against which the record's age counts in its linger."""
         message = InputMessage(
             tp.topic,
             tp.partition,
@@ -288,8 +290,12 @@ class Pipeline:
             # Mapped: the parsed purposes are not needed any more, and a backlog holds many.
             parsed = Accepted(change.mapped())
         part = self._parts.fetched(tp, message.offset, message.size)
+        size = message.size
+        # The record's age: under linger, it counts against the linger (see stages/batch).
+        stamp = record.timestamp
+        waited = (fetched_ms - stamp) / 1000 if stamp is not None and stamp > 0 else 0.0
         self._lanes.route(person).buffer.add(
-            tp, person, fields.keys(), Fetched(part, message, parsed, fields), message.size
+            tp, person, fields.keys(), Fetched(part, message, parsed, fields), size, waited
         )
 
     def _backpressure(self) -> None:

@@ -6,8 +6,14 @@ Salesforce is slower than the input the events of one person merge into one pend
 (coalescing: a backlog costs calls per person, not per event). An item of a new person joins
 the last batch while it has room. The head batch is ready when it holds ``max_people`` people
 for some target (one full sObject Collections call), ``max_events`` items or ``max_bytes``
-bytes, when a later batch exists (the head takes no new people any more), or when its first
+bytes, when a later batch exists (the head takes no new people any more), or when its oldest
 item has waited ``linger`` seconds.
+
+An item's wait counts from its production, not from its arrival here, when it reaches the
+lane fresher than ``linger`` (``waited``, the Kafka record's age): so an event waits at most
+``linger`` from produce to dispatch, the broker's own leg included. An item older than that
+(the consumer lags behind) gets the whole linger from its arrival instead, so a backlog still
+fills its batches rather than writing each poll as it comes.
 
 Order: a person is in at most one waiting batch at a time, except when that batch had no room
 left, in which case later items go to a later batch. Batches are taken in queue order, so one
@@ -96,9 +102,19 @@ class LaneBuffer(Generic[K, T]):
         return len(self._queue)
 
     def add(
-        self, partition: K, person: str | None, targets: Collection[str], item: T, size: int
+        self,
+        partition: K,
+        person: str | None,
+        targets: Collection[str],
+        item: T,
+        size: int,
+        waited: float = 0.0,
     ) -> None:
-        """Queue one item; ``person`` None for items that write nothing (joins the last batch)."""
+        """Queue one item; ``person`` None for items that write nothing (joins the last batch).
+
+        ``waited``: seconds since the item was produced (its Kafka record's age when fetched);
+        counted against the linger when it is less than the linger (see the module's doc).
+        """
         entry = _Entry(partition, person, tuple(targets), item, size)
         batch = self._where.get(person) if person is not None else None
         if batch is None or not self._fits(batch, entry):
@@ -106,6 +122,10 @@ class LaneBuffer(Generic[K, T]):
             if batch is None or not self._fits(batch, entry):
                 batch = _Open(self._clock())
                 self._queue.append(batch)
+        if 0.0 < waited < self._linger:
+            since = self._clock() - waited
+            if since < batch.started:
+                batch.started = since
         batch.place(entry)
         if person is not None:
             self._where[person] = batch

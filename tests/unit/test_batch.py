@@ -67,6 +67,37 @@ def test_batch_ready_by_linger_and_time_to_ready() -> None:
     assert b.time_to_ready() == 0.0
 
 
+def test_a_fresh_item_counts_its_time_since_produce_against_the_linger() -> None:
+    # Fetched 0.3 s after it was produced: it waits 0.7 s more, so 1 s from produce.
+    clock = Clock()
+    b = buf(clock, max_events=10)
+    b.add("p0", "a@x.com", {"Contact"}, "a", 1, waited=0.3)
+    assert b.time_to_ready() == pytest.approx(0.7)
+    # A later, fresher item of the same batch does not push the deadline back.
+    clock.now += 0.2
+    b.add("p0", "b@x.com", {"Contact"}, "b", 1, waited=0.05)
+    assert b.time_to_ready() == pytest.approx(0.5)
+    # One produced earlier than the first pulls it forward.
+    b.add("p0", "c@x.com", {"Contact"}, "c", 1, waited=0.6)
+    assert b.time_to_ready() == pytest.approx(0.4)
+    clock.now += 0.4
+    assert b.ready()
+    assert items(b) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("waited", [1.0, 5.0, -2.0, 0.0])
+def test_an_item_older_than_the_linger_or_from_the_future_gets_the_whole_linger(
+    waited: float,
+) -> None:
+    # A lagging consumer (records older than the linger) still fills batches, and a
+    # producer's clock ahead of ours never makes a batch wait longer than the linger.
+    clock = Clock()
+    b = buf(clock, max_events=10)
+    b.add("p0", "a@x.com", {"Contact"}, "a", 1, waited=waited)
+    assert b.time_to_ready() == pytest.approx(1.0)
+    assert not b.ready()
+
+
 def test_batch_ready_by_bytes_and_take_respects_byte_cap() -> None:
     clock = Clock()
     b = buf(clock, max_events=10, max_bytes=100)

@@ -407,9 +407,9 @@ async def test_salesforce_answers_are_read_while_a_large_poll_is_taken_in() -> N
     written_before_the_poll_ended: list[bool] = []
     take_in = h.pipeline._take_in
 
-    def counting(tp: TopicPartition, record: Any) -> None:
+    def counting(tp: TopicPartition, record: Any, fetched_ms: float) -> None:
         nonlocal taken
-        take_in(tp, record)
+        take_in(tp, record, fetched_ms)
         taken += 1
         if taken == 50:
             assert h.contact.gate is not None
@@ -424,6 +424,19 @@ async def test_salesforce_answers_are_read_while_a_large_poll_is_taken_in() -> N
 
 
 @pytest.mark.asyncio
+async def test_a_record_counts_its_age_since_produce_against_the_linger() -> None:
+    # With a 10 s linger, a record produced 9.9 s before it is fetched is written at once
+    # (an event waits at most the linger from produce); one produced now would wait 10 s.
+    h = Harness(linger_seconds=10.0)
+    produced = int(time.time() * 1000) - 9_900
+    h.consumer.append(0, event("late@x.com", 0), timestamp=produced)
+    h.start()
+    await h.until("its outcome", lambda: len(h.outcomes()) == 1, timeout=5)
+    await h.finish()
+    assert [o["status"] for o in h.outcomes()] == ["updated"]
+
+
+@pytest.mark.asyncio
 async def test_a_rebalance_during_a_large_poll_waits_for_it_and_loses_nothing() -> None:
     h = Harness(partitions=2, fetch_max_records=1_000)
     for i in range(600):
@@ -432,9 +445,9 @@ async def test_a_rebalance_during_a_large_poll_waits_for_it_and_loses_nothing() 
     rebalances: list[asyncio.Task[None]] = []
     take_in = h.pipeline._take_in
 
-    def counting(tp: TopicPartition, record: Any) -> None:
+    def counting(tp: TopicPartition, record: Any, fetched_ms: float) -> None:
         nonlocal taken
-        take_in(tp, record)
+        take_in(tp, record, fetched_ms)
         taken += 1
         if taken == 150:  # mid-poll: the revocation must wait for the other 450
             rebalances.append(asyncio.ensure_future(h.consumer.rebalance({tp0, tp1})))
