@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     #: rule whose action is "Alert" save anyway (a consent write must not be blocked by an
     #: alert); a "Block" rule still refuses the record.
     salesforce_duplicate_rule_allow_save: bool = True
+    #: Send the queries and writes a batch issues together as composite calls (up to 5 each),
+    #: counted once against the org's API limit; Salesforce runs them one after another.
+    salesforce_composite: bool = False
 
     # --- Sync ----------------------------------------------------------------------------
     sync_mapping_file: Path = Path("mapping.yaml")

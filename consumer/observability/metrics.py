@@ -59,6 +59,15 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.salesforce_subrequests = Counter(
+            "salesforce_subrequests_total",
+            "Queries and collection calls sent inside composite calls (SALESFORCE_COMPOSITE), "
+            "by operation and HTTP status; the composite calls themselves are "
+            'salesforce_calls_total{operation="composite"}.',
+            ["operation", "status"],
+            namespace=ns,
+            registry=r,
+        )
         self.salesforce_latency = Histogram(
             "salesforce_call_duration_seconds",
             "Latency of Salesforce API calls.",

@@ -35,6 +35,7 @@ from consumer.errors import (
 )
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.observability.metrics import Metrics
+from consumer.salesforce.composite import COMPOSABLE, Composer
 from consumer.salesforce.retry import Backoff
 from consumer.salesforce.soql import encode_query
 from consumer.settings import TOKEN_PATH, Settings, is_loopback
@@ -233,6 +234,8 @@ class SalesforceClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
+        #: Gathers calls issued together into composite calls (SALESFORCE_COMPOSITE).
+        self._composer: Composer | None = None
         self._token: AccessToken | None = None
         self._token_lock = asyncio.Lock()
         self.api_usage: tuple[int, int] | None = None
@@ -262,9 +265,18 @@ class SalesforceClient:
             },
             raise_for_status=False,
         )
+        if s.salesforce_composite:
+            self._composer = Composer(
+                self._exchange,
+                self._api_path("composite"),
+                on_subrequest=self._observe_subrequest,
+            )
 
     async def stop(self) -> None:
         """Close the HTTP session (idempotent)."""
+        composer, self._composer = self._composer, None
+        if composer is not None:
+            await composer.stop()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -402,10 +414,31 @@ class SalesforceClient:
         encoded_query: str | None,
         extra_headers: Mapping[str, str] | None = None,
     ) -> Any:
-        url_text = token.instance_url + path
-        if encoded_query is not None:
-            url_text += "?" + encoded_query
-        url = URL(url_text, encoded=True)
+        target = path if encoded_query is None else f"{path}?{encoded_query}"
+        if self._composer is not None and operation in COMPOSABLE:
+            status, parsed = await self._composer.call(
+                method, target, token, operation, body, extra_headers
+            )
+        else:
+            status, parsed = await self._exchange(
+                method, target, token, operation, body, extra_headers
+            )
+        error = classify_response(status, parsed, operation=operation)
+        if error is not None:
+            raise error
+        return parsed
+
+    async def _exchange(
+        self,
+        method: str,
+        target: str,
+        token: AccessToken,
+        operation: str,
+        body: Any,
+        extra_headers: Mapping[str, str] | None,
+    ) -> tuple[int, Any]:
+        """One HTTP call: (status, parsed body); transport failures raise transient errors."""
+        url = URL(token.instance_url + target, encoded=True)
         headers = {"Authorization": f"Bearer {token.value}", **(extra_headers or {})}
         data: bytes | None = None
         if body is not None:
@@ -427,11 +460,10 @@ class SalesforceClient:
             self.api_usage = limit
             self.metrics.api_usage_used.set(limit[0])
             self.metrics.api_usage_limit.set(limit[1])
-        parsed = _loads(raw)
-        error = classify_response(status, parsed, operation=operation)
-        if error is not None:
-            raise error
-        return parsed
+        return status, _loads(raw)
+
+    def _observe_subrequest(self, operation: str, status: int) -> None:
+        self.metrics.salesforce_subrequests.labels(operation, str(status)).inc()
 
     def _observe(self, operation: str, status: str, started: float) -> None:
         self.metrics.salesforce_calls.labels(operation, status).inc()

@@ -52,6 +52,7 @@ from consumer.model.changes import FieldValue, FieldValues, PersonResult, Person
 from consumer.model.messages import email_key
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.salesforce.client import COLLECTION_LIMIT, RecordResult, SalesforceClient
+from consumer.salesforce.composite import together
 from consumer.salesforce.fields import FIELD_CODES, refusal
 from consumer.salesforce.retry import Backoff
 from consumer.salesforce.soql import in_queries_encoded
@@ -172,7 +173,16 @@ class TargetWriter:
 
         Raises :class:`RetryBudgetExhaustedError` (with what was done and what was not) when
         transient errors outlast the budget, and the client's pause and configuration errors.
+
+        Writers given the same ``people`` object (the targets of one batch) send their calls
+        together: with ``SALESFORCE_COMPOSITE``, as shared composite calls.
         """
+        with together(people):
+            return await self._write(people, done)
+
+    async def _write(
+        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None
+    ) -> dict[str, PersonResult]:
         sobject = self.sobject
         results: dict[str, PersonResult] = done if done is not None else {}
         todo = {

@@ -125,6 +125,12 @@ class CallFigures:
         out = []
         for (kind, sobject), (calls, sent, ok) in sorted(self.groups.items()):
             per = sent / calls if calls else 0.0
+            if kind == "composite":
+                out.append(
+                    f"composite calls   {calls:6,}, carrying {sent:,} of the queries and writes "
+                    f"below ({per:.1f} each, 5 at most)"
+                )
+                continue
             what = "keys" if kind == "query" else "records"
             out.append(
                 f"{kind:7} {sobject:8} {calls:6,} calls  {sent:9,} {what:7} "

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_response import ContentCoding
 
-from consumer.devkit.emulator import soql
+from consumer.devkit.emulator import composite, soql
 from consumer.devkit.emulator.duplicates import DUPLICATE_RULE_HEADER, DuplicateRule
 from consumer.devkit.emulator.journal import Journal
 from consumer.devkit.emulator.state import (
@@ -66,6 +66,7 @@ _API_KINDS = frozenset(
         "delete",
         "limits",
         "versions",
+        "composite",
     }
 )
 _RECORD_FAULT_KINDS = frozenset({"create", "update", "upsert", "delete"})
@@ -468,6 +469,7 @@ class SalesforceEmulator:
             ("composite/sobjects", "DELETE", "delete", self._delete),
             ("composite/sobjects/{sobject}/{field}", "PATCH", "upsert", self._upsert),
             ("limits", "GET", "limits", self._limits),
+            ("composite", "POST", "composite", self._composite),
         ):
             wrapped = self._api(kind, handler)
             add(method, f"{base}/{path_tail}", wrapped)
@@ -758,6 +760,24 @@ class SalesforceEmulator:
                 info["sobject"], info["field"], body, version=version, duplicate_header=header
             )
         )
+
+    async def _composite(self, request: web.Request, version: str) -> web.StreamResponse:
+        """``POST composite``: the subrequests in order, one API call; the call lasts one
+        latency per subrequest (Salesforce runs them one after another)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        subs = composite.parse(await _json_body(request), self.state.api_versions)
+        state = self.state
+        results = []
+        for sub in subs:
+            state.stats.incr(sub.kind)
+            status, body = composite.run(state, sub, state.faults.take_http)
+            results.append((sub, status, body))
+        state.journal.call("composite", "", len(subs), sum(1 for _, st, _ in results if st < 300))
+        # The wrapper waits out one latency from the start; the others come on top.
+        extra = sum(state.faults.latency_seconds() for _ in subs[1:])
+        await _sleep_until(loop, started + state.faults.latency_seconds() + extra)
+        return _json(composite.answer(results))
 
     async def _delete(self, request: web.Request, version: str) -> web.StreamResponse:
         ids = [i for i in request.query.get("ids", "").split(",") if i]

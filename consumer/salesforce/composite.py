@@ -1,0 +1,218 @@
+"""Composite calls: the queries and collection writes issued together go as one API call.
+
+Salesforce's ``POST composite`` runs up to 5 queries or sObject Collections calls as
+subrequests of one request, which counts once against the org's daily API limit. A batch
+issues its calls together (a Contact query beside a Lead query; then a Contact update, a
+Contact create and a Lead update), so :class:`Composer` holds each call for a few turns of
+the event loop, then sends the calls of one group (:func:`together`: one batch's) as
+composite calls of up to 5 subrequests (a call alone goes as itself). Calls of different
+groups never go together: Salesforce runs subrequests one after another, so two lanes' calls
+in one composite call would write one after the other instead of at once.
+
+Each caller gets its own subrequest's status and body back, and the client classifies it
+exactly as it would the answer of a call of its own: the writer's rules on partial failures,
+retries and order do not change. An error of the whole composite call (a transport error,
+401, 403, 5xx) is every subrequest's.
+
+The price: Salesforce runs the subrequests one after another, so a composite call lasts
+about as long as its subrequests together. ``SALESFORCE_COMPOSITE`` turns it on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from consumer.errors import SalesforceError, SalesforceTransientError
+
+logger = logging.getLogger(__name__)
+
+#: Queries or collections calls Salesforce takes in one composite call.
+MAX_SUBREQUESTS = 5
+#: Operations that may go as subrequests (the others always go alone).
+COMPOSABLE = frozenset({"query", "query_more", "create", "update", "upsert"})
+
+
+#: The group of the calls being issued in this context (None: each call goes alone).
+_GROUP: ContextVar[int | None] = ContextVar("composite_group", default=None)
+
+
+@contextlib.contextmanager
+def together(key: object) -> Iterator[None]:
+    """Within: this context's calls may share composite calls with those of every other
+    context inside ``together`` with the same ``key`` object (compared by identity)."""
+    token = _GROUP.set(id(key))
+    try:
+        yield
+    finally:
+        _GROUP.reset(token)
+
+
+class Token(Protocol):
+    """The access token the calls carry (the client's ``AccessToken``)."""
+
+    @property
+    def value(self) -> str: ...
+
+
+#: One HTTP call of the client: (method, path with its query, token, operation, JSON body,
+#: extra headers) -> (status, parsed body). Raises the client's transport errors.
+Exchange = Callable[[str, str, Any, str, Any, Mapping[str, str] | None], Awaitable[tuple[int, Any]]]
+
+
+@dataclass(slots=True)
+class _Call:
+    method: str
+    target: str
+    token: Any
+    operation: str
+    body: Any
+    headers: Mapping[str, str] | None
+    group: int | None
+    answer: asyncio.Future[tuple[int, Any]]
+
+
+class Composer:
+    """Gathers calls issued together into composite calls; ``stop()`` when done."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        composite_path: str,
+        *,
+        on_subrequest: Callable[[str, int], None] | None = None,
+        turns: int = 3,
+    ) -> None:
+        self._exchange = exchange
+        self._path = composite_path
+        self._on_subrequest = on_subrequest
+        #: Event-loop turns a call waits for others: the tasks of one batch issue their calls
+        #: within a turn or two of each other (a gather starts its tasks a turn later).
+        self._turns = turns
+        self._held: list[_Call] = []
+        self._waiting = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
+
+    async def call(
+        self,
+        method: str,
+        target: str,
+        token: Any,
+        operation: str,
+        body: Any,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[int, Any]:
+        """Send one call, with whatever others are issued with it; its (status, body)."""
+        if self._stopped:
+            raise RuntimeError("the composer is stopped")
+        answer: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        group = _GROUP.get()
+        call = _Call(method, target, token, operation, body, headers, group, answer)
+        if group is None:
+            return await self._exchange(method, target, token, operation, body, headers)
+        self._held.append(call)
+        if not self._waiting:
+            self._waiting = True
+            self._spawn(self._release())
+        return await answer
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # _send sets every answer; an error here is a bug, and its callers see it.
+            logger.error("composite sending failed", exc_info=task.exception())
+
+    async def _release(self) -> None:
+        for _ in range(self._turns):
+            await asyncio.sleep(0)
+        held, self._held, self._waiting = self._held, [], False
+        groups: dict[tuple[int | None, str], list[_Call]] = {}
+        for c in held:
+            if not c.answer.done():  # its caller gave up (cancelled) meanwhile
+                groups.setdefault((c.group, c.token.value), []).append(c)
+        for calls in groups.values():
+            for i in range(0, len(calls), MAX_SUBREQUESTS):
+                self._spawn(self._send(calls[i : i + MAX_SUBREQUESTS]))
+
+    async def _send(self, calls: list[_Call]) -> None:
+        try:
+            if len(calls) == 1:
+                c = calls[0]
+                got = await self._exchange(
+                    c.method, c.target, c.token, c.operation, c.body, c.headers
+                )
+                answers = [got]
+            else:
+                answers = await self._composite(calls)
+        except SalesforceError as exc:
+            for c in calls:
+                if not c.answer.done():
+                    c.answer.set_exception(exc)
+            return
+        except BaseException:
+            # Cancelled (stop) or a bug: no caller is left waiting for an answer.
+            for c in calls:
+                c.answer.cancel()
+            raise
+        for c, got in zip(calls, answers, strict=True):
+            if not c.answer.done():
+                c.answer.set_result(got)
+
+    async def _composite(self, calls: list[_Call]) -> list[tuple[int, Any]]:
+        body = {
+            "allOrNone": False,
+            "compositeRequest": [
+                {
+                    "method": c.method,
+                    "url": c.target,
+                    "referenceId": f"r{i}",
+                    **({"body": c.body} if c.body is not None else {}),
+                    **({"httpHeaders": dict(c.headers)} if c.headers else {}),
+                }
+                for i, c in enumerate(calls)
+            ],
+        }
+        status, answer = await self._exchange(
+            "POST", self._path, calls[0].token, "composite", body, None
+        )
+        if status != 200:
+            # The whole call failed (401, 403, 5xx...): each caller classifies it as its own.
+            return [(status, answer)] * len(calls)
+        entries = answer.get("compositeResponse") if isinstance(answer, dict) else None
+        by_ref = {e.get("referenceId"): e for e in entries or () if isinstance(e, dict)}
+        out: list[tuple[int, Any]] = []
+        for i, c in enumerate(calls):
+            entry = by_ref.get(f"r{i}")
+            code = entry.get("httpStatusCode") if entry is not None else None
+            if entry is None or not isinstance(code, int):
+                raise SalesforceTransientError(
+                    f"composite: no answer for subrequest r{i} ({c.operation})",
+                    code="BAD_RESPONSE",
+                )
+            if self._on_subrequest is not None:
+                self._on_subrequest(c.operation, code)
+            out.append((code, entry.get("body")))
+        return out
+
+    async def stop(self) -> None:
+        """Cancel what is in flight and wait for it (idempotent); callers get CancelledError."""
+        self._stopped = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in self._held:
+            if not c.answer.done():
+                c.answer.cancel()
+        self._held.clear()
