@@ -168,7 +168,9 @@ def _at_least(run: Run, count: int) -> Callable[[], bool]:
     return lambda: len(run.outcomes()) >= count
 
 
-async def scenario(placed: list[tuple[Event, int]], chunks: list[int], restart: int) -> None:
+async def scenario(
+    placed: list[tuple[Event, int]], chunks: list[int], restart: int, composite: bool = False
+) -> None:
     async with make_emulator() as emulator:
         contact_ids = {
             i: emulator.seed("Contact", {"Email": e, "LastName": f"P{i}"})
@@ -187,6 +189,7 @@ async def scenario(placed: list[tuple[Event, int]], chunks: list[int], restart: 
             sync_concurrency=2,
             kafka_results_topic="results",
             kafka_dlq_topic="dlq",
+            salesforce_composite=composite,
         )
         mapping = example_mapping()
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
@@ -251,9 +254,10 @@ async def scenario(placed: list[tuple[Event, int]], chunks: list[int], restart: 
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(case=deliveries())
+@given(case=deliveries(), composite=st.booleans())
 def test_each_field_ends_with_its_latest_choice_whatever_the_delivery(
-    case: tuple[list[tuple[Event, int]], list[int], int],
+    case: tuple[list[tuple[Event, int]], list[int], int], composite: bool
 ) -> None:
+    # With SALESFORCE_COMPOSITE too: a batch's calls then share composite calls.
     placed, chunks, restart = case
-    asyncio.run(scenario(placed, chunks, restart))
+    asyncio.run(scenario(placed, chunks, restart, composite))

@@ -31,8 +31,9 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 PARTITIONS = 3
 
 
+@pytest.mark.parametrize("composite", [False, True], ids=["calls", "composite"])
 async def test_2000_events_for_300_people_in_one_batch_per_lane_use_the_fewest_calls(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, composite: bool
 ) -> None:
     scenario = build(n_people=300, n_events=2000)
     topics = await scenario_topics(kafka_bootstrap, scenario, PARTITIONS)
@@ -44,6 +45,7 @@ async def test_2000_events_for_300_people_in_one_batch_per_lane_use_the_fewest_c
             emulator.url,
             sync_batch_max_events=len(scenario.messages),
             sync_batch_linger_ms=60_000,
+            salesforce_composite=composite,
         )
         async with (
             collect(kafka_bootstrap, topics.results) as results,
@@ -93,6 +95,7 @@ async def test_2000_events_for_300_people_in_one_batch_per_lane_use_the_fewest_c
         )
 
     expected = Counter[str]()
+    api_calls = 0  # after start-up
     for n in range(settings.sync_concurrency):
         contact_people = {p for p in scenario.expected_contacts() if lane(p) == n}
         lead_people = {p for p in scenario.expected_leads() if lane(p) == n}
@@ -102,12 +105,22 @@ async def test_2000_events_for_300_people_in_one_batch_per_lane_use_the_fewest_c
         expected["query"] += queries(contact_people, "Contact") + queries(lead_people, "Lead")
         expected["update"] += math.ceil(contact_records / 200) + math.ceil(lead_records / 200)
         expected["create"] += math.ceil(contact_missing / 200)
+        # A lane's batch asks once (its queries), then writes once (every target's writes).
+        asks = queries(contact_people, "Contact") + queries(lead_people, "Lead")
+        writes = (
+            math.ceil(contact_records / 200)
+            + math.ceil(lead_records / 200)
+            + math.ceil(contact_missing / 200)
+        )
+        api_calls += math.ceil(asks / 5) + math.ceil(writes / 5) if composite else asks + writes
     assert stats["token"] == 1
     assert stats["describe"] == 2
     assert stats["query"] == expected["query"]
     assert stats["update"] == expected["update"]
     assert stats["create"] == expected["create"]
     assert stats["query_more"] == 0
+    assert stats["api_calls"] - stats["describe"] - stats["versions"] == api_calls
+    assert stats.get("composite", 0) == (api_calls if composite else 0)
 
     offsets = await committed_offsets(kafka_bootstrap, topics.group, topics.input, PARTITIONS)
     assert sum(o or 0 for o in offsets.values()) == len(scenario.messages)

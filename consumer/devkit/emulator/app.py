@@ -771,7 +771,10 @@ class SalesforceEmulator:
         results = []
         for sub in subs:
             state.stats.incr(sub.kind)
+            await self._hang(sub.kind)  # a slow subrequest makes the whole call slow
             status, body = composite.run(state, sub, state.faults.take_http)
+            if status >= 500:
+                state.stats.incr("http_5xx")
             results.append((sub, status, body))
         state.journal.call("composite", "", len(subs), sum(1 for _, st, _ in results if st < 300))
         # The wrapper waits out one latency from the start; the others come on top.

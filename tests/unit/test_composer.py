@@ -1,0 +1,117 @@
+"""The composer on an in-memory exchange: grouping, cancelled callers, malformed answers, stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from consumer.errors import SalesforceTransientError
+from consumer.salesforce.composite import Composer, together
+
+pytestmark = pytest.mark.asyncio
+
+
+@dataclass(frozen=True)
+class Tok:
+    value: str
+
+
+class Exchange:
+    """Answers each call (or each subrequest) 200 with its target; can be held or broken."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Any]] = []
+        self.sending = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+        self.drop_answers = False
+
+    async def __call__(
+        self,
+        method: str,
+        target: str,
+        token: Any,
+        operation: str,
+        body: Any,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[int, Any]:
+        self.sent.append((operation, target, body))
+        self.sending.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if operation != "composite":
+            return 200, {"target": target}
+        subs = body["compositeRequest"]
+        if self.drop_answers:
+            subs = subs[:-1]
+        return 200, {
+            "compositeResponse": [
+                {"referenceId": s["referenceId"], "httpStatusCode": 200, "body": s["url"]}
+                for s in subs
+            ]
+        }
+
+
+async def test_calls_are_grouped_by_token_and_group() -> None:
+    ex = Exchange()
+    composer = Composer(ex, "/composite")
+    batch = object()
+    with together(batch):
+        answers = await asyncio.gather(
+            composer.call("GET", "/q1", Tok("a"), "query", None, None),
+            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+            composer.call("GET", "/q3", Tok("b"), "query", None, None),
+        )
+    assert list(answers) == [(200, "/q1"), (200, "/q2"), (200, {"target": "/q3"})]
+    assert sorted(op for op, _, _ in ex.sent) == ["composite", "query"]  # b's goes alone
+    await composer.stop()
+
+
+async def test_a_caller_cancelled_while_held_is_not_sent() -> None:
+    ex = Exchange()
+    composer = Composer(ex, "/composite")
+    with together(object()):
+        gone = asyncio.ensure_future(composer.call("GET", "/gone", Tok("a"), "query", None, None))
+        kept = asyncio.ensure_future(composer.call("GET", "/kept", Tok("a"), "query", None, None))
+        await asyncio.sleep(0)
+        gone.cancel()
+        assert await kept == (200, {"target": "/kept"})
+    assert [t for _, t, _ in ex.sent] == ["/kept"]
+    await composer.stop()
+
+
+async def test_a_composite_answer_missing_a_subrequest_is_a_transient_error() -> None:
+    ex = Exchange()
+    ex.drop_answers = True
+    composer = Composer(ex, "/composite")
+    with together(object()):
+        results = await asyncio.gather(
+            composer.call("GET", "/q1", Tok("a"), "query", None, None),
+            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+            return_exceptions=True,
+        )
+    assert all(isinstance(r, SalesforceTransientError) for r in results)
+    assert all(r.code == "BAD_RESPONSE" for r in results if isinstance(r, SalesforceTransientError))
+    await composer.stop()
+
+
+async def test_stop_cancels_what_is_in_flight_and_is_idempotent() -> None:
+    ex = Exchange()
+    ex.gate = asyncio.Event()
+    composer = Composer(ex, "/composite")
+    with together(object()):
+        calls = [
+            asyncio.ensure_future(composer.call("GET", f"/q{i}", Tok("a"), "query", None, None))
+            for i in range(2)
+        ]
+        await ex.sending.wait()
+    await composer.stop()
+    await composer.stop()
+    for call in calls:
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    with pytest.raises(RuntimeError):
+        await composer.call("GET", "/late", Tok("a"), "query", None, None)
