@@ -444,9 +444,19 @@ class SalesforceClient:
         if body is not None:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
+        options: dict[str, Any] = {}
+        if operation == "composite":
+            # Salesforce runs the subrequests one after another: each gets the usual time.
+            s = self._settings
+            options["timeout"] = aiohttp.ClientTimeout(
+                total=s.salesforce_timeout_seconds * len(body["compositeRequest"]),
+                sock_connect=s.salesforce_connect_timeout_seconds,
+            )
         started = self._clock()
         try:
-            async with self.session.request(method, url, data=data, headers=headers) as resp:
+            async with self.session.request(
+                method, url, data=data, headers=headers, **options
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
                 limit = parse_limit_info(resp.headers.get("Sforce-Limit-Info"))

@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from consumer.errors import SalesforceError, SalesforceTransientError
+from consumer.errors import SalesforceTransientError
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +38,16 @@ MAX_SUBREQUESTS = 5
 COMPOSABLE = frozenset({"query", "query_more", "create", "update", "upsert"})
 
 
-#: The group of the calls being issued in this context (None: each call goes alone).
-_GROUP: ContextVar[int | None] = ContextVar("composite_group", default=None)
+#: The group of the calls being issued in this context (None: each call goes alone). The
+#: object itself is kept (not its id), so a group's key cannot be reused while it is held.
+_GROUP: ContextVar[object | None] = ContextVar("composite_group", default=None)
 
 
 @contextlib.contextmanager
 def together(key: object) -> Iterator[None]:
     """Within: this context's calls may share composite calls with those of every other
     context inside ``together`` with the same ``key`` object (compared by identity)."""
-    token = _GROUP.set(id(key))
+    token = _GROUP.set(key)
     try:
         yield
     finally:
@@ -73,7 +74,7 @@ class _Call:
     operation: str
     body: Any
     headers: Mapping[str, str] | None
-    group: int | None
+    group: object
     answer: asyncio.Future[tuple[int, Any]]
 
 
@@ -95,8 +96,9 @@ class Composer:
         #: within a turn or two of each other (a gather starts its tasks a turn later).
         self._turns = turns
         self._held: list[_Call] = []
-        self._waiting = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._release_task: asyncio.Task[None] | None = None
+        #: Sending tasks and the calls each one answers.
+        self._sending: dict[asyncio.Task[None], list[_Call]] = {}
         self._stopped = False
 
     async def call(
@@ -111,41 +113,50 @@ class Composer:
         """Send one call, with whatever others are issued with it; its (status, body)."""
         if self._stopped:
             raise RuntimeError("the composer is stopped")
-        answer: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         group = _GROUP.get()
-        call = _Call(method, target, token, operation, body, headers, group, answer)
         if group is None:
             return await self._exchange(method, target, token, operation, body, headers)
-        self._held.append(call)
-        if not self._waiting:
-            self._waiting = True
-            self._spawn(self._release())
+        answer: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        self._held.append(_Call(method, target, token, operation, body, headers, group, answer))
+        if self._release_task is None:
+            self._release_task = asyncio.ensure_future(self._release())
+            self._release_task.add_done_callback(self._released)
         return await answer
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # _send sets every answer; an error here is a bug, and its callers see it.
-            logger.error("composite sending failed", exc_info=task.exception())
+    def _released(self, task: asyncio.Task[None]) -> None:
+        if self._release_task is task:
+            self._release_task = None
+        if task.cancelled() or task.exception() is not None:
+            # stop(), or a bug: whoever is still held must not wait for ever.
+            error = None if task.cancelled() else task.exception()
+            held, self._held = self._held, []
+            _settle(held, error)
 
     async def _release(self) -> None:
         for _ in range(self._turns):
             await asyncio.sleep(0)
-        held, self._held, self._waiting = self._held, [], False
-        groups: dict[tuple[int | None, str], list[_Call]] = {}
+        held, self._held = self._held, []
+        self._release_task = None
+        groups: dict[tuple[int, str], list[_Call]] = {}
         for c in held:
             if not c.answer.done():  # its caller gave up (cancelled) meanwhile
-                groups.setdefault((c.group, c.token.value), []).append(c)
+                groups.setdefault((id(c.group), c.token.value), []).append(c)
         for calls in groups.values():
             for i in range(0, len(calls), MAX_SUBREQUESTS):
-                self._spawn(self._send(calls[i : i + MAX_SUBREQUESTS]))
+                chunk = calls[i : i + MAX_SUBREQUESTS]
+                task = asyncio.ensure_future(self._send(chunk))
+                self._sending[task] = chunk
+                task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        calls = self._sending.pop(task, [])
+        # _send answers every call itself; this covers a task cancelled before it ever ran.
+        _settle(calls, None if task.cancelled() else task.exception())
 
     async def _send(self, calls: list[_Call]) -> None:
+        calls = [c for c in calls if not c.answer.done()]
+        if not calls:
+            return
         try:
             if len(calls) == 1:
                 c = calls[0]
@@ -155,16 +166,12 @@ class Composer:
                 answers = [got]
             else:
                 answers = await self._composite(calls)
-        except SalesforceError as exc:
-            for c in calls:
-                if not c.answer.done():
-                    c.answer.set_exception(exc)
-            return
-        except BaseException:
-            # Cancelled (stop) or a bug: no caller is left waiting for an answer.
-            for c in calls:
-                c.answer.cancel()
+        except asyncio.CancelledError:
+            _settle(calls, None)
             raise
+        except Exception as exc:  # SalesforceError, or a bug: each caller raises it
+            _settle(calls, exc)
+            return
         for c, got in zip(calls, answers, strict=True):
             if not c.answer.done():
                 c.answer.set_result(got)
@@ -186,8 +193,23 @@ class Composer:
         status, answer = await self._exchange(
             "POST", self._path, calls[0].token, "composite", body, None
         )
+        if 400 <= status < 500 and status not in (401, 403):
+            # The composite call itself was refused (its size, a limit, a header): that says
+            # nothing about the calls inside, so each goes alone and is answered on its own.
+            logger.warning(
+                "composite call refused; sending its calls one by one",
+                extra={"status": status, "calls": len(calls)},
+            )
+            return list(
+                await asyncio.gather(
+                    *(
+                        self._exchange(c.method, c.target, c.token, c.operation, c.body, c.headers)
+                        for c in calls
+                    )
+                )
+            )
         if status != 200:
-            # The whole call failed (401, 403, 5xx...): each caller classifies it as its own.
+            # The whole call failed (401, 403, 5xx): each caller classifies it as its own.
             return [(status, answer)] * len(calls)
         entries = answer.get("compositeResponse") if isinstance(answer, dict) else None
         by_ref = {e.get("referenceId"): e for e in entries or () if isinstance(e, dict)}
@@ -206,13 +228,25 @@ class Composer:
         return out
 
     async def stop(self) -> None:
-        """Cancel what is in flight and wait for it (idempotent); callers get CancelledError."""
+        """Cancel what is held or in flight and wait for it (idempotent); its callers get
+        CancelledError."""
         self._stopped = True
-        tasks = list(self._tasks)
+        tasks = list(self._sending)
+        if self._release_task is not None:
+            tasks.append(self._release_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for c in self._held:
-            if not c.answer.done():
-                c.answer.cancel()
-        self._held.clear()
+        held, self._held = self._held, []
+        _settle(held, None)
+
+
+def _settle(calls: list[_Call], error: BaseException | None) -> None:
+    """Answer every call not answered yet: with ``error``, or cancelled when None."""
+    for c in calls:
+        if c.answer.done():
+            continue
+        if error is None:
+            c.answer.cancel()
+        else:
+            c.answer.set_exception(error)

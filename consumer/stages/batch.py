@@ -9,11 +9,12 @@ for some target (one full sObject Collections call), ``max_events`` items or ``m
 bytes, when a later batch exists (the head takes no new people any more), or when its oldest
 item has waited ``linger`` seconds.
 
-An item's wait counts from its production, not from its arrival here, when it reaches the
-lane fresher than ``linger`` (``waited``, the Kafka record's age): so an event waits at most
-``linger`` from produce to dispatch, the broker's own leg included. An item older than that
-(the consumer lags behind) gets the whole linger from its arrival instead, so a backlog still
-fills its batches rather than writing each poll as it comes.
+An item's time before it reached the lane (``waited``, its Kafka record's age when fetched)
+counts against the linger, up to half the linger: so an event waits at most ``linger`` from
+produce to dispatch when the broker's leg took less than half of it, and a batch always gets
+at least half the linger from its first arrival to fill up, however far behind the consumer
+is (a lagging consumer still fills its batches rather than writing each poll as it comes;
+there is no threshold at which batches suddenly shrink or grow).
 
 Order: a person is in at most one waiting batch at a time, except when that batch had no room
 left, in which case later items go to a later batch. Batches are taken in queue order, so one
@@ -113,7 +114,7 @@ class LaneBuffer(Generic[K, T]):
         """Queue one item; ``person`` None for items that write nothing (joins the last batch).
 
         ``waited``: seconds since the item was produced (its Kafka record's age when fetched);
-        counted against the linger when it is less than the linger (see the module's doc).
+        counted against the linger, up to half of it (see the module's doc).
         """
         entry = _Entry(partition, person, tuple(targets), item, size)
         batch = self._where.get(person) if person is not None else None
@@ -122,8 +123,8 @@ class LaneBuffer(Generic[K, T]):
             if batch is None or not self._fits(batch, entry):
                 batch = _Open(self._clock())
                 self._queue.append(batch)
-        if 0.0 < waited < self._linger:
-            since = self._clock() - waited
+        if waited > 0.0:
+            since = self._clock() - min(waited, self._linger / 2)
             if since < batch.started:
                 batch.started = since
         batch.place(entry)

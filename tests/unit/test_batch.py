@@ -74,27 +74,30 @@ def test_a_fresh_item_counts_its_time_since_produce_against_the_linger() -> None
     b.add("p0", "a@x.com", {"Contact"}, "a", 1, waited=0.3)
     assert b.time_to_ready() == pytest.approx(0.7)
     # A later, fresher item of the same batch does not push the deadline back.
-    clock.now += 0.2
+    clock.now += 0.1
     b.add("p0", "b@x.com", {"Contact"}, "b", 1, waited=0.05)
-    assert b.time_to_ready() == pytest.approx(0.5)
+    assert b.time_to_ready() == pytest.approx(0.6)
     # One produced earlier than the first pulls it forward.
-    b.add("p0", "c@x.com", {"Contact"}, "c", 1, waited=0.6)
-    assert b.time_to_ready() == pytest.approx(0.4)
-    clock.now += 0.4
+    b.add("p0", "c@x.com", {"Contact"}, "c", 1, waited=0.45)
+    assert b.time_to_ready() == pytest.approx(0.55)
+    clock.now += 0.55
     assert b.ready()
     assert items(b) == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("waited", [1.0, 5.0, -2.0, 0.0])
-def test_an_item_older_than_the_linger_or_from_the_future_gets_the_whole_linger(
-    waited: float,
+@pytest.mark.parametrize(
+    ("waited", "left"), [(0.5, 0.5), (0.9, 0.5), (5.0, 0.5), (0.0, 1.0), (-2.0, 1.0)]
+)
+def test_a_batch_gets_at_least_half_the_linger_and_never_more_than_the_linger(
+    waited: float, left: float
 ) -> None:
-    # A lagging consumer (records older than the linger) still fills batches, and a
-    # producer's clock ahead of ours never makes a batch wait longer than the linger.
+    # A lagging consumer (records older than half the linger) still gets half the linger to
+    # fill a batch, with no threshold where it jumps; a producer's clock ahead of ours (a
+    # negative age) never makes a batch wait longer than the linger.
     clock = Clock()
     b = buf(clock, max_events=10)
     b.add("p0", "a@x.com", {"Contact"}, "a", 1, waited=waited)
-    assert b.time_to_ready() == pytest.approx(1.0)
+    assert b.time_to_ready() == pytest.approx(left)
     assert not b.ready()
 
 

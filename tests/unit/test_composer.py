@@ -115,3 +115,54 @@ async def test_stop_cancels_what_is_in_flight_and_is_idempotent() -> None:
             await call
     with pytest.raises(RuntimeError):
         await composer.call("GET", "/late", Tok("a"), "query", None, None)
+
+
+async def test_stop_while_calls_are_held_leaves_no_caller_waiting() -> None:
+    ex = Exchange()
+    composer = Composer(ex, "/composite")
+    with together(object()):
+        calls = [
+            asyncio.ensure_future(composer.call("GET", f"/q{i}", Tok("a"), "query", None, None))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0)  # held: the composer is still waiting for more
+    await composer.stop()
+    done, pending = await asyncio.wait(calls, timeout=1)
+    assert not pending
+    assert all(c.cancelled() for c in done)
+    assert ex.sent == []
+
+
+async def test_a_bug_in_the_exchange_reaches_each_caller_as_itself() -> None:
+    async def broken(*args: Any) -> tuple[int, Any]:
+        raise TypeError("a bug")
+
+    composer = Composer(broken, "/composite")
+    with together(object()):
+        results = await asyncio.gather(
+            composer.call("GET", "/q1", Tok("a"), "query", None, None),
+            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+            return_exceptions=True,
+        )
+    assert [type(r) for r in results] == [TypeError, TypeError]  # not a cancellation
+    await composer.stop()
+
+
+async def test_a_composite_call_refused_as_a_whole_sends_its_calls_alone() -> None:
+    class Refusing(Exchange):
+        async def __call__(self, *args: Any) -> tuple[int, Any]:
+            if args[3] == "composite":
+                self.sent.append((args[3], args[1], args[4]))
+                return 400, [{"errorCode": "INVALID_INPUT", "message": "too large"}]
+            return await super().__call__(*args)
+
+    ex = Refusing()
+    composer = Composer(ex, "/composite")
+    with together(object()):
+        answers = await asyncio.gather(
+            composer.call("GET", "/q1", Tok("a"), "query", None, None),
+            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+        )
+    assert list(answers) == [(200, {"target": "/q1"}), (200, {"target": "/q2"})]
+    assert [op for op, _, _ in ex.sent] == ["composite", "query", "query"]
+    await composer.stop()

@@ -24,7 +24,7 @@ from consumer.engine.publisher import Publisher
 from consumer.errors import PublishError
 from consumer.observability.metrics import Metrics
 from consumer.stages.parse import ParseRules
-from tests.unit.fakes import MemoryConsumer, MemoryProducer, MemoryWriter
+from tests.unit.fakes import MemoryConsumer, MemoryProducer, MemoryWriter, Record
 from tests.unit.helpers import example_plans
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -423,17 +423,17 @@ async def test_salesforce_answers_are_read_while_a_large_poll_is_taken_in() -> N
     assert written_before_the_poll_ended == [True]
 
 
-@pytest.mark.asyncio
-async def test_a_record_counts_its_age_since_produce_against_the_linger() -> None:
-    # With a 10 s linger, a record produced 9.9 s before it is fetched is written at once
-    # (an event waits at most the linger from produce); one produced now would wait 10 s.
+@pytest.mark.parametrize(("age_ms", "left"), [(4_000, 6.0), (60_000, 5.0), (None, 10.0)])
+def test_a_records_age_at_fetch_counts_against_its_linger(age_ms: int | None, left: float) -> None:
+    # Linger 10 s: a record produced 4 s before the poll waits 6 s more; a record a minute
+    # old (a lagging consumer) still gets half the linger; no timestamp (-1), the whole.
     h = Harness(linger_seconds=10.0)
-    produced = int(time.time() * 1000) - 9_900
-    h.consumer.append(0, event("late@x.com", 0), timestamp=produced)
-    h.start()
-    await h.until("its outcome", lambda: len(h.outcomes()) == 1, timeout=5)
-    await h.finish()
-    assert [o["status"] for o in h.outcomes()] == ["updated"]
+    fetched_ms = time.time() * 1000
+    stamp = -1 if age_ms is None else int(fetched_ms) - age_ms
+    record = Record(TOPIC, 0, 0, stamp, None, event("late@x.com", 0))
+    h.pipeline._take_in(tp(0), record, fetched_ms)
+    wait = h.pipeline._lanes.route("late@x.com").buffer.time_to_ready()
+    assert wait == pytest.approx(left, abs=0.05)
 
 
 @pytest.mark.asyncio

@@ -4,9 +4,12 @@ serves: queries, query pages and sObject Collections writes).
 Salesforce's rules, as the emulator keeps them:
 - at most 25 subrequests, of which at most 5 queries or collections calls; more is a 400 for
   the whole call and nothing runs;
-- the subrequests run one after another, in order, and (``allOrNone`` false) each one's
-  failure is its own: the call answers 200 with one ``compositeResponse`` entry per
-  subrequest (``body``, ``httpHeaders``, ``httpStatusCode``, ``referenceId``);
+- the subrequests run one after another and (``allOrNone`` false) each one's failure is its
+  own: the call answers 200 with one ``compositeResponse`` entry per subrequest (``body``,
+  ``httpHeaders``, ``httpStatusCode``, ``referenceId``). The emulator runs them in the order
+  sent; Salesforce may collate independent subrequests (``collateSubrequests``, true by
+  default since v49) and run them in another order, which the service never relies on (one
+  composite call never holds two calls for the same person's record);
 - the whole call counts once against the org's API limit;
 - each subrequest carries its own headers (``httpHeaders``), such as
   ``Sforce-Duplicate-Rule-Header``.
