@@ -145,6 +145,7 @@ async def test_a_subrequest_fault_is_retried_alone(emulator: SalesforceEmulator)
             )
     assert len(first) == len(second) == 1
     assert emulator.stats["query"] == 3  # one of the two answered 503 and was sent again
+    assert emulator.stats["composite"] == 1  # ... alone: nothing else was issued with it
 
 
 async def test_an_error_of_the_whole_call_is_every_callers(emulator: SalesforceEmulator) -> None:
