@@ -611,6 +611,10 @@ class SalesforceEmulator:
         await self._hang(kind)
         loop = asyncio.get_running_loop()
         due = loop.time() + self.state.faults.latency_seconds()
+        # Salesforce serves concurrent calls side by side; the emulator works on one thread.
+        # Calls that came in together all take their start time before any of them works,
+        # so one call's work does not lengthen another's latency.
+        await asyncio.sleep(0)
         with self.state.journal.answering():
             try:
                 response = await answer(request)

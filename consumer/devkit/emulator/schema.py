@@ -153,6 +153,8 @@ class SObjectSchema:
             elif spec.defaulted_on_create and spec.picklist_values:
                 self.defaults[spec.name] = spec.picklist_values[0]
         self.defaults.update(defaults or {})
+        #: The fields never change after this (a schema is built whole).
+        self._required = self._required_on_create()
 
     def _lower_names(self) -> set[str]:
         return {n.lower() for n in self.fields}
@@ -166,13 +168,16 @@ class SObjectSchema:
         return self._labels.get(name, _default_label(name))
 
     @property
-    def required_on_create(self) -> list[str]:
+    def required_on_create(self) -> tuple[str, ...]:
         """Fields a create must set: not nillable, not defaulted, writable."""
-        return [
+        return self._required
+
+    def _required_on_create(self) -> tuple[str, ...]:
+        return tuple(
             s.name
             for s in self.fields.values()
             if not s.nillable and not s.defaulted_on_create and s.createable
-        ]
+        )
 
     def describe(self) -> JsonObj:
         """The ``sobjects/{name}/describe`` document (the parts clients look at)."""

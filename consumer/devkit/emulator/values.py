@@ -10,6 +10,7 @@ Two levels of checking, as in Salesforce:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -118,9 +119,12 @@ def json_type_ok(spec: FieldSpec, value: object) -> bool:
     return True
 
 
+_SPACE = re.compile(r"\s")
+
+
 def is_valid_email(value: str) -> bool:
     """One ``@``, a non-empty local part, a dotted domain without empty labels, no spaces."""
-    if any(ch.isspace() for ch in value) or value.count("@") != 1:
+    if _SPACE.search(value) or value.count("@") != 1:
         return False
     local, domain = value.split("@")
     labels = domain.split(".")
@@ -169,12 +173,11 @@ def field_errors(
         spec = schema.fields[name]
         if name in forbidden or not isinstance(value, str):
             continue
-        label = schema.label(name)
         if spec.type in LENGTH_TYPES and len(value) > spec.length:
             errors.append(
                 record_error(
                     "STRING_TOO_LONG",
-                    f"{label}: data value too large: {value[: spec.length]} "
+                    f"{schema.label(name)}: data value too large: {value[: spec.length]} "
                     f"(max length={spec.length})",
                     [name],
                 )
@@ -182,7 +185,9 @@ def field_errors(
         elif spec.type == "email" and not is_valid_email(value):
             errors.append(
                 record_error(
-                    "INVALID_EMAIL_ADDRESS", f"{label}: invalid email address: {value}", [name]
+                    "INVALID_EMAIL_ADDRESS",
+                    f"{schema.label(name)}: invalid email address: {value}",
+                    [name],
                 )
             )
         elif spec.type == "multipicklist" and len(value.split(";")) > MAX_MULTIPICKLIST_VALUES:
@@ -192,7 +197,7 @@ def field_errors(
             errors.append(
                 record_error(
                     "TOO_MANY_ENUM_VALUE",
-                    f"{label}: too many values selected: {len(value.split(';'))} "
+                    f"{schema.label(name)}: too many values selected: {len(value.split(';'))} "
                     f"(max {MAX_MULTIPICKLIST_VALUES})",
                     [name],
                 )
@@ -204,18 +209,20 @@ def field_errors(
                 errors.append(
                     record_error(
                         "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                        f"{label}: bad value for restricted picklist field: {bad[0]}",
+                        f"{schema.label(name)}: bad value for restricted picklist field: {bad[0]}",
                         [name],
                     )
                 )
-    merged: JsonObj = dict(existing) if existing is not None else dict(schema.defaults)
-    merged.update(values)
     required = (
         schema.required_on_create
         if creating
         else [n for n in values if n in schema.required_on_create]
     )
-    missing = [n for n in required if merged.get(n) is None]
+    missing = []
+    if required:
+        merged: JsonObj = dict(existing) if existing is not None else dict(schema.defaults)
+        merged.update(values)
+        missing = [n for n in required if merged.get(n) is None]
     if missing:
         errors.append(
             record_error(
