@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -28,6 +30,9 @@ from consumer.settings import Settings, UnknownVariable, unknown_variables
 
 #: Allocations between two young collections of the cyclic garbage collector (default 700).
 GC_YOUNG_THRESHOLD = 10_000
+#: Allocations from this size up are mapped on their own and unmapped when freed (glibc).
+MALLOC_MMAP_THRESHOLD = 128 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +158,34 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
+def _tune_malloc(environ: Mapping[str, str] = os.environ) -> bool:
+    """Give freed large buffers back to the system (glibc); True when set.
+
+    glibc raises its mmap threshold each time a mapped block is freed, so after a while the
+    large buffers (fetch responses, request and outcome bytes) come from the heap, which a
+    long run fragments: RSS kept the high-water mark of the largest burst (``make bench``
+    (d): 256 MB after 1,000,000 events against 199 after 100,000). A fixed threshold keeps
+    them mapped, and freed heap tops are trimmed. Settings an operator gives through
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` win; other C libraries are left
+    alone.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in environ or "MALLOC_TRIM_THRESHOLD_" in environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mapped: bool = mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) == 1
+    trimmed: bool = mallopt(_M_TRIM_THRESHOLD, MALLOC_MMAP_THRESHOLD) == 1
+    return mapped and trimmed
+
+
 async def _run(settings: Settings, mapping: MappingConfig) -> int:
     _tune_gc()
+    _tune_malloc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = 0

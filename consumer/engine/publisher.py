@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 KEY_OMITTED_HEADER = "x-dlq-key-omitted"
 #: Set on an outcome cut down to its status, ids and position (too large for the topic).
 OUTCOME_SHRUNK_HEADER = "x-outcome-shrunk"
+#: Outcomes serialized and sent at a time (then acknowledged before the next slice).
+PUBLISH_SLICE = 2_000
 
 
 @dataclass(slots=True)
@@ -109,7 +111,12 @@ class Publisher:
         """
         # Dead letters first: whoever reads an outcome saying "dead-lettered" finds it there.
         await self._deliver([self._dead_letter(d) for d in dead])
-        await self._deliver([self._outcome(p) for p in publications])
+        # Outcomes in slices, in order: a batch of many events never holds all its outcome
+        # bytes and the producer's copies of them at once.
+        for start in range(0, len(publications), PUBLISH_SLICE):
+            await self._deliver(
+                [self._outcome(p) for p in publications[start : start + PUBLISH_SLICE]]
+            )
         if dead:
             for cls, n in Counter(d.info.error_class for d in dead).items():
                 self._metrics.dead_letters.labels(cls).inc(n)

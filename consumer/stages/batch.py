@@ -10,11 +10,12 @@ bytes, when a later batch exists (the head takes no new people any more), or whe
 item has waited ``linger`` seconds.
 
 An item's time before it reached the lane (``waited``, its Kafka record's age when fetched)
-counts against the linger, up to half the linger: so an event waits at most ``linger`` from
-produce to dispatch when the broker's leg took less than half of it, and a batch always gets
-at least half the linger from its first arrival to fill up, however far behind the consumer
-is (a lagging consumer still fills its batches rather than writing each poll as it comes;
-there is no threshold at which batches suddenly shrink or grow).
+counts against the linger while it is under half the linger: an event then waits at most
+``linger`` from produce to dispatch, the broker's leg included. Older than that, the credit
+shrinks back to nothing at one whole linger (a record that waited ``w`` then waits ``w`` more),
+and a record older than the linger gets the whole linger from its arrival: a consumer
+working through a backlog fills its batches rather than writing each poll as it comes, and
+no age makes a batch suddenly shorter or longer (the credit is continuous in the age).
 
 Order: a person is in at most one waiting batch at a time, except when that batch had no room
 left, in which case later items go to a later batch. Batches are taken in queue order, so one
@@ -114,7 +115,7 @@ class LaneBuffer(Generic[K, T]):
         """Queue one item; ``person`` None for items that write nothing (joins the last batch).
 
         ``waited``: seconds since the item was produced (its Kafka record's age when fetched);
-        counted against the linger, up to half of it (see the module's doc).
+        counted against the linger as the module's doc says.
         """
         entry = _Entry(partition, person, tuple(targets), item, size)
         batch = self._where.get(person) if person is not None else None
@@ -123,8 +124,9 @@ class LaneBuffer(Generic[K, T]):
             if batch is None or not self._fits(batch, entry):
                 batch = _Open(self._clock())
                 self._queue.append(batch)
-        if waited > 0.0:
-            since = self._clock() - min(waited, self._linger / 2)
+        if 0.0 < waited < self._linger:
+            credit = waited if waited <= self._linger / 2 else self._linger - waited
+            since = self._clock() - credit
             if since < batch.started:
                 batch.started = since
         batch.place(entry)

@@ -86,14 +86,15 @@ def test_a_fresh_item_counts_its_time_since_produce_against_the_linger() -> None
 
 
 @pytest.mark.parametrize(
-    ("waited", "left"), [(0.5, 0.5), (0.9, 0.5), (5.0, 0.5), (0.0, 1.0), (-2.0, 1.0)]
+    ("waited", "left"),
+    [(0.5, 0.5), (0.75, 0.75), (0.9, 0.9), (1.0, 1.0), (5.0, 1.0), (0.0, 1.0), (-2.0, 1.0)],
 )
-def test_a_batch_gets_at_least_half_the_linger_and_never_more_than_the_linger(
+def test_the_credit_fades_for_older_items_and_a_backlog_gets_the_whole_linger(
     waited: float, left: float
 ) -> None:
-    # A lagging consumer (records older than half the linger) still gets half the linger to
-    # fill a batch, with no threshold where it jumps; a producer's clock ahead of ours (a
-    # negative age) never makes a batch wait longer than the linger.
+    # Past half the linger an item waits as long again as it already had (no age where the
+    # wait jumps); older than the linger (a backlog) it gets the whole linger to fill a batch;
+    # a producer's clock ahead of ours (a negative age) never makes a batch wait longer.
     clock = Clock()
     b = buf(clock, max_events=10)
     b.add("p0", "a@x.com", {"Contact"}, "a", 1, waited=waited)

@@ -423,10 +423,12 @@ async def test_salesforce_answers_are_read_while_a_large_poll_is_taken_in() -> N
     assert written_before_the_poll_ended == [True]
 
 
-@pytest.mark.parametrize(("age_ms", "left"), [(4_000, 6.0), (60_000, 5.0), (None, 10.0)])
+@pytest.mark.parametrize(
+    ("age_ms", "left"), [(4_000, 6.0), (7_000, 7.0), (60_000, 10.0), (None, 10.0)]
+)
 def test_a_records_age_at_fetch_counts_against_its_linger(age_ms: int | None, left: float) -> None:
-    # Linger 10 s: a record produced 4 s before the poll waits 6 s more; a record a minute
-    # old (a lagging consumer) still gets half the linger; no timestamp (-1), the whole.
+    # Linger 10 s: a record produced 4 s before the poll waits 6 s more, one 7 s old 7 s
+    # more; a record a minute old (a backlog) and one without a timestamp (-1) the whole.
     h = Harness(linger_seconds=10.0)
     fetched_ms = time.time() * 1000
     stamp = -1 if age_ms is None else int(fetched_ms) - age_ms

@@ -1,4 +1,5 @@
-"""The service's garbage-collector policy: start-up objects frozen, young collections rarer."""
+"""The service's memory policy: start-up objects frozen, young collections rarer, and (glibc)
+large buffers given back to the system when freed."""
 
 from __future__ import annotations
 
@@ -26,3 +27,11 @@ def test_run_freezes_what_exists_and_collects_young_objects_less_often(restored_
     cli._tune_gc()
     assert gc.get_freeze_count() >= before + len(alive)
     assert gc.get_threshold()[0] == cli.GC_YOUNG_THRESHOLD > 700
+
+
+def test_malloc_gives_large_buffers_back_on_glibc_unless_the_operator_set_it() -> None:
+    # This machine runs glibc (as the image does): the thresholds are set.
+    assert cli._tune_malloc({}) is True
+    # An operator's own MALLOC_*_THRESHOLD_ variables win: nothing is changed.
+    assert cli._tune_malloc({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False
+    assert cli._tune_malloc({"MALLOC_TRIM_THRESHOLD_": "0"}) is False

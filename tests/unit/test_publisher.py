@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -14,7 +16,12 @@ from aiokafka.errors import (
 )
 from prometheus_client import CollectorRegistry
 
-from consumer.engine.publisher import KEY_OMITTED_HEADER, OUTCOME_SHRUNK_HEADER, Publisher
+from consumer.engine.publisher import (
+    KEY_OMITTED_HEADER,
+    OUTCOME_SHRUNK_HEADER,
+    PUBLISH_SLICE,
+    Publisher,
+)
 from consumer.errors import PublishError
 from consumer.model.messages import VALUE_OMITTED_HEADER, InputMessage
 from consumer.model.outcomes import DeadLetter, Outcome, SourcePosition
@@ -172,3 +179,41 @@ async def test_an_error_retrying_cannot_fix_stops_the_service() -> None:
     pub, _ = publisher(producer)
     with pytest.raises(PublishError, match="TopicAuthorizationFailedError"):
         await pub.publish([outcome(1)], [])
+
+
+async def test_a_large_batch_is_published_slice_by_slice_in_order() -> None:
+    # Acknowledgements are held: only the first slice is queued until it is acknowledged,
+    # so a batch of many events never holds all its outcome bytes at once.
+    class Holding(MemoryProducer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.queued = 0
+            self.release = asyncio.Event()
+            self.tasks: list[asyncio.Future[None]] = []
+
+        async def send_batch(
+            self, batch: Any, topic: str, *, partition: int
+        ) -> asyncio.Future[Any]:
+            self.queued += len(batch.records)
+            inner = await super().send_batch(batch, topic, partition=partition)
+            held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+            async def later() -> None:
+                await self.release.wait()
+                held.set_result(inner.result())
+
+            self.tasks.append(asyncio.ensure_future(later()))
+            return held
+
+    producer = Holding()
+    pub, _ = publisher(producer)
+    total = PUBLISH_SLICE * 2 + 500
+    publishing = asyncio.ensure_future(pub.publish([outcome(n) for n in range(total)], []))
+    for _ in range(50):  # let it queue everything it is going to queue
+        await asyncio.sleep(0)
+    assert producer.queued == PUBLISH_SLICE
+    producer.release.set()
+    await publishing
+    await asyncio.gather(*producer.tasks)
+    sent = [orjson.loads(s.value or b"")["event_id"] for s in producer.topics["results"]]
+    assert sent == [f"ev-{n}" for n in range(total)]
