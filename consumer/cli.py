@@ -166,10 +166,14 @@ def _tune_malloc(environ: Mapping[str, str] = os.environ) -> bool:
     long run fragments: RSS kept the high-water mark of the largest burst (``make bench``
     (d): 256 MB after 1,000,000 events against 199 after 100,000). A fixed threshold keeps
     them mapped, and freed heap tops are trimmed. Settings an operator gives through
-    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` win; other C libraries are left
-    alone.
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES``'
+    ``glibc.malloc.*`` win; other C libraries are left alone.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in environ or "MALLOC_TRIM_THRESHOLD_" in environ:
+    if (
+        "MALLOC_MMAP_THRESHOLD_" in environ
+        or "MALLOC_TRIM_THRESHOLD_" in environ
+        or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+    ):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 #: Queries or collections calls Salesforce takes in one composite call.
 MAX_SUBREQUESTS = 5
+#: Statuses of a composite call refused as a whole for what it is (malformed, too large, a
+#: limit on composite calls): its calls are then sent one by one. 401, 403, 408, 429 and 5xx
+#: are every caller's own answer (refreshed, paused or retried with backoff as usual).
+REFUSED_AS_A_WHOLE = frozenset({400, 404, 405, 413, 414, 415, 431})
 #: Operations that may go as subrequests (the others always go alone).
 COMPOSABLE = frozenset({"query", "query_more", "create", "update", "upsert"})
 
@@ -137,16 +141,25 @@ class Composer:
             await asyncio.sleep(0)
         held, self._held = self._held, []
         self._release_task = None
-        groups: dict[tuple[int, str], list[_Call]] = {}
-        for c in held:
-            if not c.answer.done():  # its caller gave up (cancelled) meanwhile
-                groups.setdefault((id(c.group), c.token.value), []).append(c)
-        for calls in groups.values():
-            for i in range(0, len(calls), MAX_SUBREQUESTS):
-                chunk = calls[i : i + MAX_SUBREQUESTS]
-                task = asyncio.ensure_future(self._send(chunk))
-                self._sending[task] = chunk
-                task.add_done_callback(self._sent)
+        try:
+            groups: dict[tuple[int, str], list[_Call]] = {}
+            for c in held:
+                if not c.answer.done():  # its caller gave up (cancelled) meanwhile
+                    groups.setdefault((id(c.group), c.token.value), []).append(c)
+            for calls in groups.values():
+                for i in range(0, len(calls), MAX_SUBREQUESTS):
+                    chunk = calls[i : i + MAX_SUBREQUESTS]
+                    task = asyncio.ensure_future(self._send(chunk))
+                    self._sending[task] = chunk
+                    task.add_done_callback(self._sent)
+        except BaseException as exc:
+            # A bug (or a cancellation) here: the calls taken out of _held must not wait.
+            spawned = {id(c) for chunk in self._sending.values() for c in chunk}
+            _settle(
+                [c for c in held if id(c) not in spawned],
+                None if isinstance(exc, asyncio.CancelledError) else exc,
+            )
+            raise
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         calls = self._sending.pop(task, [])
@@ -193,21 +206,33 @@ class Composer:
         status, answer = await self._exchange(
             "POST", self._path, calls[0].token, "composite", body, None
         )
-        if 400 <= status < 500 and status not in (401, 403):
-            # The composite call itself was refused (its size, a limit, a header): that says
+        if status in REFUSED_AS_A_WHOLE:
+            # The composite call itself was refused (its size, its form, a limit): that says
             # nothing about the calls inside, so each goes alone and is answered on its own.
             logger.warning(
                 "composite call refused; sending its calls one by one",
                 extra={"status": status, "calls": len(calls)},
             )
-            return list(
-                await asyncio.gather(
-                    *(
-                        self._exchange(c.method, c.target, c.token, c.operation, c.body, c.headers)
-                        for c in calls
-                    )
-                )
+            alone = await asyncio.gather(
+                *(
+                    self._exchange(c.method, c.target, c.token, c.operation, c.body, c.headers)
+                    for c in calls
+                ),
+                return_exceptions=True,
             )
+            # Each call gets its own answer or error: a call that succeeded must not be
+            # reported failed (a create would be sent again) because another one failed.
+            answers: list[tuple[int, Any]] = []
+            for c, got in zip(calls, alone, strict=True):
+                if isinstance(got, BaseException):
+                    if isinstance(got, asyncio.CancelledError) or not isinstance(got, Exception):
+                        raise got
+                    if not c.answer.done():
+                        c.answer.set_exception(got)
+                    answers.append((0, None))  # answered already; _send skips done answers
+                else:
+                    answers.append(got)
+            return answers
         if status != 200:
             # The whole call failed (401, 403, 5xx): each caller classifies it as its own.
             return [(status, answer)] * len(calls)

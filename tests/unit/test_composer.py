@@ -166,3 +166,64 @@ async def test_a_composite_call_refused_as_a_whole_sends_its_calls_alone() -> No
     assert list(answers) == [(200, {"target": "/q1"}), (200, {"target": "/q2"})]
     assert [op for op, _, _ in ex.sent] == ["composite", "query", "query"]
     await composer.stop()
+
+
+class RefusingComposite(Exchange):
+    """Refuses composite calls with ``status``; a call to ``/broken`` fails alone."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+
+    async def __call__(self, *args: Any) -> tuple[int, Any]:
+        if args[3] == "composite":
+            self.sent.append((args[3], args[1], args[4]))
+            return self.status, [{"errorCode": "X", "message": "refused"}]
+        if args[1] == "/broken":
+            self.sent.append((args[3], args[1], args[4]))
+            raise SalesforceTransientError("create: ConnectionError", code="CONNECTION_ERROR")
+        return await super().__call__(*args)
+
+
+async def test_a_refused_composite_call_answers_each_call_alone_even_when_one_fails() -> None:
+    # The create that succeeded alone must not be reported failed (it would be sent again).
+    ex = RefusingComposite(400)
+    composer = Composer(ex, "/composite")
+    with together(object()):
+        results: list[Any] = await asyncio.gather(
+            composer.call("POST", "/created", Tok("a"), "create", None, None),
+            composer.call("POST", "/broken", Tok("a"), "create", None, None),
+            return_exceptions=True,
+        )
+    assert results[0] == (200, {"target": "/created"})
+    assert isinstance(results[1], SalesforceTransientError)
+    await composer.stop()
+
+
+@pytest.mark.parametrize("status", [408, 429, 503, 401])
+async def test_a_throttled_or_failed_composite_call_is_every_callers_answer(status: int) -> None:
+    # Not sent one by one: each caller backs off, refreshes or retries as for its own call.
+    ex = RefusingComposite(status)
+    composer = Composer(ex, "/composite")
+    with together(object()):
+        answers = await asyncio.gather(
+            composer.call("GET", "/q1", Tok("a"), "query", None, None),
+            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+        )
+    assert [a[0] for a in answers] == [status, status]
+    assert [op for op, _, _ in ex.sent] == ["composite"]
+    await composer.stop()
+
+
+async def test_a_bug_while_grouping_leaves_no_caller_waiting() -> None:
+    class BadToken:
+        @property
+        def value(self) -> str:
+            raise RuntimeError("a bug")
+
+    composer = Composer(Exchange(), "/composite")
+    with together(object()):
+        call = asyncio.ensure_future(composer.call("GET", "/q", BadToken(), "query", None, None))
+        done, _ = await asyncio.wait([call], timeout=1)
+    assert done and isinstance(call.exception(), RuntimeError)
+    await composer.stop()

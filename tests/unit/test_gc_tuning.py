@@ -35,3 +35,4 @@ def test_malloc_gives_large_buffers_back_on_glibc_unless_the_operator_set_it() -
     # An operator's own MALLOC_*_THRESHOLD_ variables win: nothing is changed.
     assert cli._tune_malloc({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False
     assert cli._tune_malloc({"MALLOC_TRIM_THRESHOLD_": "0"}) is False
+    assert cli._tune_malloc({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) is False
