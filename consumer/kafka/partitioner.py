@@ -56,6 +56,8 @@ class CachedPartitioner:
         if key is None:
             # As the default partitioner: any available partition.
             return random.choice(available or all_partitions)
+        if len(all_partitions) == 1:
+            return all_partitions[0]  # the same answer, without hashing the key
         hashed = self._hashes.get(key)
         if hashed is None:
             if len(self._hashes) >= self._max_keys:

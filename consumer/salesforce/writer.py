@@ -421,6 +421,9 @@ class TargetWriter:
         refused: dict[str, SalesforceErrorInfo] = {}
         kept: FieldValues = {}
         for name, value in values.items():
+            if value is None or value.__class__ is bool:  # never refused (most values)
+                kept[name] = value
+                continue
             why = refusal(self._plan.info(name), value)
             if why is None:
                 kept[name] = value
