@@ -38,6 +38,8 @@ MAX_SUBREQUESTS = 5
 #: limit on composite calls): its calls are then sent one by one. 401, 403, 408, 429 and 5xx
 #: are every caller's own answer (refreshed, paused or retried with backoff as usual).
 REFUSED_AS_A_WHOLE = frozenset({400, 404, 405, 413, 414, 415, 431})
+#: Turns of the event loop a held call waits at most for others to join it.
+MAX_TURNS = 20
 #: Operations that may go as subrequests (the others always go alone).
 COMPOSABLE = frozenset({"query", "query_more", "create", "update", "upsert"})
 
@@ -96,8 +98,8 @@ class Composer:
         self._exchange = exchange
         self._path = composite_path
         self._on_subrequest = on_subrequest
-        #: Event-loop turns a call waits for others: the tasks of one batch issue their calls
-        #: within a turn or two of each other (a gather starts its tasks a turn later).
+        #: Quiet event-loop turns before held calls go: the tasks of one batch issue their
+        #: calls within a turn or two of each other (a gather starts its tasks a turn later).
         self._turns = turns
         self._held: list[_Call] = []
         self._release_task: asyncio.Task[None] | None = None
@@ -137,8 +139,18 @@ class Composer:
             _settle(held, error)
 
     async def _release(self) -> None:
-        for _ in range(self._turns):
+        # Wait until no call came in for ``turns`` turns of the loop (at most MAX_TURNS in
+        # all): a batch's tasks issue their calls within a few turns of each other, and one
+        # more await on their way only delays the release instead of splitting the group.
+        quiet, seen = 0, len(self._held)
+        for _ in range(MAX_TURNS):
             await asyncio.sleep(0)
+            if len(self._held) == seen:
+                quiet += 1
+                if quiet >= self._turns:
+                    break
+            else:
+                quiet, seen = 0, len(self._held)
         held, self._held = self._held, []
         self._release_task = None
         try:

@@ -227,3 +227,21 @@ async def test_a_bug_while_grouping_leaves_no_caller_waiting() -> None:
         done, _ = await asyncio.wait([call], timeout=1)
     assert done and isinstance(call.exception(), RuntimeError)
     await composer.stop()
+
+
+async def test_calls_that_keep_coming_a_turn_or_two_apart_join_one_group() -> None:
+    # Writers reach their calls a couple of awaits apart, in a chain longer than the quiet
+    # turns: still one composite call (a fixed wait would have split off the last one).
+    ex = Exchange()
+    composer = Composer(ex, "/composite", turns=3)
+
+    async def after(turns: int, target: str) -> tuple[int, Any]:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await composer.call("GET", target, Tok("a"), "query", None, None)
+
+    with together(object()):
+        answers = await asyncio.gather(after(0, "/a"), after(2, "/b"), after(4, "/c"))
+    assert [a[1] for a in answers] == ["/a", "/b", "/c"]
+    assert [op for op, _, _ in ex.sent] == ["composite"]
+    await composer.stop()
