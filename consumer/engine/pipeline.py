@@ -117,6 +117,8 @@ class Fetched:
     parsed: ParseResult
     #: What it writes, by sObject (empty when nothing).
     fields: Mapping[str, FieldValues]
+    #: Bytes of key and value (``message.size``, read once).
+    size: int
 
 
 class LaneBroken(Exception):
@@ -289,13 +291,13 @@ class Pipeline:
                 person = change.email_key
             # Mapped: the parsed purposes are not needed any more, and a backlog holds many.
             parsed = Accepted(change.mapped())
-        part = self._parts.fetched(tp, message.offset, message.size)
         size = message.size
+        part = self._parts.fetched(tp, message.offset, size)
         # The record's age: under linger, it counts against the linger (see stages/batch).
         stamp = record.timestamp
         waited = (fetched_ms - stamp) / 1000 if stamp is not None and stamp > 0 else 0.0
         self._lanes.route(person).buffer.add(
-            tp, person, fields.keys(), Fetched(part, message, parsed, fields), size, waited
+            tp, person, fields.keys(), Fetched(part, message, parsed, fields, size), size, waited
         )
 
     def _backpressure(self) -> None:
@@ -424,7 +426,7 @@ class Pipeline:
                 raise LaneBroken(batch.lane)
             await self._publisher.publish(publications, dead)
             for item in batch.items:
-                self._parts.done(item.part, item.message.offset, item.message.size)
+                self._parts.done(item.part, item.message.offset, item.size)
             now = self._clock()
             self._metrics.batch_duration.observe(now - batch.started)
             self._health.progressed(now)
