@@ -137,8 +137,13 @@ class Settings(BaseSettings):
     #: alert); a "Block" rule still refuses the record.
     salesforce_duplicate_rule_allow_save: bool = True
     #: Send the queries and writes a batch issues together as composite calls (up to 5 each),
-    #: counted once against the org's API limit; Salesforce runs them one after another.
-    salesforce_composite: bool = False
+    #: counted once against the org's API limit; Salesforce runs them one after another, so a
+    #: batch takes longer. ``auto``: only while the service is behind (a backlog or a replay,
+    #: see ``SALESFORCE_COMPOSITE_BACKLOG``); ``on``: always; ``off``: never.
+    salesforce_composite: Literal["off", "auto", "on"] = "auto"
+    #: Messages not yet done (the consumer's lag plus what the service holds) from which
+    #: ``auto`` sends composite calls.
+    salesforce_composite_backlog: PositiveInt = 5_000
 
     # --- Sync ----------------------------------------------------------------------------
     sync_mapping_file: Path = Path("mapping.yaml")

@@ -71,7 +71,11 @@ class Writer(Protocol):
     def sobject(self) -> str: ...
 
     async def write(
-        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None = None
+        self,
+        people: Sequence[PersonWrite],
+        done: dict[str, PersonResult] | None = None,
+        *,
+        backlog: bool = False,
     ) -> dict[str, PersonResult]: ...
 
 
@@ -90,6 +94,8 @@ class EngineConfig:
     rebalance_timeout_seconds: float = 10.0
     max_pending_events: int = 20_000
     max_pending_bytes: int = 64 * 1024 * 1024
+    #: Messages not yet done (lag + held) from which writers are told the service is behind.
+    backlog_messages: int = 5_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -105,6 +111,7 @@ class EngineConfig:
             rebalance_timeout_seconds=s.sync_rebalance_timeout_seconds,
             max_pending_events=s.sync_max_pending_events,
             max_pending_bytes=s.sync_max_pending_bytes,
+            backlog_messages=s.salesforce_composite_backlog,
         )
 
 
@@ -181,6 +188,8 @@ class Pipeline:
         #: revoked: a rebalance never sees a poll half taken in.
         self._intake = asyncio.Lock()
         self._last_commit = 0.0
+        #: Messages of the assigned partitions not fetched yet, at the last poll.
+        self._lag = 0
         #: Dispatch lanes whatever their linger (shutdown: write what was fetched).
         self._flushing = False
         #: Start no batch any more (the end of shutdown).
@@ -326,10 +335,19 @@ class Pipeline:
                 self._parts.state(tp).paused = False
 
     def _update_lag(self) -> None:
+        total = 0
         for tp in self._consumer.assignment():
             lag = self._parts.lag(tp, self._consumer.highwater(tp))
             if lag is not None:
                 self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+                total += lag
+        self._lag = total
+
+    def _behind(self) -> bool:
+        """Whether the service is working through a backlog: messages not fetched yet plus
+        those it holds reach ``backlog_messages`` (then latency is lost anyway and the org's
+        API calls are what to save)."""
+        return self._lag + self._parts.in_flight() >= self._cfg.backlog_messages
 
     # --- batches -------------------------------------------------------------------------
 
@@ -444,11 +462,12 @@ class Pipeline:
         """Write every target that has something to write, the targets concurrently."""
         todo = list(people.values())
         writers = [w for w in self._writers if any(p.fields.get(w.sobject) for p in todo)]
-        answers = await asyncio.gather(*(self._write_target(w, todo) for w in writers))
+        backlog = self._behind()
+        answers = await asyncio.gather(*(self._write_target(w, todo, backlog) for w in writers))
         return {w.sobject: answer for w, answer in zip(writers, answers, strict=True)}
 
     async def _write_target(
-        self, writer: Writer, people: Sequence[PersonWrite]
+        self, writer: Writer, people: Sequence[PersonWrite], backlog: bool = False
     ) -> dict[str, PersonResult]:
         """Write one target; what cannot be written now waits at the gate and is written again.
 
@@ -460,7 +479,7 @@ class Pipeline:
         while True:
             probe = await self._gate.wait_open()
             try:
-                results = await writer.write(people, done)
+                results = await writer.write(people, done, backlog=backlog)
             except asyncio.CancelledError:
                 if probe:
                     self._gate.abandoned()

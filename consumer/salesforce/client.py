@@ -265,7 +265,7 @@ class SalesforceClient:
             },
             raise_for_status=False,
         )
-        if s.salesforce_composite:
+        if s.salesforce_composite != "off":
             self._composer = Composer(
                 self._exchange,
                 self._api_path("composite"),

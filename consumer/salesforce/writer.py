@@ -163,7 +163,11 @@ class TargetWriter:
         return self._plan.sobject
 
     async def write(
-        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None = None
+        self,
+        people: Sequence[PersonWrite],
+        done: dict[str, PersonResult] | None = None,
+        *,
+        backlog: bool = False,
     ) -> dict[str, PersonResult]:
         """Write every person that has values for this target; results by email key.
 
@@ -175,10 +179,14 @@ class TargetWriter:
         transient errors outlast the budget, and the client's pause and configuration errors.
 
         Writers given the same ``people`` object (the targets of one batch) send their calls
-        together: with ``SALESFORCE_COMPOSITE``, as shared composite calls.
+        together as shared composite calls with ``SALESFORCE_COMPOSITE=on``, or with ``auto``
+        when the engine says the service is behind (``backlog``).
         """
-        with together(people):
-            return await self._write(people, done)
+        mode = self._settings.salesforce_composite
+        if mode == "on" or (mode == "auto" and backlog):
+            with together(people):
+                return await self._write(people, done)
+        return await self._write(people, done)
 
     async def _write(
         self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None

@@ -35,7 +35,7 @@ async def emulator() -> AsyncIterator[SalesforceEmulator]:
 
 
 def composite(emulator: SalesforceEmulator) -> SalesforceClient:
-    return client_for(emulator, salesforce_composite=True)
+    return client_for(emulator, salesforce_composite="on")
 
 
 async def test_calls_issued_together_go_as_one_api_call(emulator: SalesforceEmulator) -> None:

@@ -189,7 +189,7 @@ async def scenario(
             sync_concurrency=2,
             kafka_results_topic="results",
             kafka_dlq_topic="dlq",
-            salesforce_composite=composite,
+            salesforce_composite="on" if composite else "off",
         )
         mapping = example_mapping()
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:

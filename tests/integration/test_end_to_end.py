@@ -31,10 +31,16 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 PARTITIONS = 3
 
 
-@pytest.mark.parametrize("composite", [False, True], ids=["calls", "composite"])
+@pytest.mark.parametrize(
+    ("mode", "backlog"),
+    [("off", 5_000), ("on", 5_000), ("auto", 5_000), ("auto", 1_000)],
+    ids=["off", "on", "auto-caught-up", "auto-behind"],
+)
 async def test_2000_events_for_300_people_in_one_batch_per_lane_use_the_fewest_calls(
-    kafka_bootstrap: str, composite: bool
+    kafka_bootstrap: str, mode: str, backlog: int
 ) -> None:
+    # auto: the 2,000 messages held at the end are a backlog at 1,000, not at 5,000.
+    composite = mode == "on" or (mode == "auto" and backlog <= 2_000)
     scenario = build(n_people=300, n_events=2000)
     topics = await scenario_topics(kafka_bootstrap, scenario, PARTITIONS)
     async with make_emulator() as emulator:
@@ -45,7 +51,8 @@ async def test_2000_events_for_300_people_in_one_batch_per_lane_use_the_fewest_c
             emulator.url,
             sync_batch_max_events=len(scenario.messages),
             sync_batch_linger_ms=60_000,
-            salesforce_composite=composite,
+            salesforce_composite=mode,
+            salesforce_composite_backlog=backlog,
         )
         async with (
             collect(kafka_bootstrap, topics.results) as results,

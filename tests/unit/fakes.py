@@ -265,10 +265,17 @@ class MemoryWriter:
     hold: dict[str, asyncio.Event] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
+    #: What the engine said of each call: whether the service was behind.
+    backlogs: list[bool] = field(default_factory=list)
 
     async def write(
-        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None = None
+        self,
+        people: Sequence[PersonWrite],
+        done: dict[str, PersonResult] | None = None,
+        *,
+        backlog: bool = False,
     ) -> dict[str, PersonResult]:
+        self.backlogs.append(backlog)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

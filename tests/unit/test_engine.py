@@ -381,9 +381,9 @@ async def test_polls_that_return_at_once_still_let_batches_run_between_them() ->
     taken_in: list[int] = []
     write = h.contact.write
 
-    async def noting(people: Any, done: Any = None) -> Any:
+    async def noting(people: Any, done: Any = None, *, backlog: bool = False) -> Any:
         taken_in.append(h.consumer.position(tp(0)))
-        return await write(people, done)
+        return await write(people, done, backlog=backlog)
 
     h.contact.write = noting  # type: ignore[method-assign]
     h.start()
@@ -436,6 +436,21 @@ def test_a_records_age_at_fetch_counts_against_its_linger(age_ms: int | None, le
     h.pipeline._take_in(tp(0), record, fetched_ms)
     wait = h.pipeline._lanes.route("late@x.com").buffer.time_to_ready()
     assert wait == pytest.approx(left, abs=0.05)
+
+
+@pytest.mark.asyncio
+async def test_writers_are_told_when_the_service_works_through_a_backlog() -> None:
+    # 300 messages not done at the first batch: behind at 100, caught up at 1,000.
+    for threshold, behind in ((100, True), (1_000, False)):
+        h = Harness(backlog_messages=threshold, fetch_max_records=1_000)
+        for i in range(300):
+            h.consumer.append(0, event(f"p{i}@x.com", i))
+        h.start()
+        await h.until("every outcome", lambda h=h: len(h.outcomes()) == 300)  # type: ignore[misc]
+        await h.finish()
+        assert h.contact.backlogs[0] is behind
+        if not behind:
+            assert not any(h.contact.backlogs)
 
 
 @pytest.mark.asyncio
