@@ -107,6 +107,13 @@ class PartitionRegistry:
             return None
         return max(0, highwater - base)
 
+    def unfetched(self, tp: TopicPartition, highwater: int | None) -> int:
+        """Messages after the last one fetched, up to the high watermark (0 when unknown)."""
+        part = self._parts.get(tp)
+        if part is None or highwater is None or part.next_offset is None:
+            return 0
+        return max(0, highwater - part.next_offset)
+
     def paused(self) -> set[TopicPartition]:
         """Partitions this member paused."""
         return {tp for tp, part in self._parts.items() if part.paused}

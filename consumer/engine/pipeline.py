@@ -189,7 +189,7 @@ class Pipeline:
         self._intake = asyncio.Lock()
         self._last_commit = 0.0
         #: Messages of the assigned partitions not fetched yet, at the last poll.
-        self._lag = 0
+        self._unfetched = 0
         #: Dispatch lanes whatever their linger (shutdown: write what was fetched).
         self._flushing = False
         #: Start no batch any more (the end of shutdown).
@@ -335,19 +335,20 @@ class Pipeline:
                 self._parts.state(tp).paused = False
 
     def _update_lag(self) -> None:
-        total = 0
+        unfetched = 0
         for tp in self._consumer.assignment():
-            lag = self._parts.lag(tp, self._consumer.highwater(tp))
+            highwater = self._consumer.highwater(tp)
+            lag = self._parts.lag(tp, highwater)
             if lag is not None:
                 self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-                total += lag
-        self._lag = total
+            unfetched += self._parts.unfetched(tp, highwater)
+        self._unfetched = unfetched
 
     def _behind(self) -> bool:
         """Whether the service is working through a backlog: messages not fetched yet plus
         those it holds reach ``backlog_messages`` (then latency is lost anyway and the org's
         API calls are what to save)."""
-        return self._lag + self._parts.in_flight() >= self._cfg.backlog_messages
+        return self._unfetched + self._parts.in_flight() >= self._cfg.backlog_messages
 
     # --- batches -------------------------------------------------------------------------
 

@@ -440,8 +440,9 @@ def test_a_records_age_at_fetch_counts_against_its_linger(age_ms: int | None, le
 
 @pytest.mark.asyncio
 async def test_writers_are_told_when_the_service_works_through_a_backlog() -> None:
-    # 300 messages not done at the first batch: behind at 100, caught up at 1,000.
-    for threshold, behind in ((100, True), (1_000, False)):
+    # 300 messages held (fetched in one poll) at the first batch, none left to fetch:
+    # behind at 300, caught up at 301 (each message counted once).
+    for threshold, behind in ((300, True), (301, False)):
         h = Harness(backlog_messages=threshold, fetch_max_records=1_000)
         for i in range(300):
             h.consumer.append(0, event(f"p{i}@x.com", i))
@@ -451,6 +452,7 @@ async def test_writers_are_told_when_the_service_works_through_a_backlog() -> No
         assert h.contact.backlogs[0] is behind
         if not behind:
             assert not any(h.contact.backlogs)
+        assert h.lead.backlogs == h.contact.backlogs[: len(h.lead.backlogs)]
 
 
 @pytest.mark.asyncio
