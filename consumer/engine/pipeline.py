@@ -275,7 +275,9 @@ class Pipeline:
             if lane.idle:
                 wait = lane.buffer.time_to_ready()
                 if wait is not None:
-                    timeout = min(timeout, max(wait, 0.005))
+                    # A batch starts within a millisecond of its linger's end (a 5 ms floor
+                    # cost (e) a few ms at the tail), without spinning on a deadline.
+                    timeout = min(timeout, max(wait, 0.001))
         return timeout
 
     def _take_in(self, tp: TopicPartition, record: Any, fetched_ms: float) -> None:
