@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     #: batch takes longer. ``auto``: only while the service is behind (a backlog or a replay,
     #: see ``SALESFORCE_COMPOSITE_BACKLOG``); ``on``: always; ``off``: never.
     salesforce_composite: Literal["off", "auto", "on"] = "auto"
-    #: Messages not yet done (the consumer's lag plus what the service holds) from which
+    #: Messages not yet done (not fetched yet, plus held by the service) from which
     #: ``auto`` sends composite calls.
     salesforce_composite_backlog: PositiveInt = 5_000
 
