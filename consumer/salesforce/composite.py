@@ -12,10 +12,12 @@ in one composite call would write one after the other instead of at once.
 Each caller gets its own subrequest's status and body back, and the client classifies it
 exactly as it would the answer of a call of its own: the writer's rules on partial failures,
 retries and order do not change. An error of the whole composite call (a transport error,
-401, 403, 5xx) is every subrequest's.
+401, 403, 408, 429, 5xx) is every subrequest's; a composite call refused for what it is
+sends its calls one by one.
 
 The price: Salesforce runs the subrequests one after another, so a composite call lasts
-about as long as its subrequests together. ``SALESFORCE_COMPOSITE`` turns it on.
+about as long as its subrequests together. ``SALESFORCE_COMPOSITE`` says when to pay it
+(``auto``: while the service works through a backlog).
 """
 
 from __future__ import annotations
@@ -182,6 +184,7 @@ class Composer:
         calls = [c for c in calls if not c.answer.done()]
         if not calls:
             return
+        answers: list[tuple[int, Any]] | None
         try:
             if len(calls) == 1:
                 c = calls[0]
@@ -191,6 +194,9 @@ class Composer:
                 answers = [got]
             else:
                 answers = await self._composite(calls)
+                if answers is None:  # refused as a whole: each call goes alone, on its own
+                    await asyncio.gather(*(self._send([c]) for c in calls))
+                    return
         except asyncio.CancelledError:
             _settle(calls, None)
             raise
@@ -201,7 +207,9 @@ class Composer:
             if not c.answer.done():
                 c.answer.set_result(got)
 
-    async def _composite(self, calls: list[_Call]) -> list[tuple[int, Any]]:
+    async def _composite(self, calls: list[_Call]) -> list[tuple[int, Any]] | None:
+        """One composite call: each call's (status, body), or None when Salesforce refused
+        the composite call as a whole."""
         body = {
             "allOrNone": False,
             "compositeRequest": [
@@ -220,33 +228,17 @@ class Composer:
         )
         if status in REFUSED_AS_A_WHOLE:
             # The composite call itself was refused (its size, its form, a limit): that says
-            # nothing about the calls inside, so each goes alone and is answered on its own.
+            # nothing about the calls inside. Each is then sent alone and answered on its own
+            # (a create that succeeded must not be reported failed, and sent again, because
+            # another call failed).
             logger.warning(
                 "composite call refused; sending its calls one by one",
                 extra={"status": status, "calls": len(calls)},
             )
-            alone = await asyncio.gather(
-                *(
-                    self._exchange(c.method, c.target, c.token, c.operation, c.body, c.headers)
-                    for c in calls
-                ),
-                return_exceptions=True,
-            )
-            # Each call gets its own answer or error: a call that succeeded must not be
-            # reported failed (a create would be sent again) because another one failed.
-            answers: list[tuple[int, Any]] = []
-            for c, got in zip(calls, alone, strict=True):
-                if isinstance(got, BaseException):
-                    if isinstance(got, asyncio.CancelledError) or not isinstance(got, Exception):
-                        raise got
-                    if not c.answer.done():
-                        c.answer.set_exception(got)
-                    answers.append((0, None))  # answered already; _send skips done answers
-                else:
-                    answers.append(got)
-            return answers
+            return None
         if status != 200:
-            # The whole call failed (401, 403, 5xx): each caller classifies it as its own.
+            # The whole call failed (401, 403, 408, 429, 5xx): each caller classifies it as
+            # its own (a new token, a pause, a retry with backoff).
             return [(status, answer)] * len(calls)
         entries = answer.get("compositeResponse") if isinstance(answer, dict) else None
         by_ref = {e.get("referenceId"): e for e in entries or () if isinstance(e, dict)}
