@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +55,20 @@ class Exchange:
         }
 
 
+def ask(composer: Composer, target: str, token: str = "a") -> Awaitable[tuple[int, Any]]:
+    """A query call to ``target`` with the token ``token``."""
+    return composer.call("GET", target, Tok(token), "query", None, None)
+
+
 async def test_calls_are_grouped_by_token_and_group() -> None:
     ex = Exchange()
     composer = Composer(ex, "/composite")
     batch = object()
     with together(batch):
         answers = await asyncio.gather(
-            composer.call("GET", "/q1", Tok("a"), "query", None, None),
-            composer.call("GET", "/q2", Tok("a"), "query", None, None),
-            composer.call("GET", "/q3", Tok("b"), "query", None, None),
+            ask(composer, "/q1", "a"),
+            ask(composer, "/q2", "a"),
+            ask(composer, "/q3", "b"),
         )
     assert list(answers) == [(200, "/q1"), (200, "/q2"), (200, {"target": "/q3"})]
     assert sorted(op for op, _, _ in ex.sent) == ["composite", "query"]  # b's goes alone
@@ -74,8 +79,8 @@ async def test_a_caller_cancelled_while_held_is_not_sent() -> None:
     ex = Exchange()
     composer = Composer(ex, "/composite")
     with together(object()):
-        gone = asyncio.ensure_future(composer.call("GET", "/gone", Tok("a"), "query", None, None))
-        kept = asyncio.ensure_future(composer.call("GET", "/kept", Tok("a"), "query", None, None))
+        gone = asyncio.ensure_future(ask(composer, "/gone", "a"))
+        kept = asyncio.ensure_future(ask(composer, "/kept", "a"))
         await asyncio.sleep(0)
         gone.cancel()
         assert await kept == (200, {"target": "/kept"})
@@ -89,8 +94,8 @@ async def test_a_composite_answer_missing_a_subrequest_is_a_transient_error() ->
     composer = Composer(ex, "/composite")
     with together(object()):
         results = await asyncio.gather(
-            composer.call("GET", "/q1", Tok("a"), "query", None, None),
-            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+            ask(composer, "/q1", "a"),
+            ask(composer, "/q2", "a"),
             return_exceptions=True,
         )
     assert all(isinstance(r, SalesforceTransientError) for r in results)
@@ -103,10 +108,7 @@ async def test_stop_cancels_what_is_in_flight_and_is_idempotent() -> None:
     ex.gate = asyncio.Event()
     composer = Composer(ex, "/composite")
     with together(object()):
-        calls = [
-            asyncio.ensure_future(composer.call("GET", f"/q{i}", Tok("a"), "query", None, None))
-            for i in range(2)
-        ]
+        calls = [asyncio.ensure_future(ask(composer, f"/q{i}", "a")) for i in range(2)]
         await ex.sending.wait()
     await composer.stop()
     await composer.stop()
@@ -114,17 +116,14 @@ async def test_stop_cancels_what_is_in_flight_and_is_idempotent() -> None:
         with pytest.raises(asyncio.CancelledError):
             await call
     with pytest.raises(RuntimeError):
-        await composer.call("GET", "/late", Tok("a"), "query", None, None)
+        await ask(composer, "/late", "a")
 
 
 async def test_stop_while_calls_are_held_leaves_no_caller_waiting() -> None:
     ex = Exchange()
     composer = Composer(ex, "/composite")
     with together(object()):
-        calls = [
-            asyncio.ensure_future(composer.call("GET", f"/q{i}", Tok("a"), "query", None, None))
-            for i in range(3)
-        ]
+        calls = [asyncio.ensure_future(ask(composer, f"/q{i}", "a")) for i in range(3)]
         await asyncio.sleep(0)  # held: the composer is still waiting for more
     await composer.stop()
     done, pending = await asyncio.wait(calls, timeout=1)
@@ -140,8 +139,8 @@ async def test_a_bug_in_the_exchange_reaches_each_caller_as_itself() -> None:
     composer = Composer(broken, "/composite")
     with together(object()):
         results = await asyncio.gather(
-            composer.call("GET", "/q1", Tok("a"), "query", None, None),
-            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+            ask(composer, "/q1", "a"),
+            ask(composer, "/q2", "a"),
             return_exceptions=True,
         )
     assert [type(r) for r in results] == [TypeError, TypeError]  # not a cancellation
@@ -160,8 +159,8 @@ async def test_a_composite_call_refused_as_a_whole_sends_its_calls_alone() -> No
     composer = Composer(ex, "/composite")
     with together(object()):
         answers = await asyncio.gather(
-            composer.call("GET", "/q1", Tok("a"), "query", None, None),
-            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+            ask(composer, "/q1", "a"),
+            ask(composer, "/q2", "a"),
         )
     assert list(answers) == [(200, {"target": "/q1"}), (200, {"target": "/q2"})]
     assert [op for op, _, _ in ex.sent] == ["composite", "query", "query"]
@@ -207,8 +206,8 @@ async def test_a_throttled_or_failed_composite_call_is_every_callers_answer(stat
     composer = Composer(ex, "/composite")
     with together(object()):
         answers = await asyncio.gather(
-            composer.call("GET", "/q1", Tok("a"), "query", None, None),
-            composer.call("GET", "/q2", Tok("a"), "query", None, None),
+            ask(composer, "/q1", "a"),
+            ask(composer, "/q2", "a"),
         )
     assert [a[0] for a in answers] == [status, status]
     assert [op for op, _, _ in ex.sent] == ["composite"]
@@ -238,7 +237,7 @@ async def test_calls_that_keep_coming_a_turn_or_two_apart_join_one_group() -> No
     async def after(turns: int, target: str) -> tuple[int, Any]:
         for _ in range(turns):
             await asyncio.sleep(0)
-        return await composer.call("GET", target, Tok("a"), "query", None, None)
+        return await ask(composer, target, "a")
 
     with together(object()):
         answers = await asyncio.gather(after(0, "/a"), after(2, "/b"), after(4, "/c"))
