@@ -94,7 +94,8 @@ class EngineConfig:
     rebalance_timeout_seconds: float = 10.0
     max_pending_events: int = 20_000
     max_pending_bytes: int = 64 * 1024 * 1024
-    #: Messages not yet done (lag + held) from which writers are told the service is behind.
+    #: Messages not yet done (not fetched yet, plus held) from which writers are told the
+    #: service is behind.
     backlog_messages: int = 5_000
 
     @classmethod

@@ -781,9 +781,9 @@ class SalesforceEmulator:
                 state.stats.incr("http_5xx")
             results.append((sub, status, body))
         state.journal.call("composite", "", len(subs), sum(1 for _, st, _ in results if st < 300))
-        # The wrapper waits out one latency from the start; the others come on top.
-        extra = sum(state.faults.latency_seconds() for _ in subs[1:])
-        await _sleep_until(loop, started + state.faults.latency_seconds() + extra)
+        # One latency per subrequest, in a row (the wrapper's own single latency has passed
+        # by then).
+        await _sleep_until(loop, started + sum(state.faults.latency_seconds() for _ in subs))
         return _json(composite.answer(results))
 
     async def _delete(self, request: web.Request, version: str) -> web.StreamResponse:
