@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from consumer.devkit.emulator.fields import CONTACT_CHOICES
+from consumer.devkit.emulator.fields import CONTACT_CHOICES, CONTACT_MATCH_TARGET
 
 #: External-ID mode: upsert by ``Didomi_Id__c``, 200 people a call and no query.
 EXTERNAL_ID_MAPPING = (
@@ -39,19 +39,8 @@ targets:
 )
 
 #: Match mode on Contact alone: a query then a write per 200 people (with the advised sync
-#: state, so every newer choice is written).
-MATCH_MAPPING = (
-    """\
-regulations: [gdpr]
-targets:
-  - sobject: Contact
-    upsert_mode: true
-    match_field: Email
-    sync_state_field: Didomi_Sync_State__c
-    create_defaults: {LastName: "Unknown"}
-"""
-    + CONTACT_CHOICES
-)
+#: state, so every newer choice is written): the example mapping's Contact target.
+MATCH_MAPPING = "regulations: [gdpr]\ntargets:\n" + CONTACT_MATCH_TARGET
 
 _FIRST = (
     "jane", "john", "ana", "li", "omar", "chloe", "pierre", "sofia", "max", "nora",

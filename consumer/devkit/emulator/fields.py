@@ -51,13 +51,10 @@ CONTACT_CHOICES = """\
         offers: Topic_Offers__c
 """
 
-#: The project's example mapping, as in ``tests/fixtures/mapping.example.yaml`` (a unit test
-#: keeps the two equal); the demo and the bench run with it. Contact in match mode with the
-#: sync state, upsert; Lead update-only.
-EXAMPLE_MAPPING = (
+#: The example mapping's Contact target (an entry of ``targets``): match mode with the sync
+#: state, upsert; the bench's match-mode mapping is this target alone.
+CONTACT_MATCH_TARGET = (
     """\
-regulations: [gdpr]
-targets:
   - sobject: Contact
     upsert_mode: true
     match_field: Email
@@ -65,6 +62,14 @@ targets:
     create_defaults: {LastName: "Unknown"}
 """
     + CONTACT_CHOICES
+)
+
+#: The project's example mapping, as in ``tests/fixtures/mapping.example.yaml`` (a unit test
+#: keeps the two equal); the demo and the bench run with it. Contact in match mode with the
+#: sync state, upsert; Lead update-only.
+EXAMPLE_MAPPING = (
+    "regulations: [gdpr]\ntargets:\n"
+    + CONTACT_MATCH_TARGET
     + """\
   - sobject: Lead
     upsert_mode: false
