@@ -229,6 +229,32 @@ async def _passthrough(rig: Rig, topics: Topics, count: int, label: str, timeout
     return await rig.drain(label, PASSTHROUGH, env, run, count, timeout=timeout)
 
 
+async def _service(
+    rig: Rig,
+    label: str,
+    emu: Emulator,
+    topics: Topics,
+    mapping: Path,
+    count: int,
+    timeout: float,
+    **settings: str,
+) -> Drain:
+    """One service run draining ``count`` outputs from ``topics`` into ``emu``; ``settings``
+    are environment variables on top of :func:`service_env`'s."""
+    port = free_port()
+    env = {**service_env(rig.bootstrap, topics, emu, mapping, port), **settings}
+    return await rig.drain(
+        label,
+        SERVICE,
+        env,
+        topics,
+        count,
+        timeout=timeout,
+        others={"emulator": emu.child.pid},
+        metrics_port=port,
+    )
+
+
 def _drain_timeout(count: int, per_second: float) -> float:
     # Generous: a slow machine must finish, a stuck service must not hang the bench.
     return 120.0 + count / per_second
@@ -262,19 +288,8 @@ async def throughput(bench: Bench) -> list[Section]:
         bench.say("(a) passthrough, first run ...")
         first = await _passthrough(rig, topics, count, "passthrough", timeout)
         bench.say(f"    {first.rate:,.0f} messages/s; the service ...")
-        port = free_port()
         mapping = rig.write_mapping(EXAMPLE_MAPPING)
-        env = service_env(rig.bootstrap, topics, emu, mapping, port)
-        service = await rig.drain(
-            "service",
-            SERVICE,
-            env,
-            topics,
-            count,
-            timeout=timeout,
-            others={"emulator": emu.child.pid},
-            metrics_port=port,
-        )
+        service = await _service(rig, "service", emu, topics, mapping, count, timeout)
         stats = await emu.stats()
         journal = await emu.journal()
         bench.say(
@@ -343,18 +358,8 @@ async def _plain_run(
     fresh = Topics.fresh("a-plain")
     again = Topics(topics.input, fresh.results, fresh.dlq, fresh.group)
     await create_topics(rig.bootstrap, [again.results, again.dlq], partitions=1)
-    port = free_port()
-    env = service_env(rig.bootstrap, again, emu, mapping, port)
-    env["SALESFORCE_COMPOSITE"] = "off"
-    drain = await rig.drain(
-        "service-plain",
-        SERVICE,
-        env,
-        again,
-        count,
-        timeout=timeout,
-        others={"emulator": emu.child.pid},
-        metrics_port=port,
+    drain = await _service(
+        rig, "service-plain", emu, again, mapping, count, timeout, SALESFORCE_COMPOSITE="off"
     )
     return drain, await emu.stats()
 
@@ -493,19 +498,16 @@ async def write_rate(bench: Bench) -> list[Section]:
             )
             bench.say(f"(c) {mode}: producing {o.rate_events:,} events ...")
             count, _, _ = await produce(rig.bootstrap, topics.input, backlog.records())
-            port = free_port()
-            env = service_env(rig.bootstrap, topics, emu, rig.write_mapping(mapping_text), port)
-            env["SYNC_CONCURRENCY"] = str(DEFAULT_CONCURRENCY)
             bench.say(f"(c) {mode}: draining ...")
-            drain = await rig.drain(
+            drain = await _service(
+                rig,
                 f"service-{mode}",
-                SERVICE,
-                env,
+                emu,
                 topics,
+                rig.write_mapping(mapping_text),
                 count,
-                timeout=_drain_timeout(count, 200),
-                others={"emulator": emu.child.pid},
-                metrics_port=port,
+                _drain_timeout(count, 200),
+                SYNC_CONCURRENCY=str(DEFAULT_CONCURRENCY),
             )
             stats = await emu.stats()
             journal = await emu.journal()
@@ -590,18 +592,15 @@ async def memory(bench: Bench) -> list[Section]:
             backlog = Backlog(count, o.people, o.zipf, seed=3, start_ms=_backlog_start(count))
             bench.say(f"(d) producing {count:,} events ...")
             produced, took, _ = await produce(rig.bootstrap, topics.input, backlog.records())
-            port = free_port()
-            env = service_env(rig.bootstrap, topics, emu, rig.write_mapping(EXAMPLE_MAPPING), port)
             bench.say(f"(d) draining {count:,} events (produced in {took:.0f} s) ...")
-            drain = await rig.drain(
+            drain = await _service(
+                rig,
                 f"service-{count}",
-                SERVICE,
-                env,
+                emu,
                 topics,
+                rig.write_mapping(EXAMPLE_MAPPING),
                 produced,
-                timeout=_drain_timeout(produced, 150),
-                others={"emulator": emu.child.pid},
-                metrics_port=port,
+                _drain_timeout(produced, 150),
             )
         section.lines.append("  " + _drain_line(drain))
         marks, growth = rss_profile(drain.rss, drain.expected)
