@@ -76,6 +76,7 @@ class Writer(Protocol):
         done: dict[str, PersonResult] | None = None,
         *,
         backlog: bool = False,
+        writers: int | None = None,
     ) -> dict[str, PersonResult]: ...
 
 
@@ -467,11 +468,21 @@ class Pipeline:
         todo = list(people.values())
         writers = [w for w in self._writers if any(p.fields.get(w.sobject) for p in todo)]
         backlog = self._behind()
-        answers = await asyncio.gather(*(self._write_target(w, todo, backlog) for w in writers))
+        if len(writers) == 1:
+            # In this task: a gather's task would start a turn later, and under a backlog a
+            # turn of the loop is the take-in of a chunk of a poll.
+            return {writers[0].sobject: await self._write_target(writers[0], todo, backlog, 1)}
+        answers = await asyncio.gather(
+            *(self._write_target(w, todo, backlog, len(writers)) for w in writers)
+        )
         return {w.sobject: answer for w, answer in zip(writers, answers, strict=True)}
 
     async def _write_target(
-        self, writer: Writer, people: Sequence[PersonWrite], backlog: bool = False
+        self,
+        writer: Writer,
+        people: Sequence[PersonWrite],
+        backlog: bool = False,
+        writers: int | None = None,
     ) -> dict[str, PersonResult]:
         """Write one target; what cannot be written now waits at the gate and is written again.
 
@@ -483,7 +494,7 @@ class Pipeline:
         while True:
             probe = await self._gate.wait_open()
             try:
-                results = await writer.write(people, done, backlog=backlog)
+                results = await writer.write(people, done, backlog=backlog, writers=writers)
             except asyncio.CancelledError:
                 if probe:
                     self._gate.abandoned()

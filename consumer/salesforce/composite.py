@@ -5,7 +5,8 @@ subrequests of one request, which counts once against the org's daily API limit.
 issues its calls together (a Contact query beside a Lead query; then a Contact update, a
 Contact create and a Lead update), so :class:`Composer` holds each call for a few turns of
 the event loop, then sends the calls of one group (:func:`together`: one batch's) as
-composite calls of up to 5 subrequests (a call alone goes as itself). Calls of different
+composite calls of up to 5 subrequests (a call alone goes as itself; one that nothing could
+join, the lone call of a group's only member, goes at once: :func:`single`). Calls of different
 groups never go together: Salesforce runs subrequests one after another, so two lanes' calls
 in one composite call would write one after the other instead of at once.
 
@@ -49,17 +50,36 @@ COMPOSABLE = frozenset({"query", "query_more", "create", "update", "upsert"})
 #: The group of the calls being issued in this context (None: each call goes alone). The
 #: object itself is kept (not its id), so a group's key cannot be reused while it is held.
 _GROUP: ContextVar[object | None] = ContextVar("composite_group", default=None)
+#: How many contexts share this context's group, when the one who opened it said so.
+_MEMBERS: ContextVar[int | None] = ContextVar("composite_members", default=None)
 
 
 @contextlib.contextmanager
-def together(key: object) -> Iterator[None]:
+def together(key: object, members: int | None = None) -> Iterator[None]:
     """Within: this context's calls may share composite calls with those of every other
-    context inside ``together`` with the same ``key`` object (compared by identity)."""
-    token = _GROUP.set(key)
+    context inside ``together`` with the same ``key`` object (compared by identity).
+
+    ``members``: how many contexts join the group (a batch's writers), when known; see
+    :func:`single`.
+    """
+    group, count = _GROUP.set(key), _MEMBERS.set(members)
     try:
         yield
     finally:
-        _GROUP.reset(token)
+        _MEMBERS.reset(count)
+        _GROUP.reset(group)
+
+
+@contextlib.contextmanager
+def single() -> Iterator[None]:
+    """Within: the caller issues one call at a time. When it is its group's only member,
+    nothing could join that call, so it goes at once instead of being held for company (a
+    held call waits a few turns of the event loop, which a busy service makes long)."""
+    if _MEMBERS.get() != 1:
+        yield
+        return
+    with together(None):
+        yield
 
 
 class Token(Protocol):

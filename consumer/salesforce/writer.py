@@ -52,7 +52,7 @@ from consumer.model.changes import FieldValue, FieldValues, PersonResult, Person
 from consumer.model.messages import email_key
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.salesforce.client import COLLECTION_LIMIT, RecordResult, SalesforceClient
-from consumer.salesforce.composite import together
+from consumer.salesforce.composite import single, together
 from consumer.salesforce.fields import FIELD_CODES, refusal
 from consumer.salesforce.retry import Backoff
 from consumer.salesforce.soql import in_queries_encoded
@@ -168,6 +168,7 @@ class TargetWriter:
         done: dict[str, PersonResult] | None = None,
         *,
         backlog: bool = False,
+        writers: int | None = None,
     ) -> dict[str, PersonResult]:
         """Write every person that has values for this target; results by email key.
 
@@ -180,11 +181,13 @@ class TargetWriter:
 
         Writers given the same ``people`` object (the targets of one batch) send their calls
         together as shared composite calls with ``SALESFORCE_COMPOSITE=on``, or with ``auto``
-        when the engine says the service is behind (``backlog``).
+        when the engine says the service is behind (``backlog``). ``writers``: how many
+        writers write these people (when known); a writer alone issuing a lone call (one
+        query, or writes of a single operation) sends it at once.
         """
         mode = self._settings.salesforce_composite
         if mode == "on" or (mode == "auto" and backlog):
-            with together(people):
+            with together(people, writers):
                 return await self._write(people, done)
         return await self._write(people, done)
 
@@ -476,6 +479,11 @@ class TargetWriter:
             for operation in operations
             if (mine := [w for w in writes if w.operation == operation])
         ]
+        if len(by_operation) == 1:
+            # Chunks and fallbacks go one after another: one call at a time.
+            with single():
+                await self._send_operation(*by_operation[0], done)
+            return
         await asyncio.gather(*(self._send_operation(op, mine, done) for op, mine in by_operation))
 
     async def _send_operation(
@@ -689,7 +697,9 @@ class TargetWriter:
         )
         found: dict[str, list[Match]] = {}
         for encoded in queries:
-            for row in await self._client.query_all(encoded):
+            with single():  # queries go one after another
+                rows = await self._client.query_all(encoded)
+            for row in rows:
                 value = row.get(lookup)
                 if not isinstance(value, str):
                     continue

@@ -267,6 +267,8 @@ class MemoryWriter:
     max_in_flight: int = 0
     #: What the engine said of each call: whether the service was behind.
     backlogs: list[bool] = field(default_factory=list)
+    #: What the engine said of each call: how many writers write its batch.
+    company: list[int | None] = field(default_factory=list)
 
     async def write(
         self,
@@ -274,8 +276,10 @@ class MemoryWriter:
         done: dict[str, PersonResult] | None = None,
         *,
         backlog: bool = False,
+        writers: int | None = None,
     ) -> dict[str, PersonResult]:
         self.backlogs.append(backlog)
+        self.company.append(writers)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

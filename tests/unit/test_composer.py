@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from consumer.errors import SalesforceTransientError
-from consumer.salesforce.composite import Composer, together
+from consumer.salesforce.composite import Composer, single, together
 
 pytestmark = pytest.mark.asyncio
 
@@ -242,5 +242,50 @@ async def test_calls_that_keep_coming_a_turn_or_two_apart_join_one_group() -> No
     with together(object()):
         answers = await asyncio.gather(after(0, "/a"), after(2, "/b"), after(4, "/c"))
     assert [a[1] for a in answers] == ["/a", "/b", "/c"]
+    assert [op for op, _, _ in ex.sent] == ["composite"]
+    await composer.stop()
+
+
+async def test_a_lone_call_of_a_groups_only_member_goes_at_once() -> None:
+    # Nothing can join it, so it is not held for the quiet turns: the exchange is entered
+    # before the caller's task yields even once.
+    ex = Exchange()
+    composer = Composer(ex, "/composite", turns=3)
+    with together(object(), members=1), single():
+        call = asyncio.ensure_future(ask(composer, "/alone"))
+        await asyncio.sleep(0)  # the call's own task runs once
+        assert [t for _, t, _ in ex.sent] == ["/alone"]
+        assert await call == (200, {"target": "/alone"})
+    await composer.stop()
+
+
+@pytest.mark.parametrize("members", [2, None])
+async def test_a_lone_call_is_held_while_others_may_join_its_group(members: int | None) -> None:
+    # Another member (or members unknown) may still issue a call: it waits for company.
+    ex = Exchange()
+    composer = Composer(ex, "/composite", turns=3)
+    batch = object()
+
+    async def other() -> tuple[int, Any]:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return await ask(composer, "/other")
+
+    with together(batch, members=members):
+        with single():
+            first = asyncio.ensure_future(ask(composer, "/first"))
+        answers = await asyncio.gather(first, other())
+    assert [a[1] for a in answers] == ["/first", "/other"]
+    assert [op for op, _, _ in ex.sent] == ["composite"]
+    await composer.stop()
+
+
+async def test_several_calls_of_a_groups_only_member_still_share_a_composite_call() -> None:
+    # Outside single(): the member issues its calls at once (updates beside creates).
+    ex = Exchange()
+    composer = Composer(ex, "/composite", turns=3)
+    with together(object(), members=1):
+        answers = await asyncio.gather(ask(composer, "/u"), ask(composer, "/c"))
+    assert [a[1] for a in answers] == ["/u", "/c"]
     assert [op for op, _, _ in ex.sent] == ["composite"]
     await composer.stop()

@@ -381,9 +381,9 @@ async def test_polls_that_return_at_once_still_let_batches_run_between_them() ->
     taken_in: list[int] = []
     write = h.contact.write
 
-    async def noting(people: Any, done: Any = None, *, backlog: bool = False) -> Any:
+    async def noting(people: Any, done: Any = None, **told: Any) -> Any:
         taken_in.append(h.consumer.position(tp(0)))
-        return await write(people, done, backlog=backlog)
+        return await write(people, done, **told)
 
     h.contact.write = noting  # type: ignore[method-assign]
     h.start()
@@ -453,6 +453,21 @@ async def test_writers_are_told_when_the_service_works_through_a_backlog() -> No
         if not behind:
             assert not any(h.contact.backlogs)
         assert h.lead.backlogs == h.contact.backlogs[: len(h.lead.backlogs)]
+
+
+@pytest.mark.asyncio
+async def test_writers_are_told_how_many_writers_write_their_batch() -> None:
+    # The Lead target maps the newsletter purpose only: events without it write Contacts
+    # alone (a lone writer sends a lone call at once instead of holding it for company).
+    for newsletter, company in ((None, 1), (True, 2)):
+        h = Harness()
+        for i in range(50):
+            h.consumer.append(0, event(f"p{i}@x.com", i, newsletter=newsletter))
+        h.start()
+        await h.until("every outcome", lambda h=h: len(h.outcomes()) == 50)  # type: ignore[misc]
+        await h.finish()
+        assert h.contact.company and set(h.contact.company) == {company}
+        assert h.lead.company == ([] if company == 1 else h.contact.company)
 
 
 @pytest.mark.asyncio
