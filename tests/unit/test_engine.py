@@ -395,8 +395,10 @@ async def test_polls_that_return_at_once_still_let_batches_run_between_them() ->
 @pytest.mark.asyncio
 async def test_salesforce_answers_are_read_while_a_large_poll_is_taken_in() -> None:
     # A batch is waiting for Salesforce when a poll of 1,000 records arrives; its answer
-    # comes while that poll is being taken in and is read before the poll's end.
-    h = Harness(fetch_max_records=1_000)
+    # comes while that poll is being taken in and is read before the poll's end, and the
+    # freed lane starts its next batch (what it holds of the poll so far) without waiting
+    # for the end. One lane, so that every person is in it.
+    h = Harness(fetch_max_records=1_000, concurrency=1)
     h.contact.gate = asyncio.Event()
     h.consumer.append(0, event("first@x.com", 0))
     h.start()
@@ -415,12 +417,20 @@ async def test_salesforce_answers_are_read_while_a_large_poll_is_taken_in() -> N
             assert h.contact.gate is not None
             h.contact.gate.set()  # Salesforce answers now, mid-poll
         if taken == 1_000:
-            written_before_the_poll_ended.append(len(h.contact.calls) == 1)
+            calls = h.contact.calls
+            written_before_the_poll_ended.append(
+                len(calls) >= 2
+                and list(calls[0].people) == ["first@x.com"]
+                and 0 < len(calls[1].people) < 1_000
+            )
 
     h.pipeline._take_in = counting  # type: ignore[method-assign]
     await h.until("every outcome", lambda: len(h.outcomes()) == 1_001)
     await h.finish()
     assert written_before_the_poll_ended == [True]
+    # Nobody lost or written twice, in order of arrival.
+    people = [key for call in h.contact.calls for key in call.people]
+    assert people == ["first@x.com", *(f"p{i}@x.com" for i in range(1, 1_001))]
 
 
 @pytest.mark.parametrize(
