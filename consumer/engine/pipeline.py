@@ -361,7 +361,8 @@ class Pipeline:
     # --- batches -------------------------------------------------------------------------
 
     def _dispatch_ready(self) -> None:
-        """Start the next batch of every idle lane that has one ready."""
+        """Start the next batch of every idle lane that has one ready (but the direct lane's
+        while a poll is taken in, and none during a revocation)."""
         if self.failure is not None or self._closed or self._revoking:
             return  # (a revocation: the poll loop dispatches next)
         # At shutdown a lane writes what it holds; otherwise a batch waits to be full (or its

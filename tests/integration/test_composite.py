@@ -6,18 +6,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import ClientSession
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.errors import RequestLimitExceededError, SalesforceRequestError
+from consumer.model.changes import PersonWrite, Sourced
+from consumer.model.events import Purpose
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
-from consumer.salesforce.composite import together
-from tests.integration.support import make_emulator
+from consumer.salesforce.composite import _GROUP, together
+from consumer.salesforce.writer import TargetWriter
+from consumer.settings import Settings
+from consumer.stages.map import map_change
+from consumer.stages.merge import merge_by_person
+from tests.integration.support import CLIENT_ID, CLIENT_SECRET, example_mapping, make_emulator
 from tests.integration.test_salesforce_client import client_for
+from tests.unit.helpers import change, purpose
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -200,3 +212,66 @@ async def test_the_emulator_keeps_salesforces_composite_limits(
     assert resp.status == 200
     assert [e["referenceId"] for e in body["compositeResponse"]] == ["q0", "q1"]
     assert [e["httpStatusCode"] for e in body["compositeResponse"]] == [200, 200]
+
+
+async def test_a_batchs_only_writer_sends_lone_calls_at_once_and_two_writers_share() -> None:
+    # A lone call of a batch's only writer (its query; its writes when they are all updates)
+    # reaches the composer outside any group, so it is not held for company; updates beside
+    # creates, and the queries of two writers, still share composite calls.
+    async with make_emulator() as emu:
+        for i in range(3):
+            emu.seed("Contact", {"Email": f"c{i}@x.com", "LastName": "C"})
+            emu.seed("Lead", {"Email": f"c{i}@x.com", "LastName": "L", "Company": "Co"})
+        s = Settings(
+            salesforce_token_url=emu.url,
+            salesforce_client_id=CLIENT_ID,
+            salesforce_client_secret=SecretStr(CLIENT_SECRET),
+            salesforce_composite="on",
+        )
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            plans = {p.sobject: p for p in report.plans}
+            composer = client._composer
+            assert composer is not None
+            grouped: list[tuple[str, bool]] = []
+            call = composer.call
+
+            async def noting(*args: Any) -> tuple[int, Any]:
+                grouped.append((args[3], _GROUP.get() is not None))
+                return await call(*args)
+
+            composer.call = noting  # type: ignore[method-assign,assignment]
+
+            def people(emails: list[str], *choices: Purpose) -> list[PersonWrite]:
+                changes = [change(e, *choices, minutes=1) for e in emails]
+                merged = merge_by_person(
+                    Sourced(c, 0, i, i, map_change(c, list(plans.values())))
+                    for i, c in enumerate(changes)
+                )
+                return list(merged.values())
+
+            contact = TargetWriter(client, plans["Contact"], s)
+            lead = TargetWriter(client, plans["Lead"], s)
+            # Analytics is mapped on Contacts only: one writer; updates alone, then updates
+            # beside a create.
+            only_contacts = people(["c0@x.com", "c1@x.com"], purpose("analytics", True))
+            await contact.write(only_contacts, backlog=True, writers=1)
+            assert grouped == [("query", False), ("update", False)]
+            assert emu.stats.get("composite", 0) == 0
+            grouped.clear()
+            with_new = people(["c2@x.com", "new@x.com"], purpose("analytics", True))
+            await contact.write(with_new, backlog=True, writers=1)
+            assert grouped == [("query", False), ("update", True), ("create", True)]
+            assert emu.stats["composite"] == 1
+            grouped.clear()
+            # The newsletter is mapped on both: two writers, whose queries go together.
+            both = people(["c0@x.com", "c1@x.com"], purpose("newsletter", False))
+            await asyncio.gather(
+                contact.write(both, backlog=True, writers=2),
+                lead.write(both, backlog=True, writers=2),
+            )
+            assert sorted(grouped) == [("query", True)] * 2 + [("update", True)] * 2
+            assert emu.stats["composite"] == 3
+    for email in ("c0@x.com", "c1@x.com"):
+        assert emu.find_by_email("Contact", email)[0]["Newsletter_Consent__c"] is False
+        assert emu.find_by_email("Lead", email)[0]["Newsletter_Consent__c"] is False

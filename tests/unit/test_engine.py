@@ -295,6 +295,56 @@ async def test_a_kept_partition_with_abandoned_work_is_read_again_from_its_first
 
 
 @pytest.mark.asyncio
+async def test_no_batch_starts_while_partitions_are_revoked() -> None:
+    # Partition 0 is revoked while a's batch (a's events of both partitions) is stuck: the
+    # revocation waits for it, abandons it, and partition 1 is read again from its first gap.
+    # Meanwhile b's batch (partition 1 only, another lane) ends. b's next event must not
+    # start a batch before the revocation is over: that batch's messages are about to be
+    # forgotten and read again (the batch would write them, and their re-read a second time).
+    h = Harness(partitions=2, concurrency=2, rebalance_timeout_seconds=0.2)
+    stuck_a, stuck_b = asyncio.Event(), asyncio.Event()
+    h.contact.hold["a@x.com"] = stuck_a  # lane 0
+    h.contact.hold["b@x.com"] = stuck_b  # lane 1
+    h.consumer.append(0, event("a@x.com", 0))
+    h.consumer.append(1, event("a@x.com", 1))
+    h.consumer.append(1, event("b@x.com", 2))
+    h.start()
+    await h.until("both batches in flight", lambda: h.contact.in_flight == 2)
+    h.consumer.append(1, event("b@x.com", 3))
+    await h.until("b's next event fetched", lambda: h.pipeline._parts.in_flight() == 4)
+    revoking = False
+    starts: list[bool] = []
+    start = h.pipeline._start
+
+    def noting(lane: Any) -> None:
+        starts.append(revoking)
+        start(lane)
+
+    h.pipeline._start = noting  # type: ignore[method-assign]
+
+    async def answer_b() -> None:
+        await asyncio.sleep(0.05)  # within the revocation's wait for a's batch
+        stuck_b.set()
+
+    answering = asyncio.ensure_future(answer_b())
+    revoking = True
+    await h.pipeline.on_revoked({tp(0)})
+    revoking = False
+    await answering
+    stuck_a.set()
+    await h.until("partition 1 committed", lambda: h.consumer.committed.get(tp(1)) == 3)
+    await h.finish()
+    assert starts and not any(starts)
+    # b's choices reached Salesforce oldest first, the newest last.
+    b_values = [
+        c.people["b@x.com"]["Newsletter_Frequency__c"]
+        for c in h.contact.calls
+        if "b@x.com" in c.people
+    ]
+    assert b_values[-1] == "v3" and b_values.index("v2") < b_values.index("v3")
+
+
+@pytest.mark.asyncio
 async def test_a_daily_limit_pauses_writing_and_partitions_then_resumes() -> None:
     from consumer.errors import RequestLimitExceededError
 
