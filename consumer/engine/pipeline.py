@@ -438,6 +438,7 @@ class Pipeline:
         lane's order, and offsets are marked done only after their acknowledgement.
         """
         ok = False
+        phase = self._metrics.batch_phase
         try:
             messages = [item.message for item in batch.items]
             parsed = [item.parsed for item in batch.items]
@@ -449,7 +450,11 @@ class Pipeline:
                 if isinstance(item.parsed, Accepted)
             )
             self._metrics.batch_people.observe(len(people))
+            merged = self._clock()
+            phase.labels("merge").observe(merged - batch.started)
             results = await self._write(people)
+            written = self._clock()
+            phase.labels("salesforce").observe(written - merged)
             publications, dead = assemble(
                 messages, parsed, people, results, self._plans, self._wall()
             )
@@ -457,12 +462,17 @@ class Pipeline:
             if lane.task is asyncio.current_task():
                 lane.task = None
                 self._dispatch_ready()
+            built = self._clock()
+            phase.labels("outcomes").observe(built - written)
             if before is not None and not await asyncio.shield(before):
                 raise LaneBroken(batch.lane)
+            ordered = self._clock()
+            phase.labels("order").observe(ordered - built)
             await self._publisher.publish(publications, dead)
             for item in batch.items:
                 self._parts.done(item.part, item.message.offset, item.size)
             now = self._clock()
+            phase.labels("publish").observe(now - ordered)
             self._metrics.batch_duration.observe(now - batch.started)
             self._health.progressed(now)
             ok = True

@@ -19,6 +19,7 @@ NAMESPACE = "consent_sync"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _RECORD_BUCKETS = (1, 5, 10, 25, 50, 100, 150, 200)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000)
+_PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 
 
 class Metrics:
@@ -142,6 +143,17 @@ class Metrics:
             "batch_duration_seconds",
             "Time from dispatching a batch to its outcomes being acknowledged.",
             buckets=_LATENCY_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.batch_phase = Histogram(
+            "batch_phase_seconds",
+            "Where a batch's time goes, by phase: merge (dispatch to its first write, the "
+            "batch task's start included), salesforce (every target's writes), outcomes "
+            "(building them), order (waiting for the lane's previous batch to publish), "
+            "publish (to the broker's acknowledgement).",
+            ["phase"],
+            buckets=_PHASE_BUCKETS,
             namespace=ns,
             registry=r,
         )

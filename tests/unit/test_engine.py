@@ -211,6 +211,26 @@ async def test_lanes_write_in_parallel_under_skew() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_batchs_time_is_told_by_phase() -> None:
+    h = Harness()
+    h.contact.latencies = [0.05]
+    h.consumer.append(0, event("a@x.com", 0))
+    h.start()
+    await h.until("the outcome", lambda: len(h.outcomes()) == 1)
+    await h.finish()
+    get = h.metrics.registry.get_sample_value
+    phases = ("merge", "salesforce", "outcomes", "order", "publish")
+    sums = {p: get("consent_sync_batch_phase_seconds_sum", {"phase": p}) for p in phases}
+    counts = {p: get("consent_sync_batch_phase_seconds_count", {"phase": p}) for p in phases}
+    batches = get("consent_sync_batch_duration_seconds_count")
+    assert batches == 1 and set(counts.values()) == {batches}
+    assert sums["salesforce"] is not None and sums["salesforce"] >= 0.05
+    # The phases cover the whole batch, from dispatch to acknowledged outcomes.
+    total = get("consent_sync_batch_duration_seconds_sum")
+    assert sum(v for v in sums.values() if v is not None) == pytest.approx(total)
+
+
+@pytest.mark.asyncio
 async def test_commits_only_the_done_prefix() -> None:
     h = Harness()
     slow, fast = "slow@x.com", "fast@x.com"

@@ -148,11 +148,18 @@ def _where_time_went(drain: Drain) -> str:
         total = _metric(m, "consent_sync_salesforce_call_duration_seconds_sum", operation=op)
         if count and not math.isnan(count):
             calls.append(f"{op} {count:,.0f} x {total / count * 1000:.0f} ms")
+    phases = []
+    for phase in ("merge", "salesforce", "outcomes", "order", "publish"):
+        spent = _metric(m, "consent_sync_batch_phase_seconds_sum", phase=phase)
+        if not math.isnan(spent):
+            phases.append(f"{phase} {spent / batches * 1000:,.1f}")
     return (
         f"service metrics: {batches:,.0f} batches (the direct lane's too, which hold only "
         f"messages that write nothing) of {events / batches:,.0f} events / "
         f"{people / batches:,.0f} people on average, {took / batches * 1000:,.0f} ms each from "
-        f"dispatch to acknowledged outcomes; Salesforce calls: {', '.join(calls) or 'none'}"
+        f"dispatch to acknowledged outcomes"
+        + (f" (ms by phase: {', '.join(phases)})" if phases else "")
+        + f"; Salesforce calls: {', '.join(calls) or 'none'}"
     )
 
 
