@@ -113,7 +113,10 @@ class Settings(BaseSettings):
     salesforce_client_name: str = "didomi-salesforce-sync"
     salesforce_timeout_seconds: PositiveFloat = 30.0
     salesforce_connect_timeout_seconds: PositiveFloat = 10.0
-    salesforce_pool_size: PositiveInt = 10
+    #: Connections in the one shared HTTP session. Unset: one for every call the lanes can
+    #: have in flight at once, plus two (see ``service.pool_size``); fewer make calls queue
+    #: for a connection, which counts in their latency.
+    salesforce_pool_size: PositiveInt | None = None
     #: Longest query URL (path and query string) sent; Salesforce caps request line plus
     #: headers at 16,384 bytes, and the rest leaves room for the request line and headers.
     salesforce_max_url_bytes: Annotated[int, Field(ge=1_000, le=16_000)] = 15_000

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 _LIMIT_INFO = re.compile(r"(?<![\w-])api-usage=(\d+)/(\d+)")
 #: Collections accept at most this many records a call.
 COLLECTION_LIMIT = 200
+#: Connections of a client nobody sized (the ``check`` and ops commands).
+DEFAULT_POOL_SIZE = 10
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,12 @@ class SalesforceClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        pool_size: int | None = None,
     ) -> None:
         self._settings = settings
+        #: Connections in the session: ``pool_size``, else SALESFORCE_POOL_SIZE, else
+        #: DEFAULT_POOL_SIZE (the service sizes it for its lanes; the commands need few).
+        self.pool_size = pool_size or settings.salesforce_pool_size or DEFAULT_POOL_SIZE
         self.metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
@@ -252,7 +258,7 @@ class SalesforceClient:
             return
         s = self._settings
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.salesforce_pool_size, limit_per_host=0),
+            connector=aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0),
             timeout=aiohttp.ClientTimeout(
                 total=s.salesforce_timeout_seconds,
                 sock_connect=s.salesforce_connect_timeout_seconds,

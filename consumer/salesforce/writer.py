@@ -46,7 +46,7 @@ from consumer.errors import (
     RetryBudgetExhaustedError,
     SalesforceError,
 )
-from consumer.mapping import TargetPlan
+from consumer.mapping import TargetMapping, TargetPlan
 from consumer.model import sync_state
 from consumer.model.changes import FieldValue, FieldValues, PersonResult, PersonWrite, Stamp
 from consumer.model.messages import email_key
@@ -153,9 +153,7 @@ class TargetWriter:
         self._state_field = mapping.sync_state_field
         self._mapped = [name for _, name in mapping.mapped_fields()]
         #: Upsert by the external id without reading first (no state to compare with).
-        self._blind = bool(
-            mapping.external_id_field and mapping.upsert_mode and not mapping.sync_state_field
-        )
+        self._blind = _blind(mapping)
 
     @property
     def sobject(self) -> str:
@@ -717,6 +715,18 @@ class TargetWriter:
                         )
                     )
         return found
+
+
+def _blind(mapping: TargetMapping) -> bool:
+    """Whether a target's writer upserts by the external id without reading first."""
+    return bool(mapping.external_id_field and mapping.upsert_mode and not mapping.sync_state_field)
+
+
+def calls_at_once(mapping: TargetMapping) -> int:
+    """The most calls a writer of this target has in flight for one batch: its queries go
+    one after another, as do the chunks of one operation; its updates go beside its creates
+    (upsert mode with records found first); a blind upsert goes alone."""
+    return 2 if mapping.upsert_mode and not _blind(mapping) else 1
 
 
 def _newest(stamps: Mapping[str, Stamp], names: Iterable[str]) -> int:
