@@ -58,10 +58,21 @@ def decode(text: object) -> dict[str, Stamp]:
 def encode(stamps: Mapping[str, Stamp]) -> str:
     """The state text for these stamps (fields in name order, so equal states are equal text)."""
     fields = {
-        name: [s.time_ms, s.partition, s.offset, s.event_id[:MAX_EVENT_ID]]
+        name: [s.time_ms, s.partition, s.offset, shown(s.event_id)]
         for name, s in sorted(stamps.items())
     }
     return orjson.dumps({"v": VERSION, "f": fields}).decode()
+
+
+def shown(event_id: str) -> str:
+    """The event id as the state keeps it: its first :data:`MAX_EVENT_ID` characters, each
+    one that JSON would escape (a control character, a quote, a backslash: up to six
+    characters written) or that is not printable shown as ``?``, so that a state is never
+    longer than :func:`capacity` says (the id is for people reading it; never compared)."""
+    clipped = event_id[:MAX_EVENT_ID]
+    if clipped.isprintable() and '"' not in clipped and "\\" not in clipped:
+        return clipped
+    return "".join(c if c.isprintable() and c not in '"\\' else "?" for c in clipped)
 
 
 def capacity(field_names: Iterable[str]) -> int:

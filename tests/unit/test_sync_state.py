@@ -26,8 +26,22 @@ def test_state_round_trips_within_its_documented_capacity(state: dict[str, Stamp
     decoded = sync_state.decode(text)
     assert decoded == state  # stamps compare by time, partition and offset
     for name, stamp in decoded.items():
-        assert stamp.event_id == state[name].event_id[: sync_state.MAX_EVENT_ID]
+        kept = state[name].event_id[: sync_state.MAX_EVENT_ID]
+        assert len(stamp.event_id) == len(kept)
+        assert all(a == b or a == "?" for a, b in zip(stamp.event_id, kept, strict=True))
     assert len(text) <= sync_state.capacity(state)
+
+
+def test_an_event_id_json_would_escape_does_not_outgrow_the_capacity() -> None:
+    # Hypothesis found it: "\x1f" is written as "\u001f", six characters for one.
+    odd = "0" * 39 + "\x1f" * 4 + "\x07" * 3 + '"\\'
+    state = {"A__c": Stamp(1_000_000, 10, 10**18, odd)}
+    text = sync_state.encode(state)
+    assert len(text) <= sync_state.capacity(state)
+    assert sync_state.decode(text)["A__c"].event_id == "0" * 39 + "?" * 9
+    # A plain id is kept as it is.
+    plain = {"A__c": Stamp(1, 0, 0, "0f2a5b0e-7d1c-4b8e-9a55-2c1d3e4f5a6b")}
+    assert sync_state.decode(sync_state.encode(plain))["A__c"].event_id == plain["A__c"].event_id
 
 
 def test_the_format_is_compact_and_documented() -> None:
