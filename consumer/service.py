@@ -156,9 +156,10 @@ def pool_size(s: Settings, mapping: MappingConfig) -> int:
         return need
     if s.salesforce_pool_size < need:
         logger.warning(
-            "SALESFORCE_POOL_SIZE is below the calls the lanes can have in flight at once: "
-            "some calls will wait for a connection",
-            extra={"pool_size": s.salesforce_pool_size, "calls_at_once": need - POOL_SPARE},
+            "SALESFORCE_POOL_SIZE is below the calls the lanes can have in flight at once "
+            "plus %d spare: some calls will wait for a connection",
+            POOL_SPARE,
+            extra={"pool_size": s.salesforce_pool_size, "needed": need},
         )
     return s.salesforce_pool_size
 

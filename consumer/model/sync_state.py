@@ -14,6 +14,7 @@ empty: every incoming choice is newer, the next write repairs it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import orjson
@@ -66,13 +67,18 @@ def encode(stamps: Mapping[str, Stamp]) -> str:
 
 def shown(event_id: str) -> str:
     """The event id as the state keeps it: its first :data:`MAX_EVENT_ID` characters, each
-    one that JSON would escape (a control character, a quote, a backslash: up to six
-    characters written) or that is not printable shown as ``?``, so that a state is never
-    longer than :func:`capacity` says (the id is for people reading it; never compared)."""
+    one but printable ASCII shown as ``?``, and quotes and backslashes too. JSON writes a
+    control character as six characters and a quote as two, and Salesforce may count a
+    character outside the Basic Multilingual Plane as two: so a state is never longer than
+    :func:`capacity` says (the id is for people reading it; never compared)."""
     clipped = event_id[:MAX_EVENT_ID]
-    if clipped.isprintable() and '"' not in clipped and "\\" not in clipped:
+    if _PLAIN.fullmatch(clipped):
         return clipped
-    return "".join(c if c.isprintable() and c not in '"\\' else "?" for c in clipped)
+    return "".join(c if _PLAIN.fullmatch(c) else "?" for c in clipped)
+
+
+#: Printable ASCII but the quote and the backslash: JSON writes each as itself.
+_PLAIN = re.compile(r"[ !#-\[\]-~]*")
 
 
 def capacity(field_names: Iterable[str]) -> int:

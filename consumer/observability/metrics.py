@@ -150,7 +150,8 @@ class Metrics:
             "batch_phase_seconds",
             "Where a batch's time goes, by phase: merge (dispatch to its first write, the "
             "batch task's start included), salesforce (every target's writes), outcomes "
-            "(building them), order (waiting for the lane's previous batch to publish), "
+            "(building them, and starting the lane's next batch), order (waiting for the "
+            "lane's previous batch to publish), "
             "publish (to the broker's acknowledgement).",
             ["phase"],
             buckets=_PHASE_BUCKETS,

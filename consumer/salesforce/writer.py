@@ -152,6 +152,8 @@ class TargetWriter:
         mapping = plan.mapping
         self._state_field = mapping.sync_state_field
         self._mapped = [name for _, name in mapping.mapped_fields()]
+        #: What the state field holds at least (the mapping check refuses a shorter one).
+        self._state_room = sync_state.capacity(self._mapped)
         #: Upsert by the external id without reading first (no state to compare with).
         self._blind = _blind(mapping)
 
@@ -458,7 +460,14 @@ class TargetWriter:
         record.update(write.extra)
         record.update(write.values)
         if self._state_field and write.state is not None:
-            record[self._state_field] = sync_state.encode(write.state)
+            text = sync_state.encode(write.state)
+            if len(text) > self._state_room:
+                # A record's state keeps the stamps of fields not mapped any more (a replica
+                # still on the previous mapping may write them) while they fit; past the room
+                # the field was checked for, only the mapped fields' stamps are kept.
+                mapped = set(self._mapped)
+                text = sync_state.encode({n: v for n, v in write.state.items() if n in mapped})
+            record[self._state_field] = text
         if mapping.last_synced_field and write.newest_ms:
             record[mapping.last_synced_field] = format_epoch_ms(write.newest_ms)
         return record
@@ -482,7 +491,17 @@ class TargetWriter:
             with single():
                 await self._send_operation(*by_operation[0], done)
             return
-        await asyncio.gather(*(self._send_operation(op, mine, done) for op, mine in by_operation))
+        tasks = [asyncio.ensure_future(self._send_operation(op, m, done)) for op, m in by_operation]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            # One operation failed (a pause, a spent budget) or the batch was cancelled: the
+            # others must not go on writing behind the retry (a create still in flight when
+            # the next attempt looks for the person would be made twice); the next attempt
+            # queries first, so whatever they did is found.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send_operation(
         self, operation: Operation, writes: list[_Write], done: _Round

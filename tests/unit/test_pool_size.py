@@ -55,7 +55,7 @@ def test_a_pool_set_below_the_need_is_kept_and_said(caplog: pytest.LogCaptureFix
     assert got == 10
     [record] = caplog.records
     assert "wait for a connection" in record.getMessage()
-    assert (record.__dict__["pool_size"], record.__dict__["calls_at_once"]) == (10, 12)
+    assert (record.__dict__["pool_size"], record.__dict__["needed"]) == (10, 12 + POOL_SPARE)
 
 
 @pytest.mark.asyncio
