@@ -16,15 +16,19 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from consumer.devkit.broker import EmbeddedBroker, create_topics
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.devkit.emulator.fields import example_custom_fields
-from consumer.mapping import MappingConfig, load_mapping
+from consumer.mapping import MappingConfig, TargetPlan, load_mapping
+from consumer.model.changes import ConsentChange, PersonWrite, Sourced
 from consumer.model.messages import email_key
 from consumer.observability.metrics import Metrics
 from consumer.service import Service
 from consumer.settings import Settings
+from consumer.stages.map import map_change
+from consumer.stages.merge import merge_by_person
 from tests.integration.scenario import Scenario
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -117,6 +121,25 @@ def make_emulator(**kwargs: Any) -> SalesforceEmulator:
 
 def example_mapping() -> MappingConfig:
     return load_mapping(EXAMPLE_MAPPING)
+
+
+def emulator_settings(emulator: SalesforceEmulator, **overrides: Any) -> Settings:
+    """Settings that log in to ``emulator`` (plus ``overrides``)."""
+    return Settings(
+        salesforce_token_url=emulator.url,
+        salesforce_client_id=CLIENT_ID,
+        salesforce_client_secret=SecretStr(CLIENT_SECRET),
+        **overrides,
+    )
+
+
+def batch_of(changes: Sequence[ConsentChange], plans: Sequence[TargetPlan]) -> list[PersonWrite]:
+    """The people of one batch holding ``changes`` (in this order, partition 0), mapped by
+    ``plans``: what the engine hands its writers."""
+    merged = merge_by_person(
+        Sourced(c, 0, i, i, map_change(c, plans)) for i, c in enumerate(changes)
+    )
+    return list(merged.values())
 
 
 @dataclass

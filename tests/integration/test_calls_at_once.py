@@ -7,19 +7,19 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
 from consumer.devkit.bench.events import EXTERNAL_ID_MAPPING
 from consumer.mapping import MappingConfig, parse_mapping
-from consumer.model.changes import Sourced
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter, calls_at_once
-from consumer.settings import Settings
-from consumer.stages.map import map_change
-from consumer.stages.merge import merge_by_person
-from tests.integration.support import CLIENT_ID, CLIENT_SECRET, example_mapping, make_emulator
+from tests.integration.support import (
+    batch_of,
+    emulator_settings,
+    example_mapping,
+    make_emulator,
+)
 from tests.unit.helpers import change, purpose
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
@@ -65,11 +65,7 @@ async def test_a_writer_has_at_most_calls_at_once_in_flight(
             else:
                 record["Didomi_Id__c"] = email  # what a blind upsert matches on
             emulator.seed(sobject, record)
-        s = Settings(
-            salesforce_token_url=emulator.url,
-            salesforce_client_id=CLIENT_ID,
-            salesforce_client_secret=SecretStr(CLIENT_SECRET),
-        )
+        s = emulator_settings(emulator)
         client = Counting(s, Metrics(CollectorRegistry()))
         async with client:
             report = await check_mapping(client, mapping)
@@ -77,10 +73,7 @@ async def test_a_writer_has_at_most_calls_at_once_in_flight(
             plan = next(p for p in report.plans if p.sobject == sobject)
             writer = TargetWriter(client, plan, s)
             changes = [change(e, purpose("newsletter", False), minutes=1) for e in known + unknown]
-            people = merge_by_person(
-                Sourced(c, 0, i, i, map_change(c, [plan])) for i, c in enumerate(changes)
-            )
             client.most = 0
-            await writer.write(list(people.values()))
+            await writer.write(batch_of(changes, [plan]))
     target = next(t for t in mapping.targets if t.sobject == sobject)
     assert client.most == calls_at_once(target)

@@ -13,21 +13,22 @@ import pytest
 import pytest_asyncio
 from aiohttp import ClientSession
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.errors import RequestLimitExceededError, SalesforceRequestError
-from consumer.model.changes import PersonWrite, Sourced
+from consumer.model.changes import PersonWrite
 from consumer.model.events import Purpose
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.composite import _GROUP, together
 from consumer.salesforce.writer import TargetWriter
-from consumer.settings import Settings
-from consumer.stages.map import map_change
-from consumer.stages.merge import merge_by_person
-from tests.integration.support import CLIENT_ID, CLIENT_SECRET, example_mapping, make_emulator
+from tests.integration.support import (
+    batch_of,
+    emulator_settings,
+    example_mapping,
+    make_emulator,
+)
 from tests.integration.test_salesforce_client import client_for
 from tests.unit.helpers import change, purpose
 
@@ -222,12 +223,7 @@ async def test_a_batchs_only_writer_sends_lone_calls_at_once_and_two_writers_sha
         for i in range(3):
             emu.seed("Contact", {"Email": f"c{i}@x.com", "LastName": "C"})
             emu.seed("Lead", {"Email": f"c{i}@x.com", "LastName": "L", "Company": "Co"})
-        s = Settings(
-            salesforce_token_url=emu.url,
-            salesforce_client_id=CLIENT_ID,
-            salesforce_client_secret=SecretStr(CLIENT_SECRET),
-            salesforce_composite="on",
-        )
+        s = emulator_settings(emu, salesforce_composite="on")
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
             report = await check_mapping(client, example_mapping())
             plans = {p.sobject: p for p in report.plans}
@@ -244,11 +240,7 @@ async def test_a_batchs_only_writer_sends_lone_calls_at_once_and_two_writers_sha
 
             def people(emails: list[str], *choices: Purpose) -> list[PersonWrite]:
                 changes = [change(e, *choices, minutes=1) for e in emails]
-                merged = merge_by_person(
-                    Sourced(c, 0, i, i, map_change(c, list(plans.values())))
-                    for i, c in enumerate(changes)
-                )
-                return list(merged.values())
+                return batch_of(changes, list(plans.values()))
 
             contact = TargetWriter(client, plans["Contact"], s)
             lead = TargetWriter(client, plans["Lead"], s)

@@ -10,22 +10,25 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.devkit.emulator.fields import example_custom_fields
 from consumer.devkit.emulator.state import FieldSpec
 from consumer.errors import RequestLimitExceededError
 from consumer.model import sync_state
-from consumer.model.changes import PersonResult, Sourced, Stamp
+from consumer.model.changes import PersonResult, Stamp
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import RecordResult, SalesforceClient
 from consumer.salesforce.writer import TargetWriter
-from consumer.settings import Settings
-from consumer.stages.map import map_change
-from consumer.stages.merge import merge_by_person
-from tests.integration.support import CLIENT_ID, CLIENT_SECRET, example_mapping, make_emulator
+from tests.integration.support import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    batch_of,
+    emulator_settings,
+    example_mapping,
+    make_emulator,
+)
 from tests.unit.helpers import change, purpose
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
@@ -48,26 +51,20 @@ async def test_a_paused_attempt_keeps_the_people_it_finished() -> None:
         emails = [f"p{i}@example.com" for i in range(250)]
         for email in emails:
             emulator.seed("Contact", {"Email": email, "LastName": "P"})
-        s = Settings(
-            salesforce_token_url=emulator.url,
-            salesforce_client_id=CLIENT_ID,
-            salesforce_client_secret=SecretStr(CLIENT_SECRET),
-        )
+        s = emulator_settings(emulator)
         async with LimitOnSecondUpdate(s, Metrics(CollectorRegistry())) as client:
             report = await check_mapping(client, example_mapping())
             contact = next(p for p in report.plans if p.sobject == "Contact")
             writer = TargetWriter(client, contact, s)
             changes = [change(e, purpose("newsletter", False), minutes=1) for e in emails]
-            people = merge_by_person(
-                Sourced(c, 0, i, i, map_change(c, [contact])) for i, c in enumerate(changes)
-            )
+            people = batch_of(changes, [contact])
             done: dict[str, PersonResult] = {}
             with pytest.raises(RequestLimitExceededError):
-                await writer.write(list(people.values()), done)
+                await writer.write(people, done)
             assert len(done) == 200  # the first call's people are finished
             assert {r.status for r in done.values()} == {"updated"}
             updates_before = emulator.stats["update"]
-            results = await writer.write(list(people.values()), done)
+            results = await writer.write(people, done)
     assert results is done and len(done) == 250
     assert {r.status for r in done.values()} == {"updated"}  # none reported stale
     assert emulator.stats["update"] == updates_before + 1  # only the 50 left
@@ -102,19 +99,14 @@ async def test_stamps_of_fields_not_mapped_any_more_give_way_when_the_state_is_f
                 "Didomi_Sync_State__c": sync_state.encode(old),
             },
         )
-        s = Settings(
-            salesforce_token_url=emulator.url,
-            salesforce_client_id=CLIENT_ID,
-            salesforce_client_secret=SecretStr(CLIENT_SECRET),
-        )
+        s = emulator_settings(emulator)
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
             report = await check_mapping(client, mapping)
             assert report.ok, report.render()
             plan = next(p for p in report.plans if p.sobject == "Contact")
             writer = TargetWriter(client, plan, s)
             c = change("p@example.com", purpose("newsletter", False), minutes=1)
-            people = merge_by_person([Sourced(c, 0, 0, 0, map_change(c, [plan]))])
-            results = await writer.write(list(people.values()))
+            results = await writer.write(batch_of([c], [plan]))
         stored = emulator.get("Contact", record_id)
     assert results["p@example.com"].status == "updated"
     assert stored is not None and stored["Newsletter_Consent__c"] is False
@@ -150,11 +142,7 @@ async def test_a_failed_operation_leaves_no_other_call_of_its_attempt_in_flight(
     # next attempt looked the person up, and the person would be created twice.
     async with make_emulator() as emulator:
         emulator.seed("Contact", {"Email": "old@example.com", "LastName": "P"})
-        s = Settings(
-            salesforce_token_url=emulator.url,
-            salesforce_client_id=CLIENT_ID,
-            salesforce_client_secret=SecretStr(CLIENT_SECRET),
-        )
+        s = emulator_settings(emulator)
         client = CreatesHangUpdatesHitTheLimit(s, Metrics(CollectorRegistry()))
         async with client:
             report = await check_mapping(client, example_mapping())
@@ -164,9 +152,7 @@ async def test_a_failed_operation_leaves_no_other_call_of_its_attempt_in_flight(
                 change(e, purpose("newsletter", False), minutes=1)
                 for e in ("old@example.com", "new@example.com")
             ]
-            people = merge_by_person(
-                Sourced(c, 0, i, i, map_change(c, [plan])) for i, c in enumerate(changes)
-            )
+            people = batch_of(changes, [plan])
             with pytest.raises(RequestLimitExceededError):
-                await writer.write(list(people.values()))
+                await writer.write(people)
             assert (client.creating, client.cancelled) == (0, 1)
