@@ -57,6 +57,7 @@ from consumer.stages.merge import merge_by_person
 from consumer.stages.parse import ParseRules, parse_message
 from consumer.stages.report import assemble
 from consumer.stop import sleep_unless_stopped
+from consumer.tasks import gather_or_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -494,7 +495,7 @@ class Pipeline:
             # In this task: a gather's task would start a turn later, and under a backlog a
             # turn of the loop is the take-in of a chunk of a poll.
             return {writers[0].sobject: await self._write_target(writers[0], todo, backlog, 1)}
-        answers = await asyncio.gather(
+        answers = await gather_or_cancel(
             *(self._write_target(w, todo, backlog, len(writers)) for w in writers)
         )
         return {w.sobject: answer for w, answer in zip(writers, answers, strict=True)}

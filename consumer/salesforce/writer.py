@@ -58,6 +58,7 @@ from consumer.salesforce.retry import Backoff
 from consumer.salesforce.soql import in_queries_encoded
 from consumer.salesforce.wire import format_epoch_ms
 from consumer.settings import Settings
+from consumer.tasks import gather_or_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -491,17 +492,10 @@ class TargetWriter:
             with single():
                 await self._send_operation(*by_operation[0], done)
             return
-        tasks = [asyncio.ensure_future(self._send_operation(op, m, done)) for op, m in by_operation]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            # One operation failed (a pause, a spent budget) or the batch was cancelled: the
-            # others must not go on writing behind the retry (a create still in flight when
-            # the next attempt looks for the person would be made twice); the next attempt
-            # queries first, so whatever they did is found.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # When one operation fails (a pause, a spent budget), the others are cancelled: a
+        # create still in flight when the next attempt looks the person up would be made
+        # twice. The next attempt queries first, so whatever they did is found.
+        await gather_or_cancel(*(self._send_operation(op, m, done) for op, m in by_operation))
 
     async def _send_operation(
         self, operation: Operation, writes: list[_Write], done: _Round
