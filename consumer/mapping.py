@@ -80,6 +80,30 @@ class TargetMapping(BaseModel):
                 f"sync_state_field {self.sync_state_field} is also the match, external id or "
                 "last_synced field"
             )
+        # A default is written when a record is created: on a consent field it would be a
+        # choice nobody made (a `true` without consent when the event did not mention it, or
+        # in place of a value Salesforce refused); the other fields are the service's own.
+        own = {
+            f.lower(): what
+            for what, f in (
+                ("sync_state_field", self.sync_state_field),
+                ("last_synced_field", self.last_synced_field),
+                ("match_field", self.match_field),
+                ("external_id_field", self.external_id_field),
+            )
+            if f
+        }
+        for name in self.create_defaults:
+            if name.lower() in seen:
+                raise ValueError(
+                    f"create_defaults names {name}, which is mapped ({seen[name.lower()]}): "
+                    "a created record would hold a choice nobody made"
+                )
+            if name.lower() in own:
+                raise ValueError(
+                    f"create_defaults names {name}, the {own[name.lower()]}: the service "
+                    "writes it itself"
+                )
         for pref in self.preference_format:
             if pref not in self.preferences:
                 raise ValueError(f"preference_format names {pref!r}, which is not in preferences")

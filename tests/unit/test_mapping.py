@@ -107,6 +107,21 @@ def test_describe_problems_are_each_reported() -> None:
             "once",
         ),
         ("targets: [{sobject: Contact, purposes: {a: A__c}, upsert_mode: maybe}]", "upsert_mode"),
+        # A default on a consent field would be a choice nobody made.
+        (
+            "targets: [{sobject: Contact, purposes: {a: A__c, b: B__c}, "
+            "create_defaults: {LastName: X, b__c: true}}]",
+            "create_defaults names b__c, which is mapped (purposes.b)",
+        ),
+        (
+            "targets: [{sobject: Contact, purposes: {a: A__c}, sync_state_field: S__c, "
+            "create_defaults: {S__c: x}}]",
+            "the sync_state_field",
+        ),
+        (
+            "targets: [{sobject: Contact, purposes: {a: A__c}, create_defaults: {Email: x}}]",
+            "the match_field",
+        ),
         ("targets: {", "not valid YAML"),
     ],
 )
