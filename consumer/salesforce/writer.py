@@ -635,7 +635,10 @@ class TargetWriter:
     def _result(self, person: PersonWrite, acc: _Person, live: list[Match]) -> PersonResult:
         if acc.not_found:
             return PersonResult("not_found", note=acc.note)
-        refused = {k: v for k, v in acc.refused.items() if k not in acc.written}
+        # A field any record refused is reported, even when another record with the same
+        # email took it: that record still holds the old value (a withdrawal refused there
+        # leaves it subscribed), and only a refusal sends the event to the dead letters.
+        refused = dict(acc.refused)
         ids = acc.ids or [m.id for m in live]
         if acc.error is not None:
             result = PersonResult("failed", ids, error=acc.error)

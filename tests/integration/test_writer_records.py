@@ -1,0 +1,51 @@
+"""Records that share an email: what one of them refuses is reported, even when another took
+it (writer against the emulator over HTTP)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.check import check_mapping
+from consumer.salesforce.client import SalesforceClient
+from consumer.salesforce.writer import TargetWriter
+from tests.integration.support import batch_of, emulator_settings, example_mapping, make_emulator
+from tests.unit.helpers import change, purpose
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
+
+EMAIL = "p@example.com"
+
+
+async def test_a_withdrawal_one_record_refused_is_reported_though_another_took_it() -> None:
+    # Two Contacts share the email, both subscribed. A validation rule on one of them refuses
+    # the newsletter withdrawal; the other takes it. That record still says true: the outcome
+    # must say the withdrawal was refused (it is dead-lettered for an operator), not that
+    # everything was written.
+    async with make_emulator() as emulator:
+        ids = [
+            emulator.seed("Contact", {"Email": EMAIL, "LastName": n, "Newsletter_Consent__c": True})
+            for n in ("A", "B")
+        ]
+        emulator.inject_record_error(
+            "update",
+            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            "Consent changes need a reason",
+            fields=["Newsletter_Consent__c"],
+            email=EMAIL,
+        )
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            plan = next(p for p in report.plans if p.sobject == "Contact")
+            writer = TargetWriter(client, plan, s)
+            c = change(EMAIL, purpose("newsletter", False), purpose("analytics", True), minutes=1)
+            results = await writer.write(batch_of([c], [plan]))
+        records = [emulator.get("Contact", i) for i in ids]
+    newsletter = sorted(r["Newsletter_Consent__c"] for r in records if r is not None)
+    assert newsletter == [False, True]  # one record refused the withdrawal
+    assert all(r is not None and r["Analytics_Consent__c"] is True for r in records)
+    result = results[EMAIL]
+    assert set(result.refused) == {"Newsletter_Consent__c"}
+    assert result.refused["Newsletter_Consent__c"].code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
