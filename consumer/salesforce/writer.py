@@ -633,7 +633,9 @@ class TargetWriter:
     # --- results -------------------------------------------------------------------------
 
     def _result(self, person: PersonWrite, acc: _Person, live: list[Match]) -> PersonResult:
-        if acc.not_found:
+        # A record converted meanwhile (read-only now) says nothing of the person's other
+        # records: what they took, failed or refused is the result.
+        if acc.not_found and not (acc.updated or acc.created or acc.error or acc.refused):
             return PersonResult("not_found", note=acc.note)
         # A field any record refused is reported, even when another record with the same
         # email took it: that record still holds the old value (a withdrawal refused there
@@ -646,10 +648,14 @@ class TargetWriter:
             result = PersonResult("created", ids)
         else:
             result = PersonResult("updated", ids)
-            if len(live) > 1:
+            if acc.not_found:
+                result.note = f"{acc.note}; the others with this email were updated"
+            elif len(live) > 1:
                 result.note = (
                     f"{len(live)} {self.sobject} records share this email; all were updated"
                 )
+        if acc.not_found and result.note is None:
+            result.note = acc.note
         return self._finish(person, live, result, refused=refused, written=acc.written)
 
     def _finish(

@@ -49,3 +49,42 @@ async def test_a_withdrawal_one_record_refused_is_reported_though_another_took_i
     result = results[EMAIL]
     assert set(result.refused) == {"Newsletter_Consent__c"}
     assert result.refused["Newsletter_Consent__c"].code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+
+
+@pytest.mark.parametrize("other", ["updated", "refused"])
+async def test_a_lead_converted_meanwhile_does_not_hide_what_the_others_came_to(
+    other: str,
+) -> None:
+    # Two Leads share the email; one is converted between the query and the update (it is
+    # read-only now). The person is not "not found": the other Lead was updated, or refused
+    # the withdrawal, and that is the result (a refusal is dead-lettered).
+    async with make_emulator() as emulator:
+        for n in ("A", "B"):
+            emulator.seed(
+                "Lead",
+                {"Email": EMAIL, "LastName": n, "Company": "Co", "Newsletter_Consent__c": True},
+            )
+        emulator.inject_record_error(
+            "update", "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead", email=EMAIL
+        )
+        if other == "refused":
+            emulator.inject_record_error(
+                "update",
+                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                "Consent changes need a reason",
+                fields=["Newsletter_Consent__c"],
+                email=EMAIL,
+            )
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            plan = next(p for p in report.plans if p.sobject == "Lead")
+            writer = TargetWriter(client, plan, s)
+            c = change(EMAIL, purpose("newsletter", False), minutes=1)
+            result = (await writer.write(batch_of([c], [plan])))[EMAIL]
+    if other == "updated":
+        assert result.status == "updated"
+        assert result.note is not None and "converted" in result.note
+    else:
+        assert result.status == "failed"
+        assert "Newsletter_Consent__c" in result.refused
