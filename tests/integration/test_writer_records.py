@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumer.devkit.emulator import SalesforceEmulator
+from consumer.model.changes import PersonResult
+from consumer.model.events import Purpose
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
@@ -18,6 +21,28 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 EMAIL = "p@example.com"
 
 
+def refuse_the_withdrawal(emulator: SalesforceEmulator) -> None:
+    """A validation rule on the next record updated for EMAIL refuses the newsletter field."""
+    emulator.inject_record_error(
+        "update",
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+        "Consent changes need a reason",
+        fields=["Newsletter_Consent__c"],
+        email=EMAIL,
+    )
+
+
+async def write(emulator: SalesforceEmulator, sobject: str, *choices: Purpose) -> PersonResult:
+    """EMAIL's result of one batch holding one event with ``choices``, on ``sobject``."""
+    s = emulator_settings(emulator)
+    async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+        report = await check_mapping(client, example_mapping())
+        plan = next(p for p in report.plans if p.sobject == sobject)
+        writer = TargetWriter(client, plan, s)
+        c = change(EMAIL, *choices, minutes=1)
+        return (await writer.write(batch_of([c], [plan])))[EMAIL]
+
+
 async def test_a_withdrawal_one_record_refused_is_reported_though_another_took_it() -> None:
     # Two Contacts share the email, both subscribed. A validation rule on one of them refuses
     # the newsletter withdrawal; the other takes it. That record still says true: the outcome
@@ -28,25 +53,14 @@ async def test_a_withdrawal_one_record_refused_is_reported_though_another_took_i
             emulator.seed("Contact", {"Email": EMAIL, "LastName": n, "Newsletter_Consent__c": True})
             for n in ("A", "B")
         ]
-        emulator.inject_record_error(
-            "update",
-            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-            "Consent changes need a reason",
-            fields=["Newsletter_Consent__c"],
-            email=EMAIL,
+        refuse_the_withdrawal(emulator)
+        result = await write(
+            emulator, "Contact", purpose("newsletter", False), purpose("analytics", True)
         )
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, example_mapping())
-            plan = next(p for p in report.plans if p.sobject == "Contact")
-            writer = TargetWriter(client, plan, s)
-            c = change(EMAIL, purpose("newsletter", False), purpose("analytics", True), minutes=1)
-            results = await writer.write(batch_of([c], [plan]))
         records = [emulator.get("Contact", i) for i in ids]
     newsletter = sorted(r["Newsletter_Consent__c"] for r in records if r is not None)
     assert newsletter == [False, True]  # one record refused the withdrawal
     assert all(r is not None and r["Analytics_Consent__c"] is True for r in records)
-    result = results[EMAIL]
     assert set(result.refused) == {"Newsletter_Consent__c"}
     assert result.refused["Newsletter_Consent__c"].code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
 
@@ -68,20 +82,8 @@ async def test_a_lead_converted_meanwhile_does_not_hide_what_the_others_came_to(
             "update", "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead", email=EMAIL
         )
         if other == "refused":
-            emulator.inject_record_error(
-                "update",
-                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-                "Consent changes need a reason",
-                fields=["Newsletter_Consent__c"],
-                email=EMAIL,
-            )
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, example_mapping())
-            plan = next(p for p in report.plans if p.sobject == "Lead")
-            writer = TargetWriter(client, plan, s)
-            c = change(EMAIL, purpose("newsletter", False), minutes=1)
-            result = (await writer.write(batch_of([c], [plan])))[EMAIL]
+            refuse_the_withdrawal(emulator)
+        result = await write(emulator, "Lead", purpose("newsletter", False))
     if other == "updated":
         assert result.status == "updated"
         assert result.note is not None and "converted" in result.note
