@@ -566,11 +566,14 @@ class TargetWriter:
         if (
             write.operation == "upsert"
             and write.extra.keys() == {self._plan.mapping.external_id_field}
-            and any(e.code == "REQUIRED_FIELD_MISSING" for e in errors)
+            and any(_missing_beyond(e, write.values) for e in errors)
             and not write.fallback
         ):
             # Salesforce could not create the person without create_defaults: a second pass
             # sends them to those people only, so defaults never overwrite an existing record.
+            # (A required field the write itself empties is refused like any other field:
+            # defaults cannot fill it, and a second pass would rewrite an existing record's
+            # name and email with them.)
             acc.needs_defaults = True
             return None
         if first.code == CONVERTED_LEAD:
@@ -737,6 +740,15 @@ class TargetWriter:
                         )
                     )
         return found
+
+
+def _missing_beyond(error: SalesforceErrorInfo, values: Mapping[str, Any]) -> bool:
+    """Whether ``error`` says a required field is missing that the write does not carry (one
+    that create_defaults may supply; an error naming no field counts as such)."""
+    if error.code != "REQUIRED_FIELD_MISSING":
+        return False
+    sent = {n.lower() for n in values}
+    return not any(f.lower() in sent for f in error.fields)
 
 
 def _blind(mapping: TargetMapping) -> bool:

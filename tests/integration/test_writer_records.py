@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumer.devkit.bench.events import EXTERNAL_ID_MAPPING
 from consumer.devkit.emulator import SalesforceEmulator
+from consumer.mapping import MappingConfig, parse_mapping
 from consumer.model.changes import PersonResult
 from consumer.model.events import Purpose
 from consumer.observability.metrics import Metrics
@@ -32,11 +34,16 @@ def refuse_the_withdrawal(emulator: SalesforceEmulator) -> None:
     )
 
 
-async def write(emulator: SalesforceEmulator, sobject: str, *choices: Purpose) -> PersonResult:
+async def write(
+    emulator: SalesforceEmulator,
+    sobject: str,
+    *choices: Purpose,
+    mapping: MappingConfig | None = None,
+) -> PersonResult:
     """EMAIL's result of one batch holding one event with ``choices``, on ``sobject``."""
     s = emulator_settings(emulator)
     async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-        report = await check_mapping(client, example_mapping())
+        report = await check_mapping(client, mapping or example_mapping())
         plan = next(p for p in report.plans if p.sobject == sobject)
         writer = TargetWriter(client, plan, s)
         c = change(EMAIL, *choices, minutes=1)
@@ -90,3 +97,31 @@ async def test_a_lead_converted_meanwhile_does_not_hide_what_the_others_came_to(
     else:
         assert result.status == "failed"
         assert "Newsletter_Consent__c" in result.refused
+
+
+async def test_a_required_field_the_write_empties_is_refused_not_filled_with_defaults() -> None:
+    # Blind upsert by the external id. The event clears a preference that a rule makes
+    # required: Salesforce answers REQUIRED_FIELD_MISSING naming it. Defaults cannot fill a
+    # field the write itself sends, and a second pass with them would rename the existing
+    # record "Unknown": the field is refused, the rest written.
+    async with make_emulator() as emulator:
+        record_id = emulator.seed(
+            "Contact", {"Email": EMAIL, "LastName": "Real", "Didomi_Id__c": EMAIL}
+        )
+        emulator.inject_record_error(
+            "upsert",
+            "REQUIRED_FIELD_MISSING",
+            "Required fields are missing: [Newsletter_Frequency__c]",
+            fields=["Newsletter_Frequency__c"],
+            email=EMAIL,
+        )
+        result = await write(
+            emulator,
+            "Contact",
+            purpose("newsletter", False, frequency=""),
+            mapping=parse_mapping(EXTERNAL_ID_MAPPING),
+        )
+        record = emulator.get("Contact", record_id)
+    assert record is not None
+    assert record["LastName"] == "Real" and record["Newsletter_Consent__c"] is False
+    assert set(result.refused) == {"Newsletter_Frequency__c"}
