@@ -638,8 +638,10 @@ class TargetWriter:
     def _result(self, person: PersonWrite, acc: _Person, live: list[Match]) -> PersonResult:
         # A record converted meanwhile (read-only now) says nothing of the person's other
         # records: what they took, failed or refused is the result.
-        if acc.not_found and not (acc.updated or acc.created or acc.error or acc.refused):
-            return PersonResult("not_found", note=acc.note)
+        if acc.not_found and not (acc.updated or acc.created or acc.error):
+            result = PersonResult("not_found", note=acc.note)
+            result.refused = dict(acc.refused)  # refused up front (describe): dead-lettered
+            return result
         # A field any record refused is reported, even when another record with the same
         # email took it: that record still holds the old value (a withdrawal refused there
         # leaves it subscribed), and only a refusal sends the event to the dead letters.
@@ -654,8 +656,8 @@ class TargetWriter:
             if acc.not_found:
                 result.note = f"{acc.note}; the others with this email were updated"
             elif len(live) > 1:
-                result.note = (
-                    f"{len(live)} {self.sobject} records share this email; all were updated"
+                result.note = f"{len(live)} {self.sobject} records share this email; " + (
+                    "one or more refused fields (fields_refused)" if refused else "all were updated"
                 )
         if acc.not_found and result.note is None:
             result.note = acc.note
@@ -748,7 +750,7 @@ def _missing_beyond(error: SalesforceErrorInfo, values: Mapping[str, Any]) -> bo
     if error.code != "REQUIRED_FIELD_MISSING":
         return False
     sent = {n.lower() for n in values}
-    return not any(f.lower() in sent for f in error.fields)
+    return not error.fields or any(f.lower() not in sent for f in error.fields)
 
 
 def _blind(mapping: TargetMapping) -> bool:
