@@ -491,10 +491,6 @@ class Pipeline:
         todo = list(people.values())
         writers = [w for w in self._writers if any(p.fields.get(w.sobject) for p in todo)]
         backlog = self._behind()
-        if len(writers) == 1:
-            # In this task: a gather's task would start a turn later, and under a backlog a
-            # turn of the loop is the take-in of a chunk of a poll.
-            return {writers[0].sobject: await self._write_target(writers[0], todo, backlog, 1)}
         answers = await gather_or_cancel(
             *(self._write_target(w, todo, backlog, len(writers)) for w in writers)
         )

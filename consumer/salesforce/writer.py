@@ -653,14 +653,13 @@ class TargetWriter:
             result = PersonResult("created", ids)
         else:
             result = PersonResult("updated", ids)
-            if acc.not_found:
-                result.note = f"{acc.note}; the others with this email were updated"
-            elif len(live) > 1:
-                result.note = f"{len(live)} {self.sobject} records share this email; " + (
-                    "one or more refused fields (fields_refused)" if refused else "all were updated"
-                )
-        if acc.not_found and result.note is None:
-            result.note = acc.note
+        if acc.not_found:  # one record was converted meanwhile
+            updated = "; the others with this email were updated"
+            result.note = f"{acc.note}{updated if result.status == 'updated' else ''}"
+        elif result.status == "updated" and len(live) > 1:
+            result.note = f"{len(live)} {self.sobject} records share this email; " + (
+                "one or more refused fields (fields_refused)" if refused else "all were updated"
+            )
         return self._finish(person, live, result, refused=refused, written=acc.written)
 
     def _finish(

@@ -60,3 +60,11 @@ async def test_a_cancelled_caller_leaves_nothing_running() -> None:
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert slow.cancelled and slow.over
+
+
+async def test_a_lone_awaitable_runs_in_the_callers_task() -> None:
+    async def whose() -> asyncio.Task[object] | None:
+        return asyncio.current_task()
+
+    me = asyncio.current_task()
+    assert await gather_or_cancel(whose()) == [me]
