@@ -41,8 +41,12 @@ class TargetMapping(BaseModel):
     #: time, partition, offset, event id) of the value it last wrote. A write includes only the
     #: fields whose incoming choice is newer, so that whatever order events arrive in (late
     #: retries, replays, redrives, several replicas), each field ends with the latest choice.
-    #: Without it, a late event overwrites a newer choice (``check`` warns).
+    #: Required unless ``allow_late_overwrites`` says otherwise.
     sync_state_field: ApiName | None = None
+    #: Run without ``sync_state_field``, accepting that a late event (a Didomi retry, a
+    #: replay, a redrive) overwrites a newer choice: a withdrawal can be rolled back to a
+    #: consent. For orgs that cannot add the field; ``check`` still warns.
+    allow_late_overwrites: bool = False
     #: A datetime field stamped with the event time of the newest choice written: a
     #: human-readable "last synced" mark for administrators (not an ordering guard).
     last_synced_field: ApiName | None = None
@@ -109,6 +113,19 @@ class TargetMapping(BaseModel):
                 raise ValueError(f"preference_format names {pref!r}, which is not in preferences")
         if not (self.purposes or self.preferences or self.preference_values):
             raise ValueError("the target maps no purpose, preference or preference value")
+        if not self.sync_state_field and not self.allow_late_overwrites:
+            raise ValueError(
+                "sync_state_field is not set: without a per-field sync state, an event that "
+                "arrives late (Didomi retries for minutes and does not keep order; replays and "
+                "redrives re-send old events) overwrites a newer choice, and a withdrawal can "
+                "be rolled back to a consent. Set it to a Long Text Area field (e.g. "
+                "Didomi_Sync_State__c), or set allow_late_overwrites: true to accept that"
+            )
+        if self.sync_state_field and self.allow_late_overwrites:
+            raise ValueError(
+                "allow_late_overwrites is for a target without sync_state_field: with the "
+                "sync state, late events never overwrite newer choices"
+            )
         return self
 
     @property
@@ -356,7 +373,8 @@ def warnings_for(target: TargetMapping) -> list[Problem]:
         Problem(
             target.sobject,
             "sync_state_field",
-            "not set: without a per-field sync state, an event that arrives late (Didomi "
+            "not set (allow_late_overwrites): without a per-field sync state, an event that "
+            "arrives late (Didomi "
             "retries for minutes and does not keep order; replays and redrives re-send old "
             "events) overwrites a newer choice, and a withdrawal can be rolled back. Set it to "
             "a Long Text Area field (e.g. Didomi_Sync_State__c).",

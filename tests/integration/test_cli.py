@@ -70,10 +70,12 @@ async def test_check_reports_each_problem_and_fails(tmp_path: Path) -> None:
 targets:
   - sobject: Contact
     upsert_mode: true
+    allow_late_overwrites: true
     purposes: {newsletter: Newsletter_Topics__c, analytics: Missing_Field__c}
     preferences: {frequency: Newsletter_Consent__c}
   - sobject: Lead
     upsert_mode: true
+    allow_late_overwrites: true
     purposes: {newsletter: Newsletter_Consent__c}
 """,
         encoding="utf-8",
@@ -86,12 +88,16 @@ targets:
     assert "field Newsletter_Consent__c is boolean, expected" in out
     assert "required field LastName has no default" in out
     assert "required field Company has no default" in out
+    # Allowed, yet said: without the sync state a late event overwrites a newer choice.
+    assert "Contact sync_state_field: not set" in out and "Lead sync_state_field: not set" in out
 
 
 async def test_run_refuses_to_start_on_a_broken_mapping(tmp_path: Path) -> None:
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(
-        "targets:\n  - sobject: Contact\n    purposes: {newsletter: Nope__c}\n", encoding="utf-8"
+        "targets:\n  - sobject: Contact\n    allow_late_overwrites: true\n"
+        "    purposes: {newsletter: Nope__c}\n",
+        encoding="utf-8",
     )
     async with make_emulator() as emulator:
         env = env_for(

@@ -102,9 +102,16 @@ def test_describe_problems_are_each_reported() -> None:
         ("targets: [{sobject: Contact, purposes: {a: Email}}]", "match field"),
         ("targets: [{sobject: Contact, purposes: {a: A__c}, colour: red}]", "colour"),
         (
-            "targets: [{sobject: Contact, purposes: {a: A__c}}, "
-            "{sobject: contact, purposes: {a: A__c}}]",
+            "targets: [{sobject: Contact, purposes: {a: A__c}, sync_state_field: S__c}, "
+            "{sobject: contact, purposes: {a: A__c}, sync_state_field: S__c}]",
             "once",
+        ),
+        # Without the sync state a late event overwrites a newer choice: said, or refused.
+        ("targets: [{sobject: Contact, purposes: {a: A__c}}]", "sync_state_field is not set"),
+        (
+            "targets: [{sobject: Contact, purposes: {a: A__c}, sync_state_field: S__c, "
+            "allow_late_overwrites: true}]",
+            "allow_late_overwrites is for a target without sync_state_field",
         ),
         ("targets: [{sobject: Contact, purposes: {a: A__c}, upsert_mode: maybe}]", "upsert_mode"),
         # A default on a consent field would be a choice nobody made.
@@ -164,7 +171,7 @@ def test_a_missing_sync_state_field_is_a_problem_and_none_is_a_warning() -> None
     problems = validate_against_describe(contact, describe(**GOOD_CONTACT))
     assert any(p.where == "sync_state_field" and "does not exist" in p.message for p in problems)
     assert warnings_for(contact) == []
-    bare = contact.model_copy(update={"sync_state_field": None})
+    bare = contact.model_copy(update={"sync_state_field": None, "allow_late_overwrites": True})
     (warning,) = warnings_for(bare)
     assert "late" in warning.message and "Long Text Area" in warning.message
 
@@ -192,7 +199,8 @@ def test_names_resolve_to_describes_spelling_and_ambiguous_ones_are_refused() ->
     described, ambiguous = describe_fields(raw)
     assert ambiguous == {"flag__c"}
     target = parse_mapping(
-        "targets: [{sobject: Contact, match_field: Email, purposes: {p: FLAG__c}}]"
+        "targets: [{sobject: Contact, match_field: Email, purposes: {p: FLAG__c}, "
+        "allow_late_overwrites: true}]"
     ).targets[0]
     problems = validate_against_describe(target, described, ambiguous)
     assert any("ambiguous" in p.message for p in problems)

@@ -18,7 +18,12 @@ from tests.unit.helpers import example_mapping
 
 def target(**options: object) -> TargetMapping:
     return TargetMapping.model_validate(
-        {"sobject": "Contact", "purposes": {"newsletter": "N__c"}, **options}
+        {
+            "sobject": "Contact",
+            "purposes": {"newsletter": "N__c"},
+            "allow_late_overwrites": "sync_state_field" not in options,
+            **options,
+        }
     )
 
 
@@ -61,7 +66,16 @@ def test_a_pool_set_below_the_need_is_kept_and_said(caplog: pytest.LogCaptureFix
 @pytest.mark.asyncio
 async def test_the_services_session_has_that_many_connections() -> None:
     mapping = MappingConfig.model_validate(
-        {"targets": [{"sobject": "Contact", "upsert_mode": True, "purposes": {"a": "A__c"}}]}
+        {
+            "targets": [
+                {
+                    "sobject": "Contact",
+                    "upsert_mode": True,
+                    "sync_state_field": "S__c",
+                    "purposes": {"a": "A__c"},
+                }
+            ]
+        }
     )
     service = Service(Settings(sync_concurrency=6), mapping, Metrics(CollectorRegistry()))
     await service.client.start()

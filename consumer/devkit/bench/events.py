@@ -24,7 +24,9 @@ import orjson
 
 from consumer.devkit.emulator.fields import CONTACT_CHOICES, CONTACT_MATCH_TARGET
 
-#: External-ID mode: upsert by ``Didomi_Id__c``, 200 people a call and no query.
+#: External-ID mode: upsert by ``Didomi_Id__c``, 200 people a call and no query. Without a
+#: sync state (nothing to read first), so a late event would overwrite a newer choice: the
+#: mapping has to say it accepts that.
 EXTERNAL_ID_MAPPING = (
     """\
 regulations: [gdpr]
@@ -33,6 +35,7 @@ targets:
     upsert_mode: true
     match_field: Email
     external_id_field: Didomi_Id__c
+    allow_late_overwrites: true
     create_defaults: {LastName: "Unknown"}
 """
     + CONTACT_CHOICES
