@@ -65,6 +65,7 @@ class MappingError(ConfigurationError):
     """The mapping file does not load, or does not fit the Salesforce org's fields."""
 
     code = "MAPPING_ERROR"
+    pause_reason = "mapping"
 
 
 # --- Salesforce -------------------------------------------------------------------------

@@ -183,6 +183,7 @@ def build_pipeline(
                 "daily_limit": s.salesforce_limit_pause_seconds,
                 "api_budget": s.salesforce_budget_pause_seconds,
                 "authentication": s.salesforce_auth_retry_seconds,
+                "mapping": s.salesforce_auth_retry_seconds,
                 "unavailable": s.salesforce_retry_max_seconds,
             },
             default_pause_seconds=s.salesforce_retry_max_seconds,

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     #: rule whose action is "Alert" save anyway (a consent write must not be blocked by an
     #: alert); a "Block" rule still refuses the record.
     salesforce_duplicate_rule_allow_save: bool = True
+    #: A mapped field that disappears while the service runs (deleted, or hidden from the
+    #: integration user) is left out of writes, its choices refused and dead-lettered; the
+    #: target is described again this often to take it back once it is there again.
+    salesforce_describe_recheck_seconds: PositiveFloat = 300.0
     #: Send the queries and writes a batch issues together as composite calls (up to 5 each),
     #: counted once against the org's API limit; Salesforce runs them one after another, so a
     #: batch takes longer. ``auto``: only while the service is behind (a backlog or a replay,

@@ -171,6 +171,15 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.fields_unavailable = Gauge(
+            "salesforce_fields_unavailable",
+            "Mapped fields Salesforce stopped letting the service write while it ran (deleted, "
+            "or hidden by field-level security): their choices are refused and dead-lettered "
+            "until the field is back.",
+            ["sobject"],
+            namespace=ns,
+            registry=r,
+        )
         self.pauses = Counter(
             "salesforce_pauses_total",
             "Times writing to Salesforce was paused, by reason.",

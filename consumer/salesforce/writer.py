@@ -27,6 +27,15 @@ holds a newer (or the same) choice for every field, ``unchanged`` when the value
 there. Converted Leads are never written: a person whose only Leads are converted is
 ``not_found`` with a note naming the Contact they became, and no Lead is created for them.
 
+A mapped field Salesforce stops knowing while the service runs (deleted, or hidden from the
+integration user by field-level security) makes a query or a write fail as a whole with
+``INVALID_FIELD``. The target is then described again; the fields gone from it are left out of
+queries and writes from then on, their choices refused (dead-lettered, for a redrive once the
+field is back) and the call sent again, so that one vanished field never blocks a withdrawal
+in another. The target is described again every ``SALESFORCE_DESCRIBE_RECHECK_SECONDS`` to
+take a field back. A field the service cannot order or find records without (the lookup, match
+or sync state field) pauses writing instead (:class:`MappingError`) until it is back.
+
 Per-record answers (in request order) become one result per person. Records that failed for
 a transient reason (a lock, a 5xx on their chunk, a lost answer) are retried, and only they;
 each retry round re-queries first, so a create whose answer was lost is found, not repeated.
@@ -42,11 +51,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from consumer.errors import (
+    MappingError,
     Reaction,
     RetryBudgetExhaustedError,
     SalesforceError,
+    SalesforceRequestError,
 )
-from consumer.mapping import TargetMapping, TargetPlan
+from consumer.mapping import FieldInfo, TargetMapping, TargetPlan, describe_fields
 from consumer.model import sync_state
 from consumer.model.changes import FieldValue, FieldValues, PersonResult, PersonWrite, Stamp
 from consumer.model.messages import email_key
@@ -157,6 +168,16 @@ class TargetWriter:
         self._state_room = sync_state.capacity(self._mapped)
         #: Upsert by the external id without reading first (no state to compare with).
         self._blind = _blind(mapping)
+        #: Mapped fields Salesforce stopped letting us write while running, with the refusal
+        #: their choices get; and the last_synced_field while it is there (None when gone).
+        self._gone: dict[str, SalesforceErrorInfo] = {}
+        self._synced_field = mapping.last_synced_field
+        #: Bumped by every describe, so that calls failing together describe once.
+        self._described = 0
+        self._described_at = 0.0
+        self._describe_lock = asyncio.Lock()
+        #: Why the last describe found the target unusable (a field it needs is gone).
+        self._unusable: str | None = None
 
     @property
     def sobject(self) -> str:
@@ -239,6 +260,11 @@ class TargetWriter:
         self, todo: dict[str, PersonWrite], results: dict[str, PersonResult]
     ) -> tuple[set[str], str]:
         """One pass over ``todo``; final results go to ``results``. Returns keys to retry."""
+        if self._lost_any() and (
+            asyncio.get_running_loop().time() - self._described_at
+            >= self._settings.salesforce_describe_recheck_seconds
+        ):
+            await self._describe_again(self._described)
         done = _Round()
         matches: dict[str, list[Match]] = {}
         writes: list[_Write] = []
@@ -432,7 +458,11 @@ class TargetWriter:
         """``values`` without those describe says Salesforce would refuse, and the refusals."""
         refused: dict[str, SalesforceErrorInfo] = {}
         kept: FieldValues = {}
+        gone = self._gone
         for name, value in values.items():
+            if gone and name in gone:
+                refused[name] = gone[name]
+                continue
             if value is None or value.__class__ is bool:  # never refused (most values)
                 kept[name] = value
                 continue
@@ -454,7 +484,6 @@ class TargetWriter:
     # --- sending -------------------------------------------------------------------------
 
     def _body(self, write: _Write) -> dict[str, Any]:
-        mapping = self._plan.mapping
         record: dict[str, Any] = {"attributes": {"type": self.sobject}}
         if write.record_id is not None:
             record["id"] = write.record_id
@@ -469,8 +498,8 @@ class TargetWriter:
                 mapped = set(self._mapped)
                 text = sync_state.encode({n: v for n, v in write.state.items() if n in mapped})
             record[self._state_field] = text
-        if mapping.last_synced_field and write.newest_ms:
-            record[mapping.last_synced_field] = format_epoch_ms(write.newest_ms)
+        if self._synced_field and write.newest_ms:
+            record[self._synced_field] = format_epoch_ms(write.newest_ms)
         return record
 
     async def _send_all(self, writes: list[_Write], done: _Round) -> None:
@@ -508,32 +537,45 @@ class TargetWriter:
         fallbacks: list[_Write] = []
         for start in range(0, len(writes), COLLECTION_LIMIT):
             chunk = writes[start : start + COLLECTION_LIMIT]
-            self._client.check_budget(self._settings.salesforce_api_budget_share)
-            try:
-                answers = await self._call(operation, [self._body(w) for w in chunk])
-            except SalesforceError as exc:
-                if exc.reaction is Reaction.RETRY:
-                    # The whole chunk is unknown; the next round re-queries before writing.
-                    for w in chunk:
-                        acc = done.of(w.key)
-                        acc.retry = True
-                        acc.pending -= 1
-                    done.last_error = str(exc)
-                    continue
-                if exc.reaction is not Reaction.REPORT:
-                    raise
-                info = SalesforceErrorInfo(
-                    code=exc.code, message=exc.message, fields=list(exc.fields)
-                )
+            fallbacks += await self._send_chunk(operation, chunk, done)
+        return fallbacks
+
+    async def _send_chunk(
+        self, operation: Operation, chunk: list[_Write], done: _Round
+    ) -> list[_Write]:
+        """Send one collection call; returns the writes to try once more without fields."""
+        self._client.check_budget(self._settings.salesforce_api_budget_share)
+        described = self._described
+        try:
+            answers = await self._call(operation, [self._body(w) for w in chunk])
+        except SalesforceError as exc:
+            if exc.reaction is Reaction.RETRY:
+                # The whole chunk is unknown; the next round re-queries before writing.
                 for w in chunk:
                     acc = done.of(w.key)
-                    acc.error = info
+                    acc.retry = True
                     acc.pending -= 1
-                continue
-            for w, answer in zip(chunk, answers, strict=True):
-                again = self._record(w, answer, done)
-                if again is not None:
-                    fallbacks.append(again)
+                done.last_error = str(exc)
+                return []
+            if exc.reaction is not Reaction.REPORT:
+                raise
+            if isinstance(exc, SalesforceRequestError) and exc.code == "INVALID_FIELD":
+                await self._describe_again(described)
+                rest = self._without_gone(chunk, done)
+                if rest is not None:
+                    # Something the call carried is gone: the rest goes again without it.
+                    return await self._send_chunk(operation, rest, done) if rest else []
+            info = SalesforceErrorInfo(code=exc.code, message=exc.message, fields=list(exc.fields))
+            for w in chunk:
+                acc = done.of(w.key)
+                acc.error = info
+                acc.pending -= 1
+            return []
+        fallbacks: list[_Write] = []
+        for w, answer in zip(chunk, answers, strict=True):
+            again = self._record(w, answer, done)
+            if again is not None:
+                fallbacks.append(again)
         return fallbacks
 
     def _record(self, write: _Write, answer: RecordResult, done: _Round) -> _Write | None:
@@ -633,6 +675,104 @@ class TargetWriter:
         assert ext is not None
         return await self._client.upsert(self.sobject, ext, records)
 
+    # --- fields gone while running ---------------------------------------------------------
+
+    def _lost_any(self) -> bool:
+        """Whether a field of the mapping is left out because Salesforce no longer has it."""
+        return bool(self._gone) or self._synced_field != self._plan.mapping.last_synced_field
+
+    async def _describe_again(self, seen: int) -> None:
+        """Describe the target again (unless another call did since ``seen``) and learn which
+        mapped fields Salesforce no longer lets the service write.
+
+        Raises :class:`MappingError` when a field the service cannot work without is gone."""
+        async with self._describe_lock:
+            if self._described == seen:
+                described = await self._client.describe(self.sobject)
+                self._described += 1
+                self._described_at = asyncio.get_running_loop().time()
+                self._learn(described)
+        if self._unusable is not None:
+            raise MappingError(self._unusable)
+
+    def _learn(self, described: Mapping[str, Any]) -> None:
+        """Take in a fresh describe of the target: which fields are gone, or whether one the
+        service cannot work without is."""
+        fields, _ = describe_fields(described.get("fields") or ())
+        mapping = self._plan.mapping
+        self._unusable = None
+        needed = [("lookup field", mapping.lookup_field)]
+        if mapping.upsert_mode:
+            needed.append(("match_field", mapping.match_field))
+        if self._state_field:
+            needed.append(("sync_state_field", self._state_field))
+        for what, name in needed:
+            info = fields.get(name.lower())
+            lookup = what == "lookup field"
+            if (
+                info is None
+                or (lookup and name == mapping.external_id_field and not info.external_id)
+                or (not lookup and not info.updateable)
+            ):
+                self._unusable = (
+                    f"{self.sobject}: the {what} {name} is gone, or no longer usable by the "
+                    "integration user (deleted, changed, or field-level security); writing is "
+                    "paused until it is back"
+                )
+                return
+        gone: dict[str, SalesforceErrorInfo] = {}
+        for name in self._mapped:
+            info = fields.get(name.lower())
+            if info is None or not info.updateable:
+                gone[name] = _gone_error(self.sobject, name, info)
+        synced = mapping.last_synced_field
+        if synced:
+            info = fields.get(synced.lower())
+            self._synced_field = synced if info is not None and info.updateable else None
+        if gone.keys() != self._gone.keys():
+            if gone:
+                logger.error(
+                    "mapped fields gone from salesforce; their choices are refused and "
+                    "dead-lettered until they are back",
+                    extra={"sobject": self.sobject, "fields": sorted(gone)},
+                )
+            else:
+                logger.warning("mapped fields are back", extra={"sobject": self.sobject})
+        self._gone = gone
+        self._client.metrics.fields_unavailable.labels(self.sobject).set(len(gone))
+
+    def _without_gone(self, chunk: list[_Write], done: _Round) -> list[_Write] | None:
+        """The chunk's writes without the fields now known gone, or None when none of them
+        carries such a field (the call failed for something else). A write left with no field
+        fails with the refusal of its first."""
+        synced_dropped = self._synced_field is None and self._plan.mapping.last_synced_field
+        hit = [(w, (w.fields | w.values.keys()) & self._gone.keys()) for w in chunk]
+        if not any(names for _, names in hit) and not (
+            synced_dropped and any(w.newest_ms for w in chunk)
+        ):
+            return None
+        rest: list[_Write] = []
+        for w, names in hit:
+            if not names:
+                rest.append(w)
+                continue
+            acc = done.of(w.key)
+            refusals = {n: self._gone[n] for n in sorted(names)}
+            acc.refused.update(refusals)
+            fields = w.fields - names
+            if not fields:
+                acc.error = acc.error or next(iter(refusals.values()))
+                acc.pending -= 1
+                continue
+            state = None
+            if w.state is not None:
+                # Their choices were not written: the record keeps the stamps it had.
+                state = {k: v for k, v in w.state.items() if k not in names}
+                state.update({k: v for k, v in w.held.items() if k in names})
+            values = {k: v for k, v in w.values.items() if k not in names}
+            rest.append(replace(w, values=values, fields=fields, state=state))
+        return rest
+
     # --- results -------------------------------------------------------------------------
 
     def _result(self, person: PersonWrite, acc: _Person, live: list[Match]) -> PersonResult:
@@ -702,9 +842,22 @@ class TargetWriter:
 
     async def find(self, people: Iterable[PersonWrite]) -> dict[str, list[Match]]:
         """Records by email key, for every person given (absent key: no record)."""
+        people = list(people)
+        while True:
+            described, before = self._described, set(self._gone)
+            try:
+                return await self._find(people)
+            except SalesforceRequestError as exc:
+                if exc.code != "INVALID_FIELD":
+                    raise
+                await self._describe_again(described)
+                if self._gone.keys() <= before:
+                    raise  # describe lists every field the query read: something else
+
+    async def _find(self, people: list[PersonWrite]) -> dict[str, list[Match]]:
         mapping = self._plan.mapping
         lookup = mapping.lookup_field
-        select = ["Id", lookup, *self._mapped]
+        select = ["Id", lookup, *(n for n in self._mapped if n not in self._gone)]
         if self._state_field:
             select.append(self._state_field)
         if self._plan.converts:
@@ -750,6 +903,16 @@ def _missing_beyond(error: SalesforceErrorInfo, values: Mapping[str, Any]) -> bo
         return False
     sent = {n.lower() for n in values}
     return not error.fields or any(f.lower() not in sent for f in error.fields)
+
+
+def _gone_error(sobject: str, name: str, info: FieldInfo | None) -> SalesforceErrorInfo:
+    why = "is gone" if info is None else "is read-only"
+    return SalesforceErrorInfo(
+        code="INVALID_FIELD",
+        message=f"{sobject}.{name} {why} for the integration user (deleted, or field-level "
+        "security changed while the service ran); the choice was not written",
+        fields=[name],
+    )
 
 
 def _blind(mapping: TargetMapping) -> bool:

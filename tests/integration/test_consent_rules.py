@@ -196,6 +196,48 @@ async def test_a_bad_preference_value_never_blocks_the_withdrawal_beside_it(
     assert dlq.records[0].value == event("w", email, "2026-11-22T10:00:00Z", bad)[1]
 
 
+async def test_a_field_gone_while_running_never_blocks_the_withdrawal_beside_it(
+    kafka_bootstrap: str,
+) -> None:
+    # The org loses Newsletter_Frequency__c after the service started (deleted, or taken out
+    # of the integration user's field-level security): queries and writes naming it fail
+    # whole. The withdrawal beside it is written; the frequency is refused and dead-lettered.
+    email = "gone@example.com"
+    topics = await fresh(kafka_bootstrap)
+    async with make_emulator() as emulator:
+        record_id = emulator.seed(
+            "Contact", {"Email": email, "LastName": "G", "Newsletter_Consent__c": True}
+        )
+        settings = settings_for(kafka_bootstrap, topics, emulator.url)
+        first = event("first", "first@example.com", "2026-11-22T09:00:00Z", newsletter(True))
+        withdraw = event("w", email, "2026-11-22T10:00:00Z", newsletter(False, frequency="daily"))
+        async with (
+            collect(kafka_bootstrap, topics.results) as results,
+            collect(kafka_bootstrap, topics.dlq) as dlq,
+            running_service(settings) as running,
+        ):
+            await produce(kafka_bootstrap, topics.input, [first])
+            await wait_for(lambda: len(results.records) >= 1, 30, "the first outcome")
+            emulator.hide_field("Contact", "Newsletter_Frequency__c")
+            await produce(kafka_bootstrap, topics.input, [withdraw])
+            await wait_for(lambda: len(results.records) >= 2 and len(dlq.records) >= 1, 30, "it")
+            assert await running.finish() == 0
+        record = emulator.get("Contact", record_id)
+        assert record is not None
+        assert record["Newsletter_Consent__c"] is False
+    outcome = by_event(results.values())["w"]
+    assert outcome["status"] == "partial"
+    assert outcome["error_class"] == "FIELD_REJECTED"
+    contact = contact_of(outcome)
+    assert "Newsletter_Consent__c" in contact["fields_written"]
+    assert [(r["field"], r["code"]) for r in contact["fields_refused"]] == [
+        ("Newsletter_Frequency__c", "INVALID_FIELD")
+    ]
+    (dead,) = dlq.records
+    assert dict(dead.headers)["x-dlq-error-class"] == b"FIELD_REJECTED"
+    assert dead.value == withdraw[1]
+
+
 def user_updated(
     didomi_id: str, email: str, when: str, old: list[dict[str, Any]], new: list[dict[str, Any]]
 ) -> tuple[bytes, bytes]:

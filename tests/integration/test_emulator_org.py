@@ -635,3 +635,36 @@ async def test_token_answer_can_name_another_instance(emu: SalesforceEmulator) -
     async with configured, aiohttp.ClientSession() as session:
         answer = await _token_answer(session, configured.url)
         assert answer["instance_url"] == "https://acme.my.salesforce.com"
+
+
+# ---- a field taken away while a client runs -------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_hidden_field_fails_whole_queries_and_writes_until_shown(
+    api: Api, emu: SalesforceEmulator
+) -> None:
+    # Deleting a field, or removing it from the integration user's field-level security.
+    record_id = emu.seed(
+        "Contact", {"Email": "h@example.com", "LastName": "H", "Newsletter_Frequency__c": "daily"}
+    )
+    emu.hide_field("Contact", "newsletter_frequency__c")
+    described = await api.request("GET", api.data_path("sobjects/Contact/describe"))
+    assert "Newsletter_Frequency__c" not in {f["name"] for f in described.body["fields"]}
+    queried = await api.query("SELECT Id, Newsletter_Frequency__c FROM Contact")
+    assert (queried.status, queried.body[0]["errorCode"]) == (400, "INVALID_FIELD")
+    written = await api.collections(
+        "PATCH",
+        [
+            {"attributes": {"type": "Contact"}, "id": record_id, "LastName": "Other"},
+            {"attributes": {"type": "Contact"}, "id": record_id, "Newsletter_Frequency__c": "x"},
+        ],
+    )
+    assert (written.status, written.body[0]["errorCode"]) == (400, "INVALID_FIELD")
+    stored = emu.get("Contact", record_id)
+    assert stored is not None and stored["LastName"] == "H"  # nothing of the call was written
+
+    emu.show_field("Contact", "Newsletter_Frequency__c")
+    back = await api.query(f"SELECT Newsletter_Frequency__c FROM Contact WHERE Id = '{record_id}'")
+    assert back.status == 200
+    assert back.body["records"][0]["Newsletter_Frequency__c"] == "daily"

@@ -282,6 +282,16 @@ class SalesforceEmulator:
         with ``CANNOT_UPDATE_CONVERTED_LEAD``."""
         return self.state.convert_lead(lead_id, contact_id, account_id=account_id)
 
+    def hide_field(self, sobject: str, name: str) -> None:
+        """Take a field away from the API user, as deleting it or removing it from the
+        integration user's field-level security does: describe stops listing it, and a query
+        or a write naming it fails as a whole with ``INVALID_FIELD``."""
+        self.state.store.schema(sobject).hide(name)
+
+    def show_field(self, sobject: str, name: str) -> None:
+        """Undo :meth:`hide_field`: the field and the values records held are back."""
+        self.state.store.schema(sobject).show(name)
+
     # ---- duplicate rules ---------------------------------------------------------------
 
     def add_duplicate_rule(

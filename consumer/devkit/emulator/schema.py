@@ -153,7 +153,29 @@ class SObjectSchema:
             elif spec.defaulted_on_create and spec.picklist_values:
                 self.defaults[spec.name] = spec.picklist_values[0]
         self.defaults.update(defaults or {})
-        #: The fields never change after this (a schema is built whole).
+        #: Fields hidden from the API user (deleted, or field-level security), kept to restore.
+        self._hidden: dict[str, FieldSpec] = {}
+        self._required = self._required_on_create()
+
+    def hide(self, name: str) -> None:
+        """Take a field away from the API: describe no longer lists it, and a query or write
+        naming it fails as a whole with ``INVALID_FIELD`` (what deleting the field, or taking
+        it away from the integration user's field-level security, does). Records keep the
+        value, as Salesforce does while a deleted field can be undeleted."""
+        spec = self.field(name)
+        if spec is None:
+            raise EmulatorError(f"{self.name}: no field {name} to hide")
+        self._hidden[spec.name] = self.fields.pop(spec.name)
+        del self._by_lower[spec.name.lower()]
+        self._required = self._required_on_create()
+
+    def show(self, name: str) -> None:
+        """Give a hidden field back (undeleted, or visible to the integration user again)."""
+        key = next((n for n in self._hidden if n.lower() == name.lower()), None)
+        if key is None:
+            raise EmulatorError(f"{self.name}: no hidden field {name}")
+        spec = self.fields[key] = self._hidden.pop(key)
+        self._by_lower[key.lower()] = spec
         self._required = self._required_on_create()
 
     def _lower_names(self) -> set[str]:
