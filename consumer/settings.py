@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     salesforce_duplicate_rule_allow_save: bool = True
     #: A mapped field that disappears while the service runs (deleted, or hidden from the
     #: integration user) is left out of writes, its choices refused and dead-lettered; the
-    #: target is described again this often to take it back once it is there again.
+    #: first batch for the target after this long describes it again, to take it back.
     salesforce_describe_recheck_seconds: PositiveFloat = 300.0
     #: Send the queries and writes a batch issues together as composite calls (up to 5 each),
     #: counted once against the org's API limit; Salesforce runs them one after another, so a

@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
 from consumer.errors import (
@@ -172,8 +173,11 @@ class TargetWriter:
         #: their choices get; and the last_synced_field while it is there (None when gone).
         self._gone: dict[str, SalesforceErrorInfo] = {}
         self._synced_field = mapping.last_synced_field
-        #: Bumped by every describe, so that calls failing together describe once.
-        self._described = 0
+        #: Describes started, and the number of the last one answered: a call that failed
+        #: for a field describes again unless one started after the failure was answered
+        #: (calls failing together describe once; an answer from before the failure is old).
+        self._describes = 0
+        self._last_described = 0
         self._described_at = 0.0
         self._describe_lock = asyncio.Lock()
         #: Why the last describe found the target unusable (a field it needs is gone).
@@ -264,7 +268,7 @@ class TargetWriter:
             asyncio.get_running_loop().time() - self._described_at
             >= self._settings.salesforce_describe_recheck_seconds
         ):
-            await self._describe_again(self._described)
+            await self._describe_again(self._describes)
         done = _Round()
         matches: dict[str, list[Match]] = {}
         writes: list[_Write] = []
@@ -541,14 +545,19 @@ class TargetWriter:
         return fallbacks
 
     async def _send_chunk(
-        self, operation: Operation, chunk: list[_Write], done: _Round
+        self, operation: Operation, chunk: list[_Write], done: _Round, resends: int = 0
     ) -> list[_Write]:
         """Send one collection call; returns the writes to try once more without fields."""
+        # Fields found gone since the chunk was planned (by another chunk or lane) stay out.
+        chunk, _ = self._without_gone(chunk, done)
+        if not chunk:
+            return []
         self._client.check_budget(self._settings.salesforce_api_budget_share)
-        described = self._described
+        synced, sent_at = self._synced_field, self._describes
         try:
             answers = await self._call(operation, [self._body(w) for w in chunk])
         except SalesforceError as exc:
+            failed_at = self._describes
             if exc.reaction is Reaction.RETRY:
                 # The whole chunk is unknown; the next round re-queries before writing.
                 for w in chunk:
@@ -559,12 +568,24 @@ class TargetWriter:
                 return []
             if exc.reaction is not Reaction.REPORT:
                 raise
-            if isinstance(exc, SalesforceRequestError) and exc.code == "INVALID_FIELD":
-                await self._describe_again(described)
-                rest = self._without_gone(chunk, done)
-                if rest is not None:
+            if (
+                isinstance(exc, SalesforceRequestError)
+                and exc.code == "INVALID_FIELD"
+                and resends <= len(self._mapped)
+            ):
+
+                def explained() -> bool:
+                    gone = self._gone
+                    return any(n in gone for w in chunk for n in (*w.fields, *w.values)) or (
+                        synced is not None
+                        and self._synced_field is None
+                        and any(w.newest_ms for w in chunk)
+                    )
+
+                if await self._explain(sent_at, failed_at, explained):
                     # Something the call carried is gone: the rest goes again without it.
-                    return await self._send_chunk(operation, rest, done) if rest else []
+                    rest, _ = self._without_gone(chunk, done)
+                    return await self._send_chunk(operation, rest, done, resends + 1)
             info = SalesforceErrorInfo(code=exc.code, message=exc.message, fields=list(exc.fields))
             for w in chunk:
                 acc = done.of(w.key)
@@ -681,15 +702,34 @@ class TargetWriter:
         """Whether a field of the mapping is left out because Salesforce no longer has it."""
         return bool(self._gone) or self._synced_field != self._plan.mapping.last_synced_field
 
-    async def _describe_again(self, seen: int) -> None:
-        """Describe the target again (unless another call did since ``seen``) and learn which
-        mapped fields Salesforce no longer lets the service write.
+    async def _explain(self, sent_at: int, failed_at: int, explained: Callable[[], bool]) -> bool:
+        """Whether fields gone from the target explain a call's ``INVALID_FIELD``.
+
+        ``sent_at`` and ``failed_at``: how many describes had started when the call was sent
+        and when its failure came. An answer to a describe started after the send serves
+        (calls failing together describe once); when it does not explain the failure, it
+        may still predate it, and a describe started after the failure decides.
+        """
+        await self._describe_again(sent_at)
+        if explained():
+            return True
+        if self._last_described <= failed_at:
+            await self._describe_again(failed_at)
+            return explained()
+        return False
+
+    async def _describe_again(self, since: int) -> None:
+        """Describe the target again, unless a describe started after ``since`` (a count of
+        describes started) was answered meanwhile, and learn which mapped fields Salesforce
+        no longer lets the service write.
 
         Raises :class:`MappingError` when a field the service cannot work without is gone."""
         async with self._describe_lock:
-            if self._described == seen:
+            if self._last_described <= since:
+                self._describes += 1
+                number = self._describes
                 described = await self._client.describe(self.sobject)
-                self._described += 1
+                self._last_described = number
                 self._described_at = asyncio.get_running_loop().time()
                 self._learn(described)
         if self._unusable is not None:
@@ -728,7 +768,15 @@ class TargetWriter:
         synced = mapping.last_synced_field
         if synced:
             info = fields.get(synced.lower())
-            self._synced_field = synced if info is not None and info.updateable else None
+            now = synced if info is not None and info.updateable else None
+            if now != self._synced_field:
+                logger.warning(
+                    "last_synced_field gone from salesforce; not written until it is back"
+                    if now is None
+                    else "last_synced_field is back",
+                    extra={"sobject": self.sobject, "field": synced},
+                )
+            self._synced_field = now
         if gone.keys() != self._gone.keys():
             if gone:
                 logger.error(
@@ -741,27 +789,25 @@ class TargetWriter:
         self._gone = gone
         self._client.metrics.fields_unavailable.labels(self.sobject).set(len(gone))
 
-    def _without_gone(self, chunk: list[_Write], done: _Round) -> list[_Write] | None:
-        """The chunk's writes without the fields now known gone, or None when none of them
-        carries such a field (the call failed for something else). A write left with no field
-        fails with the refusal of its first."""
-        synced_dropped = self._synced_field is None and self._plan.mapping.last_synced_field
-        hit = [(w, (w.fields | w.values.keys()) & self._gone.keys()) for w in chunk]
-        if not any(names for _, names in hit) and not (
-            synced_dropped and any(w.newest_ms for w in chunk)
-        ):
-            return None
+    def _without_gone(self, chunk: list[_Write], done: _Round) -> tuple[list[_Write], bool]:
+        """The chunk's writes without the fields known gone, and whether any carried one. A
+        write left with no field is dropped: its refusals are the person's, not an error (the
+        person's other records may have taken their choices)."""
+        gone = self._gone
+        if not gone:
+            return chunk, False
         rest: list[_Write] = []
-        for w, names in hit:
+        changed = False
+        for w in chunk:
+            names = {n for n in w.fields if n in gone} | {n for n in w.values if n in gone}
             if not names:
                 rest.append(w)
                 continue
+            changed = True
             acc = done.of(w.key)
-            refusals = {n: self._gone[n] for n in sorted(names)}
-            acc.refused.update(refusals)
+            acc.refused.update({n: gone[n] for n in sorted(names)})
             fields = w.fields - names
             if not fields:
-                acc.error = acc.error or next(iter(refusals.values()))
                 acc.pending -= 1
                 continue
             state = None
@@ -771,7 +817,7 @@ class TargetWriter:
                 state.update({k: v for k, v in w.held.items() if k in names})
             values = {k: v for k, v in w.values.items() if k not in names}
             rest.append(replace(w, values=values, fields=fields, state=state))
-        return rest
+        return rest, changed
 
     # --- results -------------------------------------------------------------------------
 
@@ -786,6 +832,9 @@ class TargetWriter:
         # email took it: that record still holds the old value (a withdrawal refused there
         # leaves it subscribed), and only a refusal sends the event to the dead letters.
         refused = dict(acc.refused)
+        if refused and not (acc.updated or acc.created or acc.error):
+            # Every write lost its fields (gone from Salesforce meanwhile): nothing written.
+            return self._all_refused(person, live, refused)
         ids = acc.ids or [m.id for m in live]
         if acc.error is not None:
             result = PersonResult("failed", ids, error=acc.error)
@@ -844,15 +893,18 @@ class TargetWriter:
         """Records by email key, for every person given (absent key: no record)."""
         people = list(people)
         while True:
-            described, before = self._described, set(self._gone)
+            before, sent_at = set(self._gone), self._describes
             try:
                 return await self._find(people)
             except SalesforceRequestError as exc:
+                failed_at = self._describes
                 if exc.code != "INVALID_FIELD":
                     raise
-                await self._describe_again(described)
-                if self._gone.keys() <= before:
+                if not await self._explain(sent_at, failed_at, partial(self._more_gone, before)):
                     raise  # describe lists every field the query read: something else
+
+    def _more_gone(self, than: set[str]) -> bool:
+        return not self._gone.keys() <= than
 
     async def _find(self, people: list[PersonWrite]) -> dict[str, list[Match]]:
         mapping = self._plan.mapping

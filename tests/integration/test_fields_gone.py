@@ -8,6 +8,7 @@ Salesforce then refuses any query or write naming the field as a whole (400
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.devkit.bench.events import EXTERNAL_ID_MAPPING
 from consumer.devkit.emulator import SalesforceEmulator
+from consumer.devkit.emulator.fields import CONTACT_CHOICES
 from consumer.errors import MappingError, Reaction
 from consumer.mapping import MappingConfig, TargetPlan, parse_mapping
 from consumer.model import sync_state
@@ -24,7 +26,13 @@ from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter
-from tests.integration.support import batch_of, emulator_settings, example_mapping, make_emulator
+from tests.integration.support import (
+    batch_of,
+    emulator_settings,
+    example_mapping,
+    make_emulator,
+    wait_for,
+)
 from tests.unit.helpers import change, purpose
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
@@ -165,7 +173,8 @@ async def test_an_event_only_about_the_gone_field_is_refused_not_lost() -> None:
             emulator.hide_field("Contact", GONE)
             only = change(KNOWN, purpose("newsletter", None, frequency="weekly"), minutes=1)
             result = (await writer.write(batch_of([only], [plan])))[KNOWN]
-        assert set(result.refused) == {GONE}, result
+        assert result.status == "stale", result  # nothing written; the record is as it was
+        assert set(result.refused) == {GONE}
         assert result.written == set()
 
 
@@ -186,3 +195,97 @@ async def test_a_field_the_service_cannot_order_or_find_without_pauses_writing(
         assert hidden in str(caught.value)
         record = emulator.get("Contact", known)
         assert record is not None and record["Newsletter_Consent__c"] is True  # not written
+
+
+SYNCED = "Consent_Synced_At__c"
+WITH_SYNCED = (
+    "regulations: [gdpr]\ntargets:\n"
+    "  - sobject: Contact\n"
+    "    upsert_mode: true\n"
+    "    match_field: Email\n"
+    "    sync_state_field: Didomi_Sync_State__c\n"
+    f"    last_synced_field: {SYNCED}\n"
+    '    create_defaults: {LastName: "Unknown"}\n' + CONTACT_CHOICES
+)
+
+
+async def test_a_gone_last_synced_field_is_left_out_and_another_cause_is_reported() -> None:
+    # The last-synced mark goes, and so does LastName, which creates need: the first is left
+    # out and the call sent again; the second is no mapped field, so the create is reported
+    # failed after a second describe, which finds nothing more gone (it used to describe and
+    # resend until the stack ran out).
+    async with make_emulator() as emulator:
+        known = seed_subscribed(emulator)
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            plan = await planned(client, parse_mapping(WITH_SYNCED))
+            writer = TargetWriter(client, plan, s)
+            emulator.hide_field("Contact", SYNCED)
+            emulator.hide_field("Contact", "LastName")
+            emulator.reset_stats()
+            results = await write(writer, plan, KNOWN, NEW)
+            # The update and the create fail together: one describe; the create once more.
+            assert emulator.stats["describe"] == 2, emulator.stats
+        assert results[KNOWN].status == "updated", results[KNOWN]
+        assert results[KNOWN].refused == {}
+        record = emulator.get("Contact", known)
+        assert record is not None and record["Newsletter_Consent__c"] is False
+        assert record[SYNCED] is None  # hidden: not written
+        failed = results[NEW]
+        assert failed.status == "failed" and failed.error is not None
+        assert failed.error.code == "INVALID_FIELD" and "LastName" in failed.error.message
+
+
+async def test_later_chunks_leave_a_field_found_gone_out_before_sending() -> None:
+    # 450 people: three upsert calls planned before the first one failed for the field.
+    async with make_emulator() as emulator:
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            plan = await planned(client, parse_mapping(EXTERNAL_ID_MAPPING))
+            writer = TargetWriter(client, plan, s)
+            emulator.hide_field("Contact", GONE)
+            emulator.reset_stats()
+            emails = [f"p{i}@example.com" for i in range(450)]
+            results = await write(writer, plan, *emails)
+        assert {r.status for r in results.values()} == {"created"}
+        # One call failed and was sent again; the two after it went without the field. Then
+        # the 450 new people get create_defaults: three calls more.
+        assert (emulator.stats["describe"], emulator.stats["upsert"]) == (1, 3 + 1 + 3)
+
+
+async def test_a_describe_answered_before_the_failure_is_not_taken_as_fresh() -> None:
+    # Lane A's call fails for one gone field and describes. The answer is taken; then a
+    # second field goes and lane B's call fails for it while A's describe is still in flight.
+    # B must describe again rather than trust A's older answer (and fail its withdrawal).
+    async with make_emulator() as emulator:
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            plan = await planned(client, parse_mapping(EXTERNAL_ID_MAPPING))
+            writer = TargetWriter(client, plan, s)
+            b_id = seed_subscribed(emulator, Email="b@example.com", Didomi_Id__c="b@example.com")
+            described = client.describe
+            b_may_go = asyncio.Event()
+
+            async def describe_then_lose_another(sobject: str) -> dict[str, Any]:
+                answer = await described(sobject)
+                if not b_may_go.is_set():
+                    emulator.hide_field("Contact", GONE)
+                    b_may_go.set()
+                    # Held until B's call has failed for the field this answer still lists.
+                    await wait_for(lambda: emulator.stats["upsert"] >= 2, 10, "B's call")
+                return answer
+
+            client.describe = describe_then_lose_another  # type: ignore[method-assign]
+            emulator.hide_field("Contact", "Analytics_Consent__c")
+            emulator.reset_stats()
+            a = change("a@example.com", purpose("analytics", False), minutes=1, event_id="a")
+            b = change("b@example.com", withdrawal(), minutes=1, event_id="b")
+
+            async def lane_b() -> dict[str, PersonResult]:
+                await b_may_go.wait()
+                return await writer.write(batch_of([b], [plan]))
+
+            _, results_b = await asyncio.gather(writer.write(batch_of([a], [plan])), lane_b())
+        assert_withdrawn_and_refused(results_b["b@example.com"], "updated")
+        record = emulator.get("Contact", b_id)
+        assert record is not None and record["Newsletter_Consent__c"] is False
