@@ -24,6 +24,7 @@ ApiName = Annotated[str, Field(pattern=_API_NAME.pattern, max_length=80)]
 """A Salesforce API name (``Email``, ``Newsletter_Consent__c``)."""
 
 PreferenceFormat = Literal["auto", "text", "multipicklist"]
+DeletionPolicy = Literal["ignore", "withdraw"]
 
 
 class TargetMapping(BaseModel):
@@ -150,6 +151,16 @@ class MappingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     regulations: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["gdpr"])
+    #: ``user.deleted``: ``ignore`` keeps what Salesforce holds; ``withdraw`` sets every mapped
+    #: field of the person to "no consent" (purposes and preference values false, preferences
+    #: cleared), stamped with the deletion's time, so any later choice still wins.
+    on_user_deleted: DeletionPolicy = "ignore"
+    #: ``event.deleted`` (Didomi recomputes the user's state without the event): ``ignore``
+    #: keeps what Salesforce holds; ``withdraw`` withdraws what the deleted event granted (its
+    #: purposes enabled, its selected preferences), stamped with the event's own time, so a
+    #: later choice still wins. What it withdrew stays withdrawn: the state before it is not
+    #: known here.
+    on_event_deleted: DeletionPolicy = "ignore"
     targets: Annotated[list[TargetMapping], Field(min_length=1)]
 
     @model_validator(mode="after")

@@ -206,6 +206,8 @@ def build_pipeline(
             regulations=tuple(mapping.regulations),
             max_message_bytes=s.sync_max_message_bytes,
             max_future_skew_seconds=s.sync_max_future_skew_seconds,
+            on_user_deleted=mapping.on_user_deleted,
+            on_event_deleted=mapping.on_event_deleted,
         ),
         plans,
         writers,

@@ -41,6 +41,8 @@ class ConsentChange:
     #: ``user.updated``: the state before the change (``old_entity``). Only the fields whose
     #: values differ between the two are applied; None applies the whole state.
     previous_purposes: tuple[Purpose, ...] | None = None
+    #: A deleted user whose every mapped field goes to "no consent" (``on_user_deleted``).
+    withdraw_all: bool = False
 
     def mapped(self) -> ConsentChange:
         """This change without its purposes: once mapped, a backlog need not hold them.
@@ -56,6 +58,8 @@ class ConsentChange:
             self.regulation,
             (),
             self.full_state,
+            None,
+            self.withdraw_all,
         )
 
 

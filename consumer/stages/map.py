@@ -7,7 +7,9 @@ Pure. Rules (Didomi's Salesforce integration):
 - preference value -> Boolean field: true when selected, false when the preference is present
   and the value is not; a preference absent from the event writes nothing;
 - ``user.updated``: only the fields whose values changed between ``old_entity`` and
-  ``new_entity``.
+  ``new_entity``;
+- a deleted user with ``on_user_deleted: withdraw``: every mapped field to "no consent"
+  (purposes and preference values false, preferences null).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
     must not overwrite a later choice made under another Didomi user of the same person.
     """
     out: dict[str, FieldValues] = {}
+    if change.withdraw_all:
+        for plan in plans:
+            out[plan.sobject] = withdrawn(plan)
+        return out
     now = choices(change.purposes)
     before_choices = (
         choices(change.previous_purposes) if change.previous_purposes is not None else None
@@ -68,6 +74,16 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
             values = {f: v for f, v in values.items() if f not in before or before[f] != v}
         if values:
             out[plan.sobject] = values
+    return out
+
+
+def withdrawn(plan: TargetPlan) -> FieldValues:
+    """Every mapped field of a target at "no consent"."""
+    mapping = plan.mapping
+    out: FieldValues = dict.fromkeys(mapping.purposes.values(), False)
+    out.update(dict.fromkeys(mapping.preferences.values()))
+    for value_fields in mapping.preference_values.values():
+        out.update(dict.fromkeys(value_fields.values(), False))
     return out
 
 

@@ -9,7 +9,8 @@ Salesforce and the sync state hold) and may not be more than ``max_future_skew_s
 the Kafka record's own timestamp: a clock gone wrong must not stamp a record with a date in
 the future that every real later choice would then lose against. User entities carry the
 person's GDPR state, so they are applied only when ``gdpr`` is synced; a ``user.updated``
-applies what changed between its old and new entity.
+applies what changed between its old and new entity. Deletions are ignored unless the mapping
+says ``withdraw`` (``on_user_deleted``, ``on_event_deleted``).
 
 Whatever a rejected or ignored result repeats from the input is clipped here, with the limits
 of :mod:`consumer.model.outcomes` (which clips again, harmlessly): a name quoted inside a reason
@@ -40,6 +41,7 @@ from consumer.model.events import (
     ConsentEvent,
     Consents,
     Envelope,
+    PreferenceSelection,
     Purpose,
     User,
 )
@@ -66,6 +68,9 @@ class ParseRules:
     max_message_bytes: int = 1_048_576
     #: How far an event's time may be after its Kafka record's timestamp.
     max_future_skew_seconds: float = 300.0
+    #: What ``user.deleted`` and ``event.deleted`` do (the mapping's ``on_*_deleted``).
+    on_user_deleted: str = "ignore"
+    on_event_deleted: str = "ignore"
 
 
 def parse_message(
@@ -178,21 +183,52 @@ def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
                 _event_time(user),
             )
         return _from_user(kind, event_id, user, previous)
-    entity_or_user = params["entity"]
     if kind == "event.deleted":
+        deleted: ConsentEvent = params["entity"]
+        if rules.on_event_deleted != "withdraw":
+            return _ignored(
+                "deleted events are not synced (on_event_deleted: ignore): Salesforce keeps "
+                "the last applied state",
+                deleted["id"],
+                kind,
+                deleted["user"]["organization_user_id"],
+                _event_time(deleted),
+            )
+        return _from_event(kind, deleted, rules)
+    gone: User = params["entity"]
+    if rules.on_user_deleted != "withdraw":
         return _ignored(
-            "deleted events are not synced: Salesforce keeps the last applied state",
-            entity_or_user["id"],
+            "deleted users are not synced (on_user_deleted: ignore): Salesforce keeps the last "
+            "applied state",
+            gone["id"],
             kind,
-            entity_or_user["user"]["organization_user_id"],
-            _event_time(entity_or_user),
+            gone["organization_user_id"],
+            _event_time(gone),
         )
-    return _ignored(
-        "deleted users are not synced: Salesforce keeps the last applied state",
-        entity_or_user["id"],
-        kind,
-        entity_or_user["organization_user_id"],
-        _event_time(entity_or_user),
+    if "gdpr" not in rules.regulations:
+        return _ignored(
+            "user entities carry the person's GDPR state; gdpr is not among the synced "
+            f"regulations ({', '.join(rules.regulations)})",
+            gone["id"],
+            kind,
+            gone["organization_user_id"],
+            _event_time(gone),
+        )
+    bad = _check_email(gone["organization_user_id"], gone["id"], kind)
+    if bad is not None:
+        return bad
+    return Accepted(
+        ConsentChange(
+            event_id=gone["id"],
+            event_type=kind,
+            organization_user_id=gone["organization_user_id"],
+            email_key=email_key(gone["organization_user_id"]),
+            event_time=_event_time(gone),
+            regulation=None,
+            purposes=(),
+            full_state=True,
+            withdraw_all=True,
+        )
     )
 
 
@@ -221,6 +257,17 @@ def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> Par
     bad = _check_email(org_user_id, event_id, event_type)
     if bad is not None:
         return bad
+    purposes = tuple(entity.get("consents", {}).get("purposes", ()))
+    if event_type == "event.deleted":
+        purposes = _granted_withdrawn(purposes)
+        if not purposes:
+            return _ignored(
+                "the deleted event granted nothing: nothing to withdraw",
+                event_id,
+                event_type,
+                org_user_id,
+                when,
+            )
     return Accepted(
         ConsentChange(
             event_id=event_id,
@@ -229,10 +276,31 @@ def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> Par
             email_key=email_key(org_user_id),
             event_time=when,
             regulation=regulation,
-            purposes=tuple(entity.get("consents", {}).get("purposes", ())),
+            purposes=purposes,
             full_state=False,
         )
     )
+
+
+def _granted_withdrawn(purposes: tuple[Purpose, ...]) -> tuple[Purpose, ...]:
+    """What a deleted event granted, withdrawn: its purposes enabled become disabled and its
+    preferences with a selection are cleared (their value fields false); its withdrawals and
+    empty selections are left out (nothing to undo that would not grant)."""
+    out: list[Purpose] = []
+    for purpose in purposes:
+        undone: Purpose = {"id": purpose["id"]}
+        if purpose.get("enabled") is True:
+            undone["enabled"] = False
+        cleared: dict[str, PreferenceSelection] = {
+            pref: {"value": ""}
+            for pref, selection in (purpose.get("values") or {}).items()
+            if selection.get("value", "").strip(", ")
+        }
+        if cleared:
+            undone["values"] = cleared
+        if len(undone) > 1:
+            out.append(undone)
+    return tuple(out)
 
 
 _CONSENTS: TypeAdapter[Consents] = TypeAdapter(Consents)

@@ -238,6 +238,70 @@ async def test_a_field_gone_while_running_never_blocks_the_withdrawal_beside_it(
     assert dead.value == withdraw[1]
 
 
+def user_deleted(email: str, when: str) -> tuple[bytes, bytes]:
+    entity = {
+        "id": f"user-of-{email}",
+        "organization_id": "acme",
+        "organization_user_id": email,
+        "created_at": "2026-10-01T08:00:00Z",
+        "updated_at": when,
+    }
+    return email.lower().encode(), orjson.dumps(
+        {"type": "user.deleted", "parameters": {"entity": entity}}
+    )
+
+
+async def test_a_deleted_user_is_withdrawn_and_only_a_later_choice_grants_again(
+    kafka_bootstrap: str,
+) -> None:
+    # on_user_deleted: withdraw. The person was subscribed; Didomi deletes the user at 12:00.
+    # An older grant delivered late must not undo the deletion; a choice made after it does.
+    email = "erased@example.com"
+    mapping = parse_mapping(EXAMPLE + "on_user_deleted: withdraw\n")
+    topics = await fresh(kafka_bootstrap)
+    async with make_emulator() as emulator:
+        record_id = emulator.seed(
+            "Contact",
+            {
+                "Email": email,
+                "LastName": "E",
+                "Newsletter_Consent__c": True,
+                "Analytics_Consent__c": True,
+                "Newsletter_Topics__c": "offers",
+                "Topic_Offers__c": True,
+                "Newsletter_Frequency__c": "daily",
+            },
+        )
+        settings = settings_for(kafka_bootstrap, topics, emulator.url)
+        arrivals = [
+            user_deleted(email, "2026-11-25T12:00:00Z"),
+            event("late", email, "2026-11-25T11:00:00Z", newsletter(True, topics="offers")),
+            event("after", email, "2026-11-25T13:00:00Z", analytics(True)),
+        ]
+        async with (
+            collect(kafka_bootstrap, topics.results) as results,
+            running_service(settings, mapping) as running,
+        ):
+            withdrawn = None
+            for n, message in enumerate(arrivals, 1):
+                await produce(kafka_bootstrap, topics.input, [message])
+                await wait_for(lambda n=n: len(results.records) >= n, 30, f"outcome {n}")
+                withdrawn = withdrawn or emulator.get("Contact", record_id)
+            assert await running.finish() == 0
+        record = emulator.get("Contact", record_id)
+    assert withdrawn is not None and record is not None
+    for field in ("Newsletter_Consent__c", "Analytics_Consent__c", "Topic_Offers__c"):
+        assert withdrawn[field] is False, field
+    assert withdrawn["Newsletter_Topics__c"] is None
+    assert withdrawn["Newsletter_Frequency__c"] is None
+    assert record["Newsletter_Consent__c"] is False  # the late grant stays undone
+    assert record["Analytics_Consent__c"] is True  # chosen after the deletion
+    out = by_event(results.values())
+    assert contact_of(out["user-of-" + email])["status"] == "updated"
+    assert out["late"]["status"] == "stale"
+    assert contact_of(out["after"])["status"] == "updated"
+
+
 def user_updated(
     didomi_id: str, email: str, when: str, old: list[dict[str, Any]], new: list[dict[str, Any]]
 ) -> tuple[bytes, bytes]:

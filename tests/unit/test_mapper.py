@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from consumer.stages.map import map_purposes, selected_values
-from tests.unit.helpers import example_plans, purpose
+from consumer.stages.map import map_change, map_purposes, selected_values
+from tests.unit.helpers import change, example_plans, purpose
 
 
 def contact_plan(multipicklist: bool = False):  # type: ignore[no-untyped-def]
@@ -97,3 +97,19 @@ def test_user_updated_writes_only_what_changed_between_old_and_new() -> None:
     whole = map_change(new, example_plans())
     assert whole["Contact"]["Newsletter_Consent__c"] is True
     assert whole["Lead"] == {"Newsletter_Consent__c": True}
+
+
+def test_a_withdraw_all_change_takes_every_mapped_field_of_every_target_to_no_consent() -> None:
+    gone = change("p@example.com", full=True)
+    gone.withdraw_all = True
+    assert map_change(gone, example_plans()) == {
+        "Contact": {
+            "Newsletter_Consent__c": False,
+            "Analytics_Consent__c": False,
+            "Newsletter_Topics__c": None,
+            "Newsletter_Frequency__c": None,
+            "Topic_Product_News__c": False,
+            "Topic_Offers__c": False,
+        },
+        "Lead": {"Newsletter_Consent__c": False},
+    }

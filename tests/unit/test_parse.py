@@ -84,6 +84,63 @@ def test_user_deleted_is_ignored_by_default() -> None:
     assert "deleted" in result.reason
 
 
+WITHDRAW = ParseRules(
+    regulations=("gdpr",), on_user_deleted="withdraw", on_event_deleted="withdraw"
+)
+
+
+def deleted(name: str) -> bytes:
+    """The event of sample ``name``, as the ``event.deleted`` Didomi sends for it."""
+    doc = orjson.loads(sample(name))
+    return orjson.dumps({"type": "event.deleted", "parameters": doc["parameters"]})
+
+
+def test_user_deleted_with_withdraw_takes_every_mapped_field_to_no_consent() -> None:
+    result = parse_message(sample("user.deleted.json"), WITHDRAW)
+    assert isinstance(result, Accepted)
+    change = result.change
+    assert change.withdraw_all is True
+    assert change.event_type == "user.deleted"
+    assert change.email_key == "jane.doe@example.com"
+    # Stamped with the deletion (the user's updated_at): later choices still win.
+    assert change.event_time == datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert change.mapped().withdraw_all is True  # survives the backlog's slimming
+    cpra_only = ParseRules(regulations=("cpra",), on_user_deleted="withdraw")
+    ignored = parse_message(sample("user.deleted.json"), cpra_only)
+    assert isinstance(ignored, Ignored) and "gdpr" in ignored.reason
+
+
+def test_event_deleted_with_withdraw_undoes_only_what_the_event_granted() -> None:
+    assert isinstance(parse_message(deleted("event.created.json"), RULES), Ignored)
+    result = parse_message(deleted("event.created.json"), WITHDRAW)
+    assert isinstance(result, Accepted)
+    change = result.change
+    assert change.event_type == "event.deleted"
+    assert change.withdraw_all is False
+    assert change.event_time == datetime(2026, 11, 20, 9, 14, 3, 512000, tzinfo=UTC)
+    # newsletter was granted with two preferences: withdrawn and cleared; analytics was a
+    # withdrawal already: undoing it would grant, so it is left out.
+    assert change.purposes == (
+        {
+            "id": "newsletter",
+            "enabled": False,
+            "values": {"topics": {"value": ""}, "frequency": {"value": ""}},
+        },
+    )
+
+
+def test_event_deleted_with_withdraw_ignores_what_was_never_applied_or_granted() -> None:
+    pending = parse_message(deleted("event.pending_approval.json"), WITHDRAW)
+    assert isinstance(pending, Ignored) and "pending_approval" in pending.reason
+    doc = orjson.loads(sample("event.created.json"))
+    doc["type"] = "event.deleted"
+    doc["parameters"]["entity"]["consents"]["purposes"] = [
+        {"id": "newsletter", "enabled": False, "values": {"topics": {"value": ""}}}
+    ]
+    nothing = parse_message(orjson.dumps(doc), WITHDRAW)
+    assert isinstance(nothing, Ignored) and "granted nothing" in nothing.reason
+
+
 MALFORMED_EXPECTED = [
     ("INVALID_JSON", "not valid JSON"),
     ("MISSING_ORGANIZATION_USER_ID", "organization_user_id: Field required"),
