@@ -158,6 +158,9 @@ class PersonWrite:
     indexes: list[int] = field(default_factory=list)
     #: The merged events in merge order, for writes that must skip what a record has newer.
     steps: list[Step] = field(default_factory=list)
+    #: False when the person's latest change is a deletion: records are withdrawn, never
+    #: created (upsert mode creates no record for an erased user).
+    may_create: bool = True
 
     def fields_after(self, sobject: str, moment: datetime | None) -> tuple[FieldValues, list[Step]]:
         """Merged values of the events after ``moment`` (all when None), and those events."""

@@ -273,8 +273,20 @@ class TargetWriter:
         matches: dict[str, list[Match]] = {}
         writes: list[_Write] = []
         skipped: dict[str, PersonResult] = {}
+        withdrawals: list[_Write] = []
         if self._blind:
+            # People whose latest change is a deletion are found first and updated, never
+            # upserted: an upsert would create a record for an erased user.
+            erased = [p for p in todo.values() if not p.may_create]
+            if erased:
+                matches = await self.find(erased)
             for key, person in todo.items():
+                if not person.may_create:
+                    planned, result = self._plan_person(key, person, matches.get(key, []))
+                    withdrawals.extend(planned)
+                    if result is not None:
+                        skipped[key] = result
+                    continue
                 write = self._upsert_write(key, person)
                 if write.values:
                     writes.append(write)
@@ -298,6 +310,8 @@ class TargetWriter:
                 for w in again:
                     done.people[w.key] = _Person()
                 await self._send_all(again, done)
+                # After the upserts, not beside them: a blind writer has one call in flight.
+                await self._send_all(withdrawals, done)
         finally:
             # Also when a pause interrupts the round: whoever is finished is kept, so that a
             # later attempt neither writes them again nor reports them stale for finding
@@ -349,14 +363,16 @@ class TargetWriter:
                 note=f"every {sobject} with this email was converted{became}; converted "
                 f"{sobject}s are read-only and no new one is created",
             )
-        if mapping.upsert_mode:
+        if mapping.upsert_mode and person.may_create:
             write = self._create_write(key, person)
             if not write.values:
                 return [], self._all_refused(person, [], write.refused)
             return [write], None
-        return [], PersonResult(
-            "not_found", note=f"no {sobject} has this {mapping.lookup_field}; upsert_mode is off"
-        )
+        if mapping.upsert_mode:
+            note = f"no {sobject} has this {mapping.lookup_field}; a deletion creates no record"
+        else:
+            note = f"no {sobject} has this {mapping.lookup_field}; upsert_mode is off"
+        return [], PersonResult("not_found", note=note)
 
     def _all_refused(
         self, person: PersonWrite, live: list[Match], refused: Mapping[str, SalesforceErrorInfo]

@@ -3,6 +3,10 @@
 Pure. Within a batch, the events of one ``organization_user_id`` (compared case-insensitively)
 merge field by field in event-time order, ties broken by partition and offset: a later event
 wins each field it mentions, and a partial event never erases a field it did not mention.
+
+A deletion (``user.deleted`` or ``event.deleted`` with ``withdraw``) wins a tie in time against
+any choice: it withdraws the very grant it undoes, which carries the same millisecond, and a
+redelivered copy of that grant comes with a later offset.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from consumer.model.changes import FieldValues, PersonWrite, Sourced, Stamp, Ste
 #: What orders the changes: time, partition, offset, then index (never the change itself).
 _POSITION = itemgetter(0, 1, 2, 3)
 
+#: Where a deletion sits among choices of its millisecond: after all of them (the largest
+#: partition and offset Kafka can give; the sync state holds them, see ``capacity``).
+DELETION_PARTITION = 2**31 - 1
+DELETION_OFFSET = 2**63 - 1
+_DELETIONS = frozenset({"user.deleted", "event.deleted"})
+
 
 def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
     """Group changes by person and merge their mapped fields per target, in event order.
@@ -25,7 +35,12 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
     # Sorted on the stamps' plain ints: event times are whole milliseconds (parse truncates
     # them), so this is event-time order.
     ordered = sorted(
-        ((epoch_ms(s.change.event_time), s.partition, s.offset, s.index, s) for s in changes),
+        (
+            (epoch_ms(s.change.event_time), DELETION_PARTITION, DELETION_OFFSET, s.index, s)
+            if s.change.event_type in _DELETIONS
+            else (epoch_ms(s.change.event_time), s.partition, s.offset, s.index, s)
+            for s in changes
+        ),
         key=_POSITION,
     )
     people: dict[str, PersonWrite] = {}
@@ -37,6 +52,8 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
                 change.email_key, change.organization_user_id
             )
         person.email = change.organization_user_id.strip()
+        # A person whose latest change is a deletion is never created (an erased user).
+        person.may_create = change.event_type not in _DELETIONS
         person.indexes.append(index)
         stamp = Stamp(time_ms, partition, offset, change.event_id)
         mine: dict[str, FieldValues] = {}

@@ -93,7 +93,7 @@ def parse_message(
     except ValidationError as exc:
         return _rejected(value, exc)
     try:
-        result = _interpret(envelope, rules)
+        result = _interpret(envelope, rules, record_time_ms)
     except OverflowError:
         # Valid ISO 8601 with no UTC equivalent (e.g. 0001-01-01T00:00:00+01:00): rejected,
         # since raising here would stop the poll loop on every replay of the message.
@@ -157,7 +157,7 @@ def _rejected(value: bytes, invalid: ValidationError) -> Rejected:
     return _rejected_by_schema(invalid, doc, event_type)
 
 
-def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
+def _interpret(envelope: Any, rules: ParseRules, record_time_ms: int | None) -> ParseResult:
     kind: str = envelope["type"]
     params = envelope["parameters"]
     if kind == "event.created" or kind == "event.updated":
@@ -217,13 +217,19 @@ def _interpret(envelope: Any, rules: ParseRules) -> ParseResult:
     bad = _check_email(gone["organization_user_id"], gone["id"], kind)
     if bad is not None:
         return bad
+    # The deletion's time: the user's updated_at; without one, when Kafka got the message
+    # (created_at would make it lose against every choice since the user was created).
+    when = _event_time(gone)
+    if not gone.get("updated_at") and record_time_ms is not None and record_time_ms > 0:
+        seconds, ms = divmod(record_time_ms, 1000)
+        when = datetime.fromtimestamp(seconds, UTC).replace(microsecond=ms * 1000)
     return Accepted(
         ConsentChange(
             event_id=gone["id"],
             event_type=kind,
             organization_user_id=gone["organization_user_id"],
             email_key=email_key(gone["organization_user_id"]),
-            event_time=_event_time(gone),
+            event_time=when,
             regulation=None,
             purposes=(),
             full_state=True,

@@ -597,3 +597,75 @@ async def test_people_whose_records_already_hold_everything_are_not_written(
     assert contact_of(out["same"])["status"] == "unchanged"
     assert contact_of(out["same-topics"])["status"] == "unchanged"
     assert contact_of(out["differs"])["status"] == "updated"
+
+
+WITHDRAWING = parse_mapping(EXAMPLE + "on_user_deleted: withdraw\non_event_deleted: withdraw\n")
+
+
+def event_deleted(message: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """The ``event.deleted`` Didomi sends for the event of ``message``."""
+    doc = orjson.loads(message[1])
+    return message[0], orjson.dumps({"type": "event.deleted", "parameters": doc["parameters"]})
+
+
+async def one_by_one(
+    bootstrap: str, arrivals: list[tuple[bytes, bytes]], seed: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Each message in its own batch, in this order, with the withdrawing mapping: the
+    Contacts afterwards and the outcomes by event id."""
+    topics = await fresh(bootstrap)
+    async with make_emulator() as emulator:
+        if seed is not None:
+            emulator.seed("Contact", seed)
+        settings = settings_for(bootstrap, topics, emulator.url)
+        async with (
+            collect(bootstrap, topics.results) as results,
+            running_service(settings, WITHDRAWING) as running,
+        ):
+            for n, message in enumerate(arrivals, 1):
+                await produce(bootstrap, topics.input, [message])
+                await wait_for(lambda n=n: len(results.records) >= n, 30, f"outcome {n}")
+            assert await running.finish() == 0
+        return emulator.records("Contact"), by_event(results.values())
+
+
+async def test_a_redelivered_grant_of_a_deleted_event_stays_withdrawn(
+    kafka_bootstrap: str,
+) -> None:
+    # The deletion carries the grant's own millisecond; Didomi delivers the grant once more
+    # after it (a later offset). The deletion wins the tie, in the batch and in the state.
+    email = "r@example.com"
+    grant = event("g", email, "2026-11-25T11:00:00Z", newsletter(True, topics="offers"))
+    (record,), out = await one_by_one(
+        kafka_bootstrap, [grant, event_deleted(grant), grant], {"Email": email, "LastName": "R"}
+    )
+    assert record["Newsletter_Consent__c"] is False
+    assert record["Topic_Offers__c"] is False and record["Newsletter_Topics__c"] is None
+    assert out["g"]["status"] == "stale"  # the redelivery, last outcome for "g"
+
+
+async def test_a_redelivered_last_update_of_a_deleted_user_stays_withdrawn(
+    kafka_bootstrap: str,
+) -> None:
+    email, at = "u@example.com", "2026-11-25T12:00:00Z"
+    update = user_updated("user-of-" + email, email, at, [newsletter(False)], [newsletter(True)])
+    (record,), _ = await one_by_one(
+        kafka_bootstrap,
+        [update, user_deleted(email, at), update],
+        {"Email": email, "LastName": "U"},
+    )
+    assert record["Newsletter_Consent__c"] is False
+
+
+async def test_a_deletion_never_creates_a_record(kafka_bootstrap: str) -> None:
+    # Contact is in upsert mode: an event for an unknown person creates one, a deletion not.
+    email = "nobody@example.com"
+    grant = event("g", email, "2026-11-25T11:00:00Z", newsletter(True))
+    records, out = await one_by_one(
+        kafka_bootstrap, [user_deleted(email, "2026-11-25T12:00:00Z"), event_deleted(grant)], None
+    )
+    assert records == []
+    for name in ("user-of-" + email, "g"):
+        contact = contact_of(out[name])
+        assert contact["status"] == "not_found", out[name]
+        assert "deletion creates no record" in contact["note"]

@@ -125,3 +125,32 @@ async def test_a_required_field_the_write_empties_is_refused_not_filled_with_def
     assert record is not None
     assert record["LastName"] == "Real" and record["Newsletter_Consent__c"] is False
     assert set(result.refused) == {"Newsletter_Frequency__c"}
+
+
+async def test_a_blind_upsert_writer_withdraws_erased_people_without_creating_them() -> None:
+    # External-id mode upserts blindly, which creates whoever is missing: a deleted user's
+    # withdrawal is found first and updated instead, so no record is made for the erased.
+    known, unknown = "known@example.com", "unknown@example.com"
+    async with make_emulator() as emulator:
+        record_id = emulator.seed(
+            "Contact",
+            {"Email": known, "LastName": "K", "Didomi_Id__c": known, "Newsletter_Consent__c": True},
+        )
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, parse_mapping(EXTERNAL_ID_MAPPING))
+            plan = next(p for p in report.plans if p.sobject == "Contact")
+            writer = TargetWriter(client, plan, s)
+            erased = []
+            for email in (known, unknown):
+                c = change(email, minutes=1, event_id=f"del-{email}", full=True)
+                c.event_type, c.withdraw_all = "user.deleted", True
+                erased.append(c)
+            emulator.reset_stats()
+            results = await writer.write(batch_of(erased, [plan]))
+        assert results[known].status == "updated", results[known]
+        assert results[unknown].status == "not_found", results[unknown]
+        assert emulator.stats.get("upsert", 0) == 0
+        record = emulator.get("Contact", record_id)
+        assert record is not None and record["Newsletter_Consent__c"] is False
+        assert emulator.find_by_email("Contact", unknown) == []

@@ -96,3 +96,30 @@ def test_a_mapped_change_keeps_everything_but_its_purposes() -> None:
     assert slim.purposes == () and slim.previous_purposes is None
     kept = [f for f in fields(ConsentChange) if f.name not in ("purposes", "previous_purposes")]
     assert kept and all(getattr(slim, f.name) == getattr(full, f.name) for f in kept)
+
+
+def test_a_deletion_wins_a_tie_in_time_and_a_person_erased_last_is_not_created() -> None:
+    # A user deleted at the very millisecond of its last grant; the grant is delivered again
+    # afterwards (a later offset). The withdrawal must win the tie, and its stamp must beat
+    # the redelivered grant's in any later batch too.
+    grant = change("a@x.com", purpose("newsletter", True), minutes=1, event_id="g")
+    erased = change("a@x.com", minutes=1, event_id="u", full=True)
+    erased.event_type, erased.withdraw_all = "user.deleted", True
+    people = merge_by_person(
+        [src(grant, offset=7, index=0), src(erased, offset=8, index=1), src(grant, 0, 9, 2)]
+    )
+    person = people["a@x.com"]
+    assert person.fields["Contact"]["Newsletter_Consent__c"] is False
+    stamp = person.stamps["Contact"]["Newsletter_Consent__c"]
+    assert stamp.event_id == "u"
+    assert (
+        stamp
+        > merge_by_person([src(grant, 5, 10**6, 0)])["a@x.com"].stamps["Contact"][
+            "Newsletter_Consent__c"
+        ]
+    )
+    assert person.may_create is False
+    # A choice made after the deletion (a re-created user) may create again.
+    later = change("a@x.com", purpose("analytics", True), minutes=2, event_id="l")
+    again = merge_by_person([src(erased, offset=1, index=0), src(later, offset=2, index=1)])
+    assert again["a@x.com"].may_create is True

@@ -110,6 +110,15 @@ def test_user_deleted_with_withdraw_takes_every_mapped_field_to_no_consent() -> 
     assert isinstance(ignored, Ignored) and "gdpr" in ignored.reason
 
 
+def test_a_deleted_user_without_updated_at_is_dated_by_its_kafka_record() -> None:
+    doc = orjson.loads(sample("user.deleted.json"))
+    del doc["parameters"]["entity"]["updated_at"]
+    at = datetime(2026, 11, 26, 8, 30, 1, 250000, tzinfo=UTC)
+    result = parse_message(orjson.dumps(doc), WITHDRAW, int(at.timestamp() * 1000))
+    assert isinstance(result, Accepted)
+    assert result.change.event_time == at  # not created_at, which every choice would beat
+
+
 def test_event_deleted_with_withdraw_undoes_only_what_the_event_granted() -> None:
     assert isinstance(parse_message(deleted("event.created.json"), RULES), Ignored)
     result = parse_message(deleted("event.created.json"), WITHDRAW)
