@@ -58,8 +58,14 @@ def decode(text: object) -> dict[str, Stamp]:
 
 def encode(stamps: Mapping[str, Stamp]) -> str:
     """The state text for these stamps (fields in name order, so equal states are equal text)."""
+    ids: dict[str, str] = {}  # a record's fields mostly share an event or two
     fields = {
-        name: [s.time_ms, s.partition, s.offset, shown(s.event_id)]
+        name: [
+            s.time_ms,
+            s.partition,
+            s.offset,
+            ids.get(s.event_id) or ids.setdefault(s.event_id, shown(s.event_id)),
+        ]
         for name, s in sorted(stamps.items())
     }
     return orjson.dumps({"v": VERSION, "f": fields}).decode()
@@ -72,7 +78,7 @@ def shown(event_id: str) -> str:
     character outside the Basic Multilingual Plane as two: so a state is never longer than
     :func:`capacity` says (the id is for people reading it; never compared)."""
     clipped = event_id[:MAX_EVENT_ID]
-    if _PLAIN.fullmatch(clipped):
+    if clipped.isascii() and clipped.isprintable() and '"' not in clipped and "\\" not in clipped:
         return clipped
     return "".join(c if _PLAIN.fullmatch(c) else "?" for c in clipped)
 

@@ -884,10 +884,14 @@ class TargetWriter:
         # A field is older for an event when every record holds a stamp at least as new: the
         # oldest of the records' stamps for it is what an event must beat.
         floor: dict[str, Stamp] = {}
-        for name in person.fields.get(self.sobject, {}):
-            held = [m.state.get(name) for m in live]
-            if all(h is not None for h in held):
-                floor[name] = min(h for h in held if h is not None)
+        if len(live) == 1:  # most people: one record
+            state = live[0].state
+            floor = {n: state[n] for n in person.fields.get(self.sobject, {}) if n in state}
+        else:
+            for name in person.fields.get(self.sobject, {}):
+                held = [m.state.get(name) for m in live]
+                if all(h is not None for h in held):
+                    floor[name] = min(h for h in held if h is not None)
         if not floor:
             return result
         for step in person.steps:

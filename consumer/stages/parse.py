@@ -414,7 +414,11 @@ def _utc(moment: datetime) -> datetime:
     # Didomi sends UTC with a Z; a naive timestamp is taken as UTC so comparisons never fail.
     # Kept to the millisecond: what Salesforce and the sync state hold, so that every ordering
     # decision (within a batch and against a record's state) compares the same values.
-    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    # Most timestamps are whole milliseconds already: replace() with a keyword costs a
+    # microsecond, a third of this function, once per event.
+    micro = moment.microsecond
+    if micro % 1000:
+        moment = moment.replace(microsecond=micro - micro % 1000)
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
