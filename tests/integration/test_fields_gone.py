@@ -9,6 +9,9 @@ Salesforce then refuses any query or write naming the field as a whole (400
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -54,11 +57,35 @@ async def planned(client: SalesforceClient, mapping: MappingConfig) -> TargetPla
     return next(p for p in report.plans if p.sobject == "Contact")
 
 
-async def write(
-    writer: TargetWriter, plan: TargetPlan, *emails: str, minutes: int = 1, **kwargs: Any
-) -> dict[str, PersonResult]:
-    changes = [change(e, withdrawal(), minutes=minutes, event_id=f"e{minutes}") for e in emails]
-    return await writer.write(batch_of(changes, [plan]), **kwargs)
+@dataclass
+class Org:
+    """An emulated org, a client logged in to it, and a Contact writer planned on it."""
+
+    emulator: SalesforceEmulator
+    client: SalesforceClient
+    metrics: Metrics
+    plan: TargetPlan
+    writer: TargetWriter
+
+    async def write(self, *emails: str, minutes: int = 1) -> dict[str, PersonResult]:
+        """One batch: each of ``emails`` withdraws and picks a new frequency."""
+        changes = [change(e, withdrawal(), minutes=minutes, event_id=f"e{minutes}") for e in emails]
+        return await self.writer.write(batch_of(changes, [self.plan]))
+
+    def gauge(self) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "consent_sync_salesforce_fields_unavailable", {"sobject": "Contact"}
+        )
+
+
+@asynccontextmanager
+async def org(mapping: MappingConfig | None = None, **settings: Any) -> AsyncIterator[Org]:
+    async with make_emulator() as emulator:
+        s = emulator_settings(emulator, **settings)
+        metrics = Metrics(CollectorRegistry())
+        async with SalesforceClient(s, metrics) as client:
+            plan = await planned(client, mapping or example_mapping())
+            yield Org(emulator, client, metrics, plan, TargetWriter(client, plan, s))
 
 
 def seed_subscribed(emulator: SalesforceEmulator, **extra: Any) -> str:
@@ -86,75 +113,58 @@ def assert_withdrawn_and_refused(result: PersonResult, status: str) -> None:
 async def test_match_mode_writes_the_withdrawal_and_refuses_the_gone_field(
     composite: str,
 ) -> None:
-    async with make_emulator() as emulator:
+    async with org(salesforce_composite=composite) as o:
+        emulator = o.emulator
         known = seed_subscribed(emulator)
-        s = emulator_settings(emulator, salesforce_composite=composite)
-        metrics = Metrics(CollectorRegistry())
-        async with SalesforceClient(s, metrics) as client:
-            plan = await planned(client, example_mapping())
-            writer = TargetWriter(client, plan, s)
-            emulator.hide_field("Contact", GONE)
-            emulator.reset_stats()
-            results = await write(writer, plan, KNOWN, NEW)
-            assert emulator.stats["describe"] == 1
-            assert_withdrawn_and_refused(results[KNOWN], "updated")
-            assert_withdrawn_and_refused(results[NEW], "created")
-            record = emulator.get("Contact", known)
-            assert record is not None
-            assert record["Newsletter_Consent__c"] is False
-            assert record[GONE] == "daily"  # hidden, untouched
-            # The refused choice keeps no stamp: once the field is back, a redrive of the
-            # event is newer than what the record holds, and is written.
-            state = sync_state.decode(record["Didomi_Sync_State__c"])
-            assert "Newsletter_Consent__c" in state and GONE not in state
-            gauge = metrics.registry.get_sample_value(
-                "consent_sync_salesforce_fields_unavailable", {"sobject": "Contact"}
-            )
-            assert gauge == 1
+        emulator.hide_field("Contact", GONE)
+        emulator.reset_stats()
+        results = await o.write(KNOWN, NEW)
+        assert emulator.stats["describe"] == 1
+        assert_withdrawn_and_refused(results[KNOWN], "updated")
+        assert_withdrawn_and_refused(results[NEW], "created")
+        record = emulator.get("Contact", known)
+        assert record is not None
+        assert record["Newsletter_Consent__c"] is False
+        assert record[GONE] == "daily"  # hidden, untouched
+        # The refused choice keeps no stamp: once the field is back, a redrive of the
+        # event is newer than what the record holds, and is written.
+        state = sync_state.decode(record["Didomi_Sync_State__c"])
+        assert "Newsletter_Consent__c" in state and GONE not in state
+        assert o.gauge() == 1
 
-            # Known gone now: the next batch neither fails nor describes again.
-            emulator.reset_stats()
-            again = await write(writer, plan, "other@example.com", minutes=2)
-            assert emulator.stats.get("describe", 0) == 0
-            assert emulator.stats.get("http_400", 0) == 0
-            assert_withdrawn_and_refused(again["other@example.com"], "created")
+        # Known gone now: the next batch neither fails nor describes again.
+        emulator.reset_stats()
+        again = await o.write("other@example.com", minutes=2)
+        assert emulator.stats.get("describe", 0) == 0
+        assert emulator.stats.get("http_400", 0) == 0
+        assert_withdrawn_and_refused(again["other@example.com"], "created")
 
 
 async def test_the_field_is_taken_back_once_it_is_there_again() -> None:
-    async with make_emulator() as emulator:
+    async with org(salesforce_describe_recheck_seconds=1e-9) as o:
+        emulator = o.emulator
         known = seed_subscribed(emulator)
         # Described again before every batch while a field is gone.
-        s = emulator_settings(emulator, salesforce_describe_recheck_seconds=1e-9)
-        metrics = Metrics(CollectorRegistry())
-        async with SalesforceClient(s, metrics) as client:
-            plan = await planned(client, example_mapping())
-            writer = TargetWriter(client, plan, s)
-            emulator.hide_field("Contact", GONE)
-            first = await write(writer, plan, KNOWN)
-            assert_withdrawn_and_refused(first[KNOWN], "updated")
-            emulator.show_field("Contact", GONE)
-            # The redrive of the same event.
-            redriven = await write(writer, plan, KNOWN)
-            assert redriven[KNOWN].status == "updated", redriven[KNOWN]
-            assert redriven[KNOWN].refused == {}
-            assert redriven[KNOWN].written == {GONE}  # the withdrawal's stamp already held
-            record = emulator.get("Contact", known)
-            assert record is not None and record[GONE] == "weekly"
-            gauge = metrics.registry.get_sample_value(
-                "consent_sync_salesforce_fields_unavailable", {"sobject": "Contact"}
-            )
-            assert gauge == 0
+        emulator.hide_field("Contact", GONE)
+        first = await o.write(KNOWN)
+        assert_withdrawn_and_refused(first[KNOWN], "updated")
+        emulator.show_field("Contact", GONE)
+        # The redrive of the same event.
+        redriven = await o.write(KNOWN)
+        assert redriven[KNOWN].status == "updated", redriven[KNOWN]
+        assert redriven[KNOWN].refused == {}
+        assert redriven[KNOWN].written == {GONE}  # the withdrawal's stamp already held
+        record = emulator.get("Contact", known)
+        assert record is not None and record[GONE] == "weekly"
+        assert o.gauge() == 0
 
 
 async def test_blind_upsert_writes_the_withdrawal_and_refuses_the_gone_field() -> None:
-    async with make_emulator() as emulator:
+    async with org(parse_mapping(EXTERNAL_ID_MAPPING)) as o:
+        emulator = o.emulator
         known = seed_subscribed(emulator, Didomi_Id__c=KNOWN)
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            plan = await planned(client, parse_mapping(EXTERNAL_ID_MAPPING))
-            writer = TargetWriter(client, plan, s)
-            emulator.hide_field("Contact", GONE)
-            results = await write(writer, plan, KNOWN, NEW)
+        emulator.hide_field("Contact", GONE)
+        results = await o.write(KNOWN, NEW)
         assert_withdrawn_and_refused(results[KNOWN], "updated")
         assert_withdrawn_and_refused(results[NEW], "created")
         record = emulator.get("Contact", known)
@@ -164,15 +174,12 @@ async def test_blind_upsert_writes_the_withdrawal_and_refuses_the_gone_field() -
 
 
 async def test_an_event_only_about_the_gone_field_is_refused_not_lost() -> None:
-    async with make_emulator() as emulator:
+    async with org() as o:
+        emulator = o.emulator
         seed_subscribed(emulator)
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            plan = await planned(client, example_mapping())
-            writer = TargetWriter(client, plan, s)
-            emulator.hide_field("Contact", GONE)
-            only = change(KNOWN, purpose("newsletter", None, frequency="weekly"), minutes=1)
-            result = (await writer.write(batch_of([only], [plan])))[KNOWN]
+        emulator.hide_field("Contact", GONE)
+        only = change(KNOWN, purpose("newsletter", None, frequency="weekly"), minutes=1)
+        result = (await o.writer.write(batch_of([only], [o.plan])))[KNOWN]
         assert result.status == "stale", result  # nothing written; the record is as it was
         assert set(result.refused) == {GONE}
         assert result.written == set()
@@ -182,15 +189,12 @@ async def test_an_event_only_about_the_gone_field_is_refused_not_lost() -> None:
 async def test_a_field_the_service_cannot_order_or_find_without_pauses_writing(
     hidden: str,
 ) -> None:
-    async with make_emulator() as emulator:
+    async with org() as o:
+        emulator = o.emulator
         known = seed_subscribed(emulator)
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            plan = await planned(client, example_mapping())
-            writer = TargetWriter(client, plan, s)
-            emulator.hide_field("Contact", hidden)
-            with pytest.raises(MappingError) as caught:
-                await write(writer, plan, KNOWN)
+        emulator.hide_field("Contact", hidden)
+        with pytest.raises(MappingError) as caught:
+            await o.write(KNOWN)
         assert caught.value.reaction is Reaction.CONFIGURATION  # paused, kept, retried
         assert hidden in str(caught.value)
         record = emulator.get("Contact", known)
@@ -214,18 +218,15 @@ async def test_a_gone_last_synced_field_is_left_out_and_another_cause_is_reporte
     # out and the call sent again; the second is no mapped field, so the create is reported
     # failed after a second describe, which finds nothing more gone (it used to describe and
     # resend until the stack ran out).
-    async with make_emulator() as emulator:
+    async with org(parse_mapping(WITH_SYNCED)) as o:
+        emulator = o.emulator
         known = seed_subscribed(emulator)
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            plan = await planned(client, parse_mapping(WITH_SYNCED))
-            writer = TargetWriter(client, plan, s)
-            emulator.hide_field("Contact", SYNCED)
-            emulator.hide_field("Contact", "LastName")
-            emulator.reset_stats()
-            results = await write(writer, plan, KNOWN, NEW)
-            # The update and the create fail together: one describe; the create once more.
-            assert emulator.stats["describe"] == 2, emulator.stats
+        emulator.hide_field("Contact", SYNCED)
+        emulator.hide_field("Contact", "LastName")
+        emulator.reset_stats()
+        results = await o.write(KNOWN, NEW)
+        # The update and the create fail together: one describe; the create once more.
+        assert emulator.stats["describe"] == 2, emulator.stats
         assert results[KNOWN].status == "updated", results[KNOWN]
         assert results[KNOWN].refused == {}
         record = emulator.get("Contact", known)
@@ -238,15 +239,12 @@ async def test_a_gone_last_synced_field_is_left_out_and_another_cause_is_reporte
 
 async def test_later_chunks_leave_a_field_found_gone_out_before_sending() -> None:
     # 450 people: three upsert calls planned before the first one failed for the field.
-    async with make_emulator() as emulator:
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            plan = await planned(client, parse_mapping(EXTERNAL_ID_MAPPING))
-            writer = TargetWriter(client, plan, s)
-            emulator.hide_field("Contact", GONE)
-            emulator.reset_stats()
-            emails = [f"p{i}@example.com" for i in range(450)]
-            results = await write(writer, plan, *emails)
+    async with org(parse_mapping(EXTERNAL_ID_MAPPING)) as o:
+        emulator = o.emulator
+        emulator.hide_field("Contact", GONE)
+        emulator.reset_stats()
+        emails = [f"p{i}@example.com" for i in range(450)]
+        results = await o.write(*emails)
         assert {r.status for r in results.values()} == {"created"}
         # One call failed and was sent again; the two after it went without the field. Then
         # the 450 new people get create_defaults: three calls more.
@@ -257,35 +255,32 @@ async def test_a_describe_answered_before_the_failure_is_not_taken_as_fresh() ->
     # Lane A's call fails for one gone field and describes. The answer is taken; then a
     # second field goes and lane B's call fails for it while A's describe is still in flight.
     # B must describe again rather than trust A's older answer (and fail its withdrawal).
-    async with make_emulator() as emulator:
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            plan = await planned(client, parse_mapping(EXTERNAL_ID_MAPPING))
-            writer = TargetWriter(client, plan, s)
-            b_id = seed_subscribed(emulator, Email="b@example.com", Didomi_Id__c="b@example.com")
-            described = client.describe
-            b_may_go = asyncio.Event()
+    async with org(parse_mapping(EXTERNAL_ID_MAPPING)) as o:
+        emulator = o.emulator
+        b_id = seed_subscribed(emulator, Email="b@example.com", Didomi_Id__c="b@example.com")
+        described = o.client.describe
+        b_may_go = asyncio.Event()
 
-            async def describe_then_lose_another(sobject: str) -> dict[str, Any]:
-                answer = await described(sobject)
-                if not b_may_go.is_set():
-                    emulator.hide_field("Contact", GONE)
-                    b_may_go.set()
-                    # Held until B's call has failed for the field this answer still lists.
-                    await wait_for(lambda: emulator.stats["upsert"] >= 2, 10, "B's call")
-                return answer
+        async def describe_then_lose_another(sobject: str) -> dict[str, Any]:
+            answer = await described(sobject)
+            if not b_may_go.is_set():
+                emulator.hide_field("Contact", GONE)
+                b_may_go.set()
+                # Held until B's call has failed for the field this answer still lists.
+                await wait_for(lambda: emulator.stats["upsert"] >= 2, 10, "B's call")
+            return answer
 
-            client.describe = describe_then_lose_another  # type: ignore[method-assign]
-            emulator.hide_field("Contact", "Analytics_Consent__c")
-            emulator.reset_stats()
-            a = change("a@example.com", purpose("analytics", False), minutes=1, event_id="a")
-            b = change("b@example.com", withdrawal(), minutes=1, event_id="b")
+        o.client.describe = describe_then_lose_another  # type: ignore[method-assign]
+        emulator.hide_field("Contact", "Analytics_Consent__c")
+        emulator.reset_stats()
+        a = change("a@example.com", purpose("analytics", False), minutes=1, event_id="a")
+        b = change("b@example.com", withdrawal(), minutes=1, event_id="b")
 
-            async def lane_b() -> dict[str, PersonResult]:
-                await b_may_go.wait()
-                return await writer.write(batch_of([b], [plan]))
+        async def lane_b() -> dict[str, PersonResult]:
+            await b_may_go.wait()
+            return await o.writer.write(batch_of([b], [o.plan]))
 
-            _, results_b = await asyncio.gather(writer.write(batch_of([a], [plan])), lane_b())
+        _, results_b = await asyncio.gather(o.writer.write(batch_of([a], [o.plan])), lane_b())
         assert_withdrawn_and_refused(results_b["b@example.com"], "updated")
         record = emulator.get("Contact", b_id)
         assert record is not None and record["Newsletter_Consent__c"] is False
