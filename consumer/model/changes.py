@@ -103,6 +103,15 @@ def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+#: Where a deletion (``user.deleted``, ``event.deleted`` with ``withdraw``) sits among the
+#: choices of its millisecond: after all of them, at the largest partition and offset Kafka
+#: can give. It withdraws the very grant it undoes, which carries the same millisecond, and a
+#: redelivered copy of that grant comes with a later offset.
+DELETION_PARTITION = 2**31 - 1
+DELETION_OFFSET = 2**63 - 1
+DELETIONS = frozenset({"user.deleted", "event.deleted"})
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class Stamp:
     """When a choice was made and where it was read: what orders the choices of one field.
@@ -158,9 +167,13 @@ class PersonWrite:
     indexes: list[int] = field(default_factory=list)
     #: The merged events in merge order, for writes that must skip what a record has newer.
     steps: list[Step] = field(default_factory=list)
-    #: False when the person's latest change is a deletion: records are withdrawn, never
-    #: created (upsert mode creates no record for an erased user).
-    may_create: bool = True
+
+    def may_create(self, sobject: str) -> bool:
+        """Whether a record may be created for this person on ``sobject``: when a field's
+        newest choice there is not a deletion's (an erased user is withdrawn where found,
+        never created; a choice made after the deletion creates again)."""
+        stamps = self.stamps.get(sobject) or {}
+        return any(s.partition != DELETION_PARTITION for s in stamps.values())
 
     def fields_after(self, sobject: str, moment: datetime | None) -> tuple[FieldValues, list[Step]]:
         """Merged values of the events after ``moment`` (all when None), and those events."""

@@ -275,13 +275,13 @@ class TargetWriter:
         skipped: dict[str, PersonResult] = {}
         withdrawals: list[_Write] = []
         if self._blind:
-            # People whose latest change is a deletion are found first and updated, never
+            # People whose newest choices are a deletion's are found first and updated, never
             # upserted: an upsert would create a record for an erased user.
-            erased = [p for p in todo.values() if not p.may_create]
+            erased = [p for p in todo.values() if not p.may_create(self.sobject)]
             if erased:
                 matches = await self.find(erased)
             for key, person in todo.items():
-                if not person.may_create:
+                if not person.may_create(self.sobject):
                     planned, result = self._plan_person(key, person, matches.get(key, []))
                     withdrawals.extend(planned)
                     if result is not None:
@@ -300,6 +300,8 @@ class TargetWriter:
                 if result is not None:
                     skipped[key] = result
         try:
+            # Withdrawals of erased people first: a pause of the upserts does not hold them.
+            await self._send_all(withdrawals, done)
             await self._send_all(writes, done)
             if self._blind:
                 again = [
@@ -310,8 +312,6 @@ class TargetWriter:
                 for w in again:
                     done.people[w.key] = _Person()
                 await self._send_all(again, done)
-                # After the upserts, not beside them: a blind writer has one call in flight.
-                await self._send_all(withdrawals, done)
         finally:
             # Also when a pause interrupts the round: whoever is finished is kept, so that a
             # later attempt neither writes them again nor reports them stale for finding
@@ -363,7 +363,7 @@ class TargetWriter:
                 note=f"every {sobject} with this email was converted{became}; converted "
                 f"{sobject}s are read-only and no new one is created",
             )
-        if mapping.upsert_mode and person.may_create:
+        if mapping.upsert_mode and person.may_create(sobject):
             write = self._create_write(key, person)
             if not write.values:
                 return [], self._all_refused(person, [], write.refused)

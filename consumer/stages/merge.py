@@ -14,16 +14,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from operator import itemgetter
 
-from consumer.model.changes import FieldValues, PersonWrite, Sourced, Stamp, Step, epoch_ms
+from consumer.model.changes import (
+    DELETION_OFFSET,
+    DELETION_PARTITION,
+    DELETIONS,
+    FieldValues,
+    PersonWrite,
+    Sourced,
+    Stamp,
+    Step,
+    epoch_ms,
+)
 
 #: What orders the changes: time, partition, offset, then index (never the change itself).
 _POSITION = itemgetter(0, 1, 2, 3)
-
-#: Where a deletion sits among choices of its millisecond: after all of them (the largest
-#: partition and offset Kafka can give; the sync state holds them, see ``capacity``).
-DELETION_PARTITION = 2**31 - 1
-DELETION_OFFSET = 2**63 - 1
-_DELETIONS = frozenset({"user.deleted", "event.deleted"})
 
 
 def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
@@ -37,7 +41,7 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
     ordered = sorted(
         (
             (epoch_ms(s.change.event_time), DELETION_PARTITION, DELETION_OFFSET, s.index, s)
-            if s.change.event_type in _DELETIONS
+            if s.change.event_type in DELETIONS
             else (epoch_ms(s.change.event_time), s.partition, s.offset, s.index, s)
             for s in changes
         ),
@@ -52,8 +56,6 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
                 change.email_key, change.organization_user_id
             )
         person.email = change.organization_user_id.strip()
-        # A person whose latest change is a deletion is never created (an erased user).
-        person.may_create = change.event_type not in _DELETIONS
         person.indexes.append(index)
         stamp = Stamp(time_ms, partition, offset, change.event_id)
         mine: dict[str, FieldValues] = {}

@@ -50,6 +50,9 @@ from consumer.model.outcomes import MAX_CODE_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS
 
 _ENVELOPE: TypeAdapter[Any] = TypeAdapter(Envelope)
 
+#: The latest event time taken, in milliseconds: 13 digits, what the sync state is sized for
+#: (2286-11-20); times before 1970 are refused too.
+LATEST_EVENT_MS = 9_999_999_999_999
 #: Salesforce's Email field holds at most 80 characters.
 MAX_EMAIL_LENGTH = 80
 #: Longest validation or JSON error message quoted in a reason (pydantic's own are shorter;
@@ -102,9 +105,24 @@ def parse_message(
             "created_at/updated_at: the timestamp is out of range once converted to UTC",
             envelope["type"],
         )
-    if isinstance(result, Accepted) and record_time_ms is not None and record_time_ms > 0:
-        return _bounded(result, record_time_ms, rules.max_future_skew_seconds)
+    if isinstance(result, Accepted):
+        moment = epoch_ms(result.change.event_time)
+        if not 0 <= moment <= LATEST_EVENT_MS:
+            return _out_of_range(result.change)
+        if record_time_ms is not None and record_time_ms > 0:
+            return _bounded(result, record_time_ms, rules.max_future_skew_seconds)
     return result
+
+
+def _out_of_range(change: ConsentChange) -> Rejected:
+    return Rejected(
+        "EVENT_TIME_OUT_OF_RANGE",
+        f"the event time {change.event_time.isoformat()} is outside 1970-01-01 to 2286-11-20: "
+        "no consent choice is dated so (a clock or producer error)",
+        change.event_type,
+        clip(change.event_id, MAX_ID_CHARS),
+        clip(change.organization_user_id, MAX_ID_CHARS),
+    )
 
 
 def _bounded(result: Accepted, record_time_ms: int, skew_seconds: float) -> ParseResult:

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.devkit.bench.events import EXTERNAL_ID_MAPPING
 from consumer.devkit.emulator import SalesforceEmulator
+from consumer.errors import RequestLimitExceededError
 from consumer.mapping import MappingConfig, parse_mapping
 from consumer.model.changes import PersonResult
 from consumer.model.events import Purpose
@@ -154,3 +155,60 @@ async def test_a_blind_upsert_writer_withdraws_erased_people_without_creating_th
         record = emulator.get("Contact", record_id)
         assert record is not None and record["Newsletter_Consent__c"] is False
         assert emulator.find_by_email("Contact", unknown) == []
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["two-batches", "one-batch"])
+async def test_a_deleted_event_later_in_a_batch_does_not_stop_an_unrelated_grant(
+    together: bool,
+) -> None:
+    # A new person grants analytics (minute 1); another of their events, which granted the
+    # newsletter (minute 2), is deleted. Batched together or apart, the Contact is created
+    # with analytics true: only fields whose newest choice is a deletion's create nothing.
+    new = "new@example.com"
+    async with make_emulator() as emulator:
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            plan = next(p for p in report.plans if p.sobject == "Contact")
+            writer = TargetWriter(client, plan, s)
+            grant = change(new, purpose("analytics", True), minutes=1, event_id="e1")
+            deletion = change(new, purpose("newsletter", False), minutes=2, event_id="d")
+            deletion.event_type = "event.deleted"
+            if together:
+                await writer.write(batch_of([grant, deletion], [plan]))
+            else:
+                await writer.write(batch_of([grant], [plan]))
+                await writer.write(batch_of([deletion], [plan]))
+        (record,) = emulator.find_by_email("Contact", new)
+        assert record["Analytics_Consent__c"] is True
+        assert record["Newsletter_Consent__c"] is False
+
+
+async def test_a_blind_writer_withdraws_erased_people_before_a_pause_of_the_upserts() -> None:
+    known, new = "known@example.com", "new@example.com"
+    async with make_emulator() as emulator:
+        record_id = emulator.seed(
+            "Contact",
+            {"Email": known, "LastName": "K", "Didomi_Id__c": known, "Newsletter_Consent__c": True},
+        )
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, parse_mapping(EXTERNAL_ID_MAPPING))
+            plan = next(p for p in report.plans if p.sobject == "Contact")
+            writer = TargetWriter(client, plan, s)
+            erased = change(known, minutes=1, event_id="del", full=True)
+            erased.event_type, erased.withdraw_all = "user.deleted", True
+            grant = change(new, purpose("newsletter", True), minutes=1, event_id="g")
+            people = batch_of([erased, grant], [plan])
+            emulator.inject_fault(
+                "upsert", 403, [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests"}]
+            )
+            done: dict[str, PersonResult] = {}
+            with pytest.raises(RequestLimitExceededError):
+                await writer.write(people, done)
+            # The withdrawal went first and is final; the grant waits for the next attempt.
+            assert list(done) == [known] and done[known].status == "updated"
+            record = emulator.get("Contact", record_id)
+            assert record is not None and record["Newsletter_Consent__c"] is False
+            results = await writer.write(people, done)
+        assert results[new].status == "created", results

@@ -118,8 +118,19 @@ def test_a_deletion_wins_a_tie_in_time_and_a_person_erased_last_is_not_created()
             "Newsletter_Consent__c"
         ]
     )
-    assert person.may_create is False
+    assert not person.may_create("Contact") and not person.may_create("Lead")
     # A choice made after the deletion (a re-created user) may create again.
     later = change("a@x.com", purpose("analytics", True), minutes=2, event_id="l")
     again = merge_by_person([src(erased, offset=1, index=0), src(later, offset=2, index=1)])
-    assert again["a@x.com"].may_create is True
+    assert again["a@x.com"].may_create("Contact")
+    assert not again["a@x.com"].may_create("Lead")  # Lead maps no analytics
+
+
+def test_a_deleted_event_writing_nothing_does_not_stop_a_new_person_being_created() -> None:
+    # A new person grants analytics; another event of theirs, which maps nothing, is
+    # deleted later in the same batch. The grant still creates the person.
+    grant = change("n@x.com", purpose("analytics", True), minutes=1, event_id="g")
+    unmapped = change("n@x.com", purpose("unmapped", True), minutes=2, event_id="d")
+    unmapped.event_type = "event.deleted"
+    people = merge_by_person([src(grant, offset=1, index=0), src(unmapped, offset=2, index=1)])
+    assert people["n@x.com"].may_create("Contact")

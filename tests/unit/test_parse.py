@@ -330,3 +330,15 @@ def test_user_entities_are_applied_only_when_gdpr_is_synced() -> None:
     result = parse_message(_user_updated("user"), ParseRules(regulations=("cpra",)))
     assert isinstance(result, Ignored)
     assert "gdpr" in result.reason
+
+
+@pytest.mark.parametrize("when", ["1969-12-31T23:59:59.999Z", "2286-11-21T00:00:00Z"])
+def test_an_event_time_the_sync_state_cannot_hold_is_rejected(when: str) -> None:
+    # The state sizes 13 digits of milliseconds per field; no consent choice is that old or
+    # that far ahead, so such a time is a producer's error, not a choice to order.
+    doc = orjson.loads(sample("event.created.json"))
+    doc["parameters"]["entity"]["created_at"] = doc["parameters"]["entity"]["updated_at"] = when
+    result = parse_message(orjson.dumps(doc), RULES)
+    assert isinstance(result, Rejected), result
+    assert result.error_class == "EVENT_TIME_OUT_OF_RANGE"
+    assert result.event_id == "0f2a5b0e-6f0b-4e3f-9c61-1c0f9a7b2d11"
