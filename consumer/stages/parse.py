@@ -204,25 +204,11 @@ def _interpret(envelope: Any, rules: ParseRules, record_time_ms: int | None) -> 
     if kind == "event.deleted":
         deleted: ConsentEvent = params["entity"]
         if rules.on_event_deleted != "withdraw":
-            return _ignored(
-                "deleted events are not synced (on_event_deleted: ignore): Salesforce keeps "
-                "the last applied state",
-                deleted["id"],
-                kind,
-                deleted["user"]["organization_user_id"],
-                _event_time(deleted),
-            )
+            return _deletion_ignored(kind, deleted, deleted["user"]["organization_user_id"])
         return _from_event(kind, deleted, rules)
     gone: User = params["entity"]
     if rules.on_user_deleted != "withdraw":
-        return _ignored(
-            "deleted users are not synced (on_user_deleted: ignore): Salesforce keeps the last "
-            "applied state",
-            gone["id"],
-            kind,
-            gone["organization_user_id"],
-            _event_time(gone),
-        )
+        return _deletion_ignored(kind, gone, gone["organization_user_id"])
     if "gdpr" not in rules.regulations:
         return _ignored(
             "user entities carry the person's GDPR state; gdpr is not among the synced "
@@ -253,6 +239,18 @@ def _interpret(envelope: Any, rules: ParseRules, record_time_ms: int | None) -> 
             full_state=True,
             withdraw_all=True,
         )
+    )
+
+
+def _deletion_ignored(kind: str, entity: ConsentEvent | User, org_user_id: str) -> Ignored:
+    what = kind.removesuffix(".deleted")
+    return _ignored(
+        f"deleted {what}s are not synced (on_{what}_deleted: ignore): Salesforce keeps the "
+        "last applied state",
+        entity["id"],
+        kind,
+        org_user_id,
+        _event_time(entity),
     )
 
 

@@ -3,14 +3,18 @@ it (writer against the emulator over HTTP)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 from consumer.devkit.bench.events import EXTERNAL_ID_MAPPING
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.errors import RequestLimitExceededError
-from consumer.mapping import MappingConfig, parse_mapping
-from consumer.model.changes import PersonResult
+from consumer.mapping import MappingConfig, TargetPlan, parse_mapping
+from consumer.model.changes import ConsentChange, PersonResult
 from consumer.model.events import Purpose
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
@@ -128,33 +132,55 @@ async def test_a_required_field_the_write_empties_is_refused_not_filled_with_def
     assert set(result.refused) == {"Newsletter_Frequency__c"}
 
 
-async def test_a_blind_upsert_writer_withdraws_erased_people_without_creating_them() -> None:
-    # External-id mode upserts blindly, which creates whoever is missing: a deleted user's
-    # withdrawal is found first and updated instead, so no record is made for the erased.
-    known, unknown = "known@example.com", "unknown@example.com"
+KNOWN = "known@example.com"
+
+
+def erased(email: str) -> ConsentChange:
+    """A deleted user (``on_user_deleted: withdraw``)."""
+    c = change(email, minutes=1, event_id=f"del-{email}", full=True)
+    c.event_type, c.withdraw_all = "user.deleted", True
+    return c
+
+
+@asynccontextmanager
+async def contact_writer(mapping: MappingConfig) -> AsyncIterator[tuple[Org, TargetWriter]]:
+    """An org holding KNOWN (subscribed, its external id set) and a Contact writer on it."""
     async with make_emulator() as emulator:
-        record_id = emulator.seed(
+        known = emulator.seed(
             "Contact",
-            {"Email": known, "LastName": "K", "Didomi_Id__c": known, "Newsletter_Consent__c": True},
+            {"Email": KNOWN, "LastName": "K", "Didomi_Id__c": KNOWN, "Newsletter_Consent__c": True},
         )
         s = emulator_settings(emulator)
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, parse_mapping(EXTERNAL_ID_MAPPING))
+            report = await check_mapping(client, mapping)
             plan = next(p for p in report.plans if p.sobject == "Contact")
-            writer = TargetWriter(client, plan, s)
-            erased = []
-            for email in (known, unknown):
-                c = change(email, minutes=1, event_id=f"del-{email}", full=True)
-                c.event_type, c.withdraw_all = "user.deleted", True
-                erased.append(c)
-            emulator.reset_stats()
-            results = await writer.write(batch_of(erased, [plan]))
-        assert results[known].status == "updated", results[known]
+            yield Org(emulator, plan, known), TargetWriter(client, plan, s)
+
+
+@dataclass
+class Org:
+    emulator: SalesforceEmulator
+    plan: TargetPlan
+    known: str
+
+    def newsletter(self, record_id: str) -> object:
+        record = self.emulator.get("Contact", record_id)
+        assert record is not None
+        return record["Newsletter_Consent__c"]
+
+
+async def test_a_blind_upsert_writer_withdraws_erased_people_without_creating_them() -> None:
+    # External-id mode upserts blindly, which creates whoever is missing: a deleted user's
+    # withdrawal is found first and updated instead, so no record is made for the erased.
+    unknown = "unknown@example.com"
+    async with contact_writer(parse_mapping(EXTERNAL_ID_MAPPING)) as (org, writer):
+        org.emulator.reset_stats()
+        results = await writer.write(batch_of([erased(KNOWN), erased(unknown)], [org.plan]))
+        assert results[KNOWN].status == "updated", results[KNOWN]
         assert results[unknown].status == "not_found", results[unknown]
-        assert emulator.stats.get("upsert", 0) == 0
-        record = emulator.get("Contact", record_id)
-        assert record is not None and record["Newsletter_Consent__c"] is False
-        assert emulator.find_by_email("Contact", unknown) == []
+        assert org.emulator.stats.get("upsert", 0) == 0
+        assert org.newsletter(org.known) is False
+        assert org.emulator.find_by_email("Contact", unknown) == []
 
 
 @pytest.mark.parametrize("together", [False, True], ids=["two-batches", "one-batch"])
@@ -165,50 +191,33 @@ async def test_a_deleted_event_later_in_a_batch_does_not_stop_an_unrelated_grant
     # newsletter (minute 2), is deleted. Batched together or apart, the Contact is created
     # with analytics true: only fields whose newest choice is a deletion's create nothing.
     new = "new@example.com"
-    async with make_emulator() as emulator:
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, example_mapping())
-            plan = next(p for p in report.plans if p.sobject == "Contact")
-            writer = TargetWriter(client, plan, s)
-            grant = change(new, purpose("analytics", True), minutes=1, event_id="e1")
-            deletion = change(new, purpose("newsletter", False), minutes=2, event_id="d")
-            deletion.event_type = "event.deleted"
-            if together:
-                await writer.write(batch_of([grant, deletion], [plan]))
-            else:
-                await writer.write(batch_of([grant], [plan]))
-                await writer.write(batch_of([deletion], [plan]))
-        (record,) = emulator.find_by_email("Contact", new)
-        assert record["Analytics_Consent__c"] is True
-        assert record["Newsletter_Consent__c"] is False
+    async with contact_writer(example_mapping()) as (org, writer):
+        grant = change(new, purpose("analytics", True), minutes=1, event_id="e1")
+        deletion = change(new, purpose("newsletter", False), minutes=2, event_id="d")
+        deletion.event_type = "event.deleted"
+        if together:
+            await writer.write(batch_of([grant, deletion], [org.plan]))
+        else:
+            await writer.write(batch_of([grant], [org.plan]))
+            await writer.write(batch_of([deletion], [org.plan]))
+        (record,) = org.emulator.find_by_email("Contact", new)
+    assert record["Analytics_Consent__c"] is True
+    assert record["Newsletter_Consent__c"] is False
 
 
 async def test_a_blind_writer_withdraws_erased_people_before_a_pause_of_the_upserts() -> None:
-    known, new = "known@example.com", "new@example.com"
-    async with make_emulator() as emulator:
-        record_id = emulator.seed(
-            "Contact",
-            {"Email": known, "LastName": "K", "Didomi_Id__c": known, "Newsletter_Consent__c": True},
+    new = "new@example.com"
+    async with contact_writer(parse_mapping(EXTERNAL_ID_MAPPING)) as (org, writer):
+        grant = change(new, purpose("newsletter", True), minutes=1, event_id="g")
+        people = batch_of([erased(KNOWN), grant], [org.plan])
+        org.emulator.inject_fault(
+            "upsert", 403, [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests"}]
         )
-        s = emulator_settings(emulator)
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, parse_mapping(EXTERNAL_ID_MAPPING))
-            plan = next(p for p in report.plans if p.sobject == "Contact")
-            writer = TargetWriter(client, plan, s)
-            erased = change(known, minutes=1, event_id="del", full=True)
-            erased.event_type, erased.withdraw_all = "user.deleted", True
-            grant = change(new, purpose("newsletter", True), minutes=1, event_id="g")
-            people = batch_of([erased, grant], [plan])
-            emulator.inject_fault(
-                "upsert", 403, [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests"}]
-            )
-            done: dict[str, PersonResult] = {}
-            with pytest.raises(RequestLimitExceededError):
-                await writer.write(people, done)
-            # The withdrawal went first and is final; the grant waits for the next attempt.
-            assert list(done) == [known] and done[known].status == "updated"
-            record = emulator.get("Contact", record_id)
-            assert record is not None and record["Newsletter_Consent__c"] is False
-            results = await writer.write(people, done)
-        assert results[new].status == "created", results
+        done: dict[str, PersonResult] = {}
+        with pytest.raises(RequestLimitExceededError):
+            await writer.write(people, done)
+        # The withdrawal went first and is final; the grant waits for the next attempt.
+        assert list(done) == [KNOWN] and done[KNOWN].status == "updated"
+        assert org.newsletter(org.known) is False
+        results = await writer.write(people, done)
+    assert results[new].status == "created", results
