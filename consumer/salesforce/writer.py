@@ -276,13 +276,16 @@ class TargetWriter:
         withdrawals: list[_Write] = []
         if self._blind:
             # People whose newest choices are a deletion's are found first and updated, never
-            # upserted: an upsert would create a record for an erased user.
+            # upserted: without a sync state a record made for an erased user would hold no
+            # stamp to keep an older grant out, so there is nothing to gain by making one.
             erased = [p for p in todo.values() if not p.may_create(self.sobject)]
             if erased:
                 matches = await self.find(erased)
             for key, person in todo.items():
                 if not person.may_create(self.sobject):
-                    planned, result = self._plan_person(key, person, matches.get(key, []))
+                    planned, result = self._plan_person(
+                        key, person, matches.get(key, []), create=False
+                    )
                     withdrawals.extend(planned)
                     if result is not None:
                         skipped[key] = result
@@ -328,9 +331,16 @@ class TargetWriter:
         return done.retry, done.last_error
 
     def _plan_person(
-        self, key: str, person: PersonWrite, found: list[Match]
+        self, key: str, person: PersonWrite, found: list[Match], *, create: bool = True
     ) -> tuple[list[_Write], PersonResult | None]:
-        """The writes for one person, or (when nothing is to be written) their result."""
+        """The writes for one person, or (when nothing is to be written) their result.
+
+        In upsert mode a person without a record is created, also when their newest choices
+        are a deletion's: the record holds no consent and the deletion's stamps, so that a
+        grant from before the deletion arriving later (a retry, a replay) is stale instead of
+        creating the record with a consent (a suppression record, as for any withdrawal).
+        ``create`` False (the blind writer's erased people) creates nobody.
+        """
         mapping, sobject = self._plan.mapping, self.sobject
         live = [m for m in found if not m.converted]
         if live:
@@ -363,13 +373,16 @@ class TargetWriter:
                 note=f"every {sobject} with this email was converted{became}; converted "
                 f"{sobject}s are read-only and no new one is created",
             )
-        if mapping.upsert_mode and person.may_create(sobject):
+        if mapping.upsert_mode and create:
             write = self._create_write(key, person)
             if not write.values:
                 return [], self._all_refused(person, [], write.refused)
             return [write], None
         if mapping.upsert_mode:
-            note = f"no {sobject} has this {mapping.lookup_field}; a deletion creates no record"
+            note = (
+                f"no {sobject} has this {mapping.lookup_field}; a deletion creates no record "
+                "without a sync state"
+            )
         else:
             note = f"no {sobject} has this {mapping.lookup_field}; upsert_mode is off"
         return [], PersonResult("not_found", note=note)

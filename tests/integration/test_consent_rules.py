@@ -657,15 +657,20 @@ async def test_a_redelivered_last_update_of_a_deleted_user_stays_withdrawn(
     assert record["Newsletter_Consent__c"] is False
 
 
-async def test_a_deletion_never_creates_a_record(kafka_bootstrap: str) -> None:
-    # Contact is in upsert mode: an event for an unknown person creates one, a deletion not.
+async def test_a_deletion_of_a_person_without_a_record_keeps_a_late_older_grant_out(
+    kafka_bootstrap: str,
+) -> None:
+    # Contact is in upsert mode and the person has no record. The user is deleted; then a
+    # grant made before the deletion is delivered (a Didomi retry). Creating nothing for the
+    # deletion would let that grant create the Contact with a consent: the deletion creates a
+    # suppression record instead (no consent, the deletion's stamps), and the grant is stale.
     email = "nobody@example.com"
-    grant = event("g", email, "2026-11-25T11:00:00Z", newsletter(True))
+    late = event("late", email, "2026-11-25T11:00:00Z", newsletter(True, topics="offers"))
     records, out = await one_by_one(
-        kafka_bootstrap, [user_deleted(email, "2026-11-25T12:00:00Z"), event_deleted(grant)], None
+        kafka_bootstrap, [user_deleted(email, "2026-11-25T12:00:00Z"), late], None
     )
-    assert records == []
-    for name in ("user-of-" + email, "g"):
-        contact = contact_of(out[name])
-        assert contact["status"] == "not_found", out[name]
-        assert "deletion creates no record" in contact["note"]
+    (record,) = records
+    assert record["Email"] == email
+    assert record["Newsletter_Consent__c"] is False and record["Topic_Offers__c"] is False
+    assert contact_of(out["user-of-" + email])["status"] == "created"
+    assert out["late"]["status"] == "stale"
