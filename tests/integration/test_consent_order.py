@@ -1,7 +1,7 @@
 """The final value of every field is the latest choice for it, by event time, whatever the
-delivery: random partial events for a few people, in random order over two partitions, cut at
-random batch boundaries, with duplicates and a restart in between; then a replay of
-everything writes nothing.
+delivery: random partial events and user deletions (``on_user_deleted: withdraw``) for a few
+people, in random order over two partitions, cut at random batch boundaries, with duplicates
+and a restart in between; then a replay of everything writes nothing.
 
 The Salesforce side is real (the writer, over HTTP, against the emulator with its describe
 and its per-record rules); Kafka is in memory (tests/unit/fakes.py), so each example takes
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -44,15 +44,36 @@ EMAILS = ("ada@example.com", "bob@example.com", "cy@example.com")
 TOPIC = "in"
 
 
+#: What a user deletion leaves in each Contact field and in the Lead's.
+WITHDRAWN = {
+    "Newsletter_Consent__c": False,
+    "Analytics_Consent__c": False,
+    "Newsletter_Topics__c": None,
+    "Topic_Product_News__c": False,
+    "Topic_Offers__c": False,
+    "Newsletter_Frequency__c": None,
+}
+
+
 @dataclass(frozen=True)
 class Event:
     person: int
     second: int
     choice: Choice
     n: int
+    #: A ``user.deleted`` at ``second`` (``choice`` unused): every field withdrawn.
+    deleted: bool = False
 
     def value(self) -> bytes:
         when = (T0 + timedelta(seconds=self.second)).isoformat().replace("+00:00", "Z")
+        if self.deleted:
+            user = {
+                "id": f"user-{self.person}",
+                "organization_user_id": EMAILS[self.person],
+                "created_at": T0.isoformat().replace("+00:00", "Z"),
+                "updated_at": when,
+            }
+            return orjson.dumps({"type": "user.deleted", "parameters": {"entity": user}})
         entity = {
             "id": f"ev-{self.n}",
             "created_at": when,
@@ -80,7 +101,13 @@ def deliveries(draw: st.DrawFn) -> tuple[list[tuple[Event, int]], list[int], int
     """Events in a random arrival order with duplicates, each on a random partition; the
     chunk sizes they are fed in; the chunk after which the service restarts."""
     events = [
-        Event(draw(st.integers(0, 2)), draw(st.integers(0, 15)), draw(choices()), n)
+        Event(
+            draw(st.integers(0, 2)),
+            draw(st.integers(0, 15)),
+            draw(choices()),
+            n,
+            deleted=draw(st.integers(0, 5)) == 0,
+        )
         for n in range(draw(st.integers(1, 18)))
     ]
     repeated = events + draw(st.lists(st.sampled_from(events), max_size=6))
@@ -97,10 +124,15 @@ def deliveries(draw: st.DrawFn) -> tuple[list[tuple[Event, int]], list[int], int
 
 
 def fold(log: list[tuple[Event, int, int]]) -> tuple[dict[int, dict[str, Any]], dict[int, Any]]:
-    """Each person's fields after applying every delivery by (event time, partition, offset)."""
+    """Each person's fields after applying every delivery by (event time, partition, offset);
+    a deletion comes after every choice of its time."""
     contacts: dict[int, dict[str, Any]] = {}
     leads: dict[int, Any] = {}
-    for event, _, _ in sorted(log, key=lambda d: (d[0].second, d[1], d[2])):
+    for event, _, _ in sorted(log, key=lambda d: (d[0].second, d[0].deleted, d[1], d[2])):
+        if event.deleted:
+            contacts.setdefault(event.person, {}).update(WITHDRAWN)
+            leads[event.person] = False
+            continue
         contacts.setdefault(event.person, {}).update(event.choice.contact_fields())
         if event.choice.newsletter is not None:
             leads[event.person] = event.choice.newsletter
@@ -191,7 +223,7 @@ async def scenario(
             kafka_dlq_topic="dlq",
             salesforce_composite="on" if composite else "off",
         )
-        mapping = example_mapping()
+        mapping = example_mapping().model_copy(update={"on_user_deleted": "withdraw"})
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
             report = await check_mapping(client, mapping)
             assert report.ok, report.render()
@@ -255,6 +287,19 @@ async def scenario(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(case=deliveries(), composite=st.booleans())
+# A user deleted at the very second of a grant that arrives after the deletion: the deletion
+# withdraws it (it sorts after every choice of its time), whatever the offsets say.
+@example(
+    case=(
+        [
+            (Event(0, 5, Choice(), 0, deleted=True), 0),
+            (Event(0, 5, Choice(newsletter=True, topics=["offers"]), 1), 0),
+        ],
+        [1, 1],
+        0,
+    ),
+    composite=False,
+)
 def test_each_field_ends_with_its_latest_choice_whatever_the_delivery(
     case: tuple[list[tuple[Event, int]], list[int], int], composite: bool
 ) -> None:
