@@ -169,9 +169,9 @@ class PersonWrite:
     steps: list[Step] = field(default_factory=list)
 
     def may_create(self, sobject: str) -> bool:
-        """Whether a record may be created for this person on ``sobject``: when a field's
-        newest choice there is not a deletion's (an erased user is withdrawn where found,
-        never created; a choice made after the deletion creates again)."""
+        """Whether some field's newest choice on ``sobject`` is not a deletion's. When none
+        is, the blind external-id writer (no sync state) creates no record for the person,
+        and a record the others create is a suppression record (no consent)."""
         stamps = self.stamps.get(sobject) or {}
         return any(s.partition != DELETION_PARTITION for s in stamps.values())
 

@@ -869,6 +869,11 @@ class TargetWriter:
             result = PersonResult("failed", ids, error=acc.error)
         elif acc.created:
             result = PersonResult("created", ids)
+            if not person.may_create(self.sobject):
+                result.note = (
+                    "a suppression record: created holding no consent for a deletion, so "
+                    "that choices made before it and delivered later stay out"
+                )
         else:
             result = PersonResult("updated", ids)
         if acc.not_found:  # one record was converted meanwhile

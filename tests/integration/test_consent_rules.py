@@ -672,5 +672,6 @@ async def test_a_deletion_of_a_person_without_a_record_keeps_a_late_older_grant_
     (record,) = records
     assert record["Email"] == email
     assert record["Newsletter_Consent__c"] is False and record["Topic_Offers__c"] is False
-    assert contact_of(out["user-of-" + email])["status"] == "created"
+    created = contact_of(out["user-of-" + email])
+    assert created["status"] == "created" and "suppression record" in created["note"]
     assert out["late"]["status"] == "stale"

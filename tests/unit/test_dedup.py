@@ -98,7 +98,7 @@ def test_a_mapped_change_keeps_everything_but_its_purposes() -> None:
     assert kept and all(getattr(slim, f.name) == getattr(full, f.name) for f in kept)
 
 
-def test_a_deletion_wins_a_tie_in_time_and_a_person_erased_last_is_not_created() -> None:
+def test_a_deletion_wins_a_tie_in_time_and_a_person_erased_last_holds_only_deletions() -> None:
     # A user deleted at the very millisecond of its last grant; the grant is delivered again
     # afterwards (a later offset). The withdrawal must win the tie, and its stamp must beat
     # the redelivered grant's in any later batch too.
