@@ -346,8 +346,9 @@ class TargetWriter:
         if live:
             writes: list[_Write] = []
             refused: dict[str, SalesforceErrorInfo] = {}
+            chosen = self._newest_across(person, live) if len(live) > 1 else None
             for match in live:
-                write, why = self._update_write(key, person, match)
+                write, why = self._update_write(key, person, match, chosen)
                 refused.update(why)
                 if write is not None:
                     writes.append(write)
@@ -402,14 +403,47 @@ class TargetWriter:
             result = PersonResult("failed", error=next(iter(refused.values())))
         return self._finish(person, live, result, refused=refused)
 
+    def _newest_across(
+        self, person: PersonWrite, live: list[Match]
+    ) -> tuple[FieldValues, dict[str, Stamp]] | None:
+        """The person's newest choice for each field the batch writes, across all their
+        records: the batch's, unless one of the records holds a newer one.
+
+        The stamps live on the records, so a record made after a choice was written (a
+        second Contact with the same email) holds none of it: without this, a choice made
+        before that one but delivered after it would be written there. A lagging record takes
+        the newest choice, value and stamp, from the record that holds it.
+        """
+        if not self._state_field:
+            return None
+        values = dict(person.fields[self.sobject])
+        stamps = dict(person.stamps.get(self.sobject, {}))
+        for name in values:
+            for match in live:
+                held = match.state.get(name)
+                if held is None or name not in match.values:
+                    continue
+                mine = stamps.get(name)
+                if mine is None or mine < held:
+                    values[name], stamps[name] = match.values[name], held
+        return values, stamps
+
     def _update_write(
-        self, key: str, person: PersonWrite, match: Match
+        self,
+        key: str,
+        person: PersonWrite,
+        match: Match,
+        chosen: tuple[FieldValues, dict[str, Stamp]] | None = None,
     ) -> tuple[_Write | None, dict[str, SalesforceErrorInfo]]:
         """What to write to one record (newer choices only, different values only), and the
-        new choices describe says Salesforce would refuse."""
+        new choices describe says Salesforce would refuse. ``chosen``: the person's newest
+        values and stamps across their records (:meth:`_newest_across`), when several."""
         sobject = self.sobject
-        values = person.fields[sobject]
-        stamps = person.stamps.get(sobject, {})
+        if chosen is not None:
+            values, stamps = chosen
+        else:
+            values = person.fields[sobject]
+            stamps = person.stamps.get(sobject, {})
         newer: set[str] = set()
         send: FieldValues = {}
         for name, value in values.items():
@@ -899,25 +933,38 @@ class TargetWriter:
         result.written = set(written or ())
         if not (self._state_field and live):
             return result
-        # A field is older for an event when every record holds a stamp at least as new: the
-        # oldest of the records' stamps for it is what an event must beat.
+        # A field is older for an event when every record holds a stamp at least as new (a
+        # replay, a duplicate), or one holds a newer one than the batch's newest choice for
+        # it: a lagging record then takes that newer choice (_newest_across), and none of the
+        # batch's was written. (A record holding the batch's own stamp took it in an earlier
+        # round of this write.)
         floor: dict[str, Stamp] = {}
+        ceiling: dict[str, Stamp] = {}
         if len(live) == 1:  # most people: one record
             state = live[0].state
             floor = {n: state[n] for n in person.fields.get(self.sobject, {}) if n in state}
         else:
+            merged = person.stamps.get(self.sobject, {})
             for name in person.fields.get(self.sobject, {}):
-                held = [m.state.get(name) for m in live]
-                if all(h is not None for h in held):
-                    floor[name] = min(h for h in held if h is not None)
-        if not floor:
+                held = [h for m in live if (h := m.state.get(name)) is not None]
+                if not held:
+                    continue
+                top, ours = max(held), merged.get(name)
+                if ours is None or top > ours:
+                    ceiling[name] = top
+                if len(held) == len(live):
+                    floor[name] = min(held)
+        if not (floor or ceiling):
             return result
         for step in person.steps:
             mine = step.fields.get(self.sobject)
             if not mine:
                 continue
             older = sorted(
-                name for name in mine if (f := floor.get(name)) is not None and step.stamp <= f
+                name
+                for name in mine
+                if ((f := floor.get(name)) is not None and step.stamp <= f)
+                or ((c := ceiling.get(name)) is not None and step.stamp < c)
             )
             if older:
                 result.older[step.index] = older

@@ -221,3 +221,30 @@ async def test_a_blind_writer_withdraws_erased_people_before_a_pause_of_the_upse
         assert org.newsletter(org.known) is False
         results = await writer.write(people, done)
     assert results[new].status == "created", results
+
+
+async def test_a_record_made_after_a_withdrawal_takes_it_not_an_older_grant() -> None:
+    # The stamps live on the records. A user deleted with no record gets a suppression
+    # Contact; someone then makes a second Contact with the email (a consent ticked on it);
+    # a grant made before the deletion is delivered after it. The newest choice any of the
+    # person's records holds wins on all of them: the new Contact takes the withdrawal.
+    gone = "gone@example.com"
+    async with contact_writer(example_mapping()) as (org, writer):
+        deleted = change(gone, minutes=2, event_id="del", full=True)
+        deleted.event_type, deleted.withdraw_all = "user.deleted", True
+        first = await writer.write(batch_of([deleted], [org.plan]))
+        assert first[gone].status == "created"
+        second = org.emulator.seed(
+            "Contact",
+            {"Email": gone, "LastName": "Form", "Newsletter_Consent__c": True},
+        )
+        late = change(gone, purpose("newsletter", True, topics="offers"), minutes=1, event_id="g")
+        result = (await writer.write(batch_of([late], [org.plan])))[gone]
+        assert org.newsletter(second) is False
+        (suppression,) = [
+            r for r in org.emulator.find_by_email("Contact", gone) if r["Id"] != second
+        ]
+        assert suppression["Newsletter_Consent__c"] is False
+        assert org.emulator.get("Contact", second)["Topic_Offers__c"] is False  # type: ignore[index]
+    assert result.status == "updated"  # the second Contact caught up
+    assert result.stale_indexes == {0}  # the grant itself was written nowhere
