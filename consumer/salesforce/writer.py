@@ -406,26 +406,28 @@ class TargetWriter:
     def _newest_across(
         self, person: PersonWrite, live: list[Match]
     ) -> tuple[FieldValues, dict[str, Stamp]] | None:
-        """The person's newest choice for each field the batch writes, across all their
-        records: the batch's, unless one of the records holds a newer one.
+        """The batch's choices, without the grants older than what any of the person's
+        records holds: such a grant is written to none of them.
 
-        The stamps live on the records, so a record made after a choice was written (a
-        second Contact with the same email) holds none of it: without this, a choice made
-        before that one but delivered after it would be written there. A lagging record takes
-        the newest choice, value and stamp, from the record that holds it.
+        The stamps live on the records, so a record made after a withdrawal was written (a
+        second Contact with the same email) holds none of it: without this gate, a grant
+        made before the withdrawal but delivered after it would be written there. Older
+        withdrawals still reach a record that holds nothing newer (no consent is never the
+        wrong side), and no value is copied between records: a record's value may have been
+        changed in Salesforce since the service wrote it; only the stamp is its own.
         """
         if not self._state_field:
             return None
         values = dict(person.fields[self.sobject])
-        stamps = dict(person.stamps.get(self.sobject, {}))
-        for name in values:
-            for match in live:
-                held = match.state.get(name)
-                if held is None or name not in match.values:
-                    continue
-                mine = stamps.get(name)
-                if mine is None or mine < held:
-                    values[name], stamps[name] = match.values[name], held
+        stamps = person.stamps.get(self.sobject, {})
+        for name, value in person.fields[self.sobject].items():
+            mine = stamps.get(name)
+            if (
+                _grants(value)
+                and mine is not None
+                and any((held := m.state.get(name)) is not None and mine < held for m in live)
+            ):
+                del values[name]
         return values, stamps
 
     def _update_write(
@@ -436,8 +438,8 @@ class TargetWriter:
         chosen: tuple[FieldValues, dict[str, Stamp]] | None = None,
     ) -> tuple[_Write | None, dict[str, SalesforceErrorInfo]]:
         """What to write to one record (newer choices only, different values only), and the
-        new choices describe says Salesforce would refuse. ``chosen``: the person's newest
-        values and stamps across their records (:meth:`_newest_across`), when several."""
+        new choices describe says Salesforce would refuse. ``chosen``: the batch's values
+        and stamps less what a sibling record holds newer (:meth:`_newest_across`)."""
         sobject = self.sobject
         if chosen is not None:
             values, stamps = chosen
@@ -934,10 +936,9 @@ class TargetWriter:
         if not (self._state_field and live):
             return result
         # A field is older for an event when every record holds a stamp at least as new (a
-        # replay, a duplicate), or one holds a newer one than the batch's newest choice for
-        # it: a lagging record then takes that newer choice (_newest_across), and none of the
-        # batch's was written. (A record holding the batch's own stamp took it in an earlier
-        # round of this write.)
+        # replay, a duplicate), or, for a grant, one holds a newer one than the batch's
+        # newest choice for it: then none of the batch's was written (_newest_across). (A
+        # record holding the batch's own stamp took it in an earlier round of this write.)
         floor: dict[str, Stamp] = {}
         ceiling: dict[str, Stamp] = {}
         if len(live) == 1:  # most people: one record
@@ -945,12 +946,12 @@ class TargetWriter:
             floor = {n: state[n] for n in person.fields.get(self.sobject, {}) if n in state}
         else:
             merged = person.stamps.get(self.sobject, {})
-            for name in person.fields.get(self.sobject, {}):
+            for name, value in person.fields.get(self.sobject, {}).items():
                 held = [h for m in live if (h := m.state.get(name)) is not None]
                 if not held:
                     continue
                 top, ours = max(held), merged.get(name)
-                if ours is None or top > ours:
+                if _grants(value) and (ours is None or top > ours):
                     ceiling[name] = top
                 if len(held) == len(live):
                     floor[name] = min(held)
@@ -1031,6 +1032,12 @@ class TargetWriter:
                         )
                     )
         return found
+
+
+def _grants(value: Any) -> bool:
+    """Whether a field value grants something (a consent, a selection): what a sibling
+    record's newer stamp keeps out (:meth:`TargetWriter._newest_across`)."""
+    return value is True or (value.__class__ is str and value != "")
 
 
 def _missing_beyond(error: SalesforceErrorInfo, values: Mapping[str, Any]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,14 +15,15 @@ from consumer.devkit.bench.events import EXTERNAL_ID_MAPPING
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.errors import RequestLimitExceededError
 from consumer.mapping import MappingConfig, TargetPlan, parse_mapping
-from consumer.model.changes import ConsentChange, PersonResult
+from consumer.model import sync_state
+from consumer.model.changes import ConsentChange, PersonResult, Stamp, epoch_ms
 from consumer.model.events import Purpose
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter
 from tests.integration.support import batch_of, emulator_settings, example_mapping, make_emulator
-from tests.unit.helpers import change, purpose
+from tests.unit.helpers import T0, change, purpose
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -223,28 +225,85 @@ async def test_a_blind_writer_withdraws_erased_people_before_a_pause_of_the_upse
     assert results[new].status == "created", results
 
 
-async def test_a_record_made_after_a_withdrawal_takes_it_not_an_older_grant() -> None:
+async def test_a_record_made_after_a_withdrawal_does_not_take_an_older_grant() -> None:
     # The stamps live on the records. A user deleted with no record gets a suppression
-    # Contact; someone then makes a second Contact with the email (a consent ticked on it);
-    # a grant made before the deletion is delivered after it. The newest choice any of the
-    # person's records holds wins on all of them: the new Contact takes the withdrawal.
+    # Contact; someone then makes a second Contact with the email (no consent ticked); a
+    # grant made before the deletion is delivered after it. A grant older than what any of
+    # the person's records holds is written to none of them.
     gone = "gone@example.com"
     async with contact_writer(example_mapping()) as (org, writer):
-        deleted = change(gone, minutes=2, event_id="del", full=True)
-        deleted.event_type, deleted.withdraw_all = "user.deleted", True
-        first = await writer.write(batch_of([deleted], [org.plan]))
+        first = await writer.write(batch_of([erased(gone)], [org.plan]))
         assert first[gone].status == "created"
-        second = org.emulator.seed(
-            "Contact",
-            {"Email": gone, "LastName": "Form", "Newsletter_Consent__c": True},
-        )
-        late = change(gone, purpose("newsletter", True, topics="offers"), minutes=1, event_id="g")
+        second = org.emulator.seed("Contact", {"Email": gone, "LastName": "Sales"})
+        late = change(gone, purpose("newsletter", True, topics="offers"), event_id="g")
         result = (await writer.write(batch_of([late], [org.plan])))[gone]
-        assert org.newsletter(second) is False
-        (suppression,) = [
-            r for r in org.emulator.find_by_email("Contact", gone) if r["Id"] != second
-        ]
-        assert suppression["Newsletter_Consent__c"] is False
-        assert org.emulator.get("Contact", second)["Topic_Offers__c"] is False  # type: ignore[index]
-    assert result.status == "updated"  # the second Contact caught up
-    assert result.stale_indexes == {0}  # the grant itself was written nowhere
+        made = org.emulator.get("Contact", second)
+    assert made is not None
+    assert made["Newsletter_Consent__c"] is False and made["Topic_Offers__c"] is False
+    assert made["Newsletter_Topics__c"] is None
+    # What it granted was written nowhere; its "not product news" (no consent) reached the
+    # new Contact, which held nothing newer.
+    assert result.older == {
+        0: ["Newsletter_Consent__c", "Newsletter_Topics__c", "Topic_Offers__c"]
+    }, result
+
+
+def stamped(minutes: int) -> str:
+    """A sync state holding a newsletter choice made at ``minutes``."""
+    at = epoch_ms(T0 + timedelta(minutes=minutes))
+    return sync_state.encode({"Newsletter_Consent__c": Stamp(at, 0, 1, "x")})
+
+
+async def test_an_older_withdrawal_still_reaches_a_record_that_holds_nothing_newer() -> None:
+    # A holds a withdrawal made at minute 7; B, a second Contact, holds a consent ticked in
+    # Salesforce (no stamp). A batch withdraws at minute 6: older than A's, yet no consent
+    # is never the wrong side, and B holds nothing newer: B takes it. A consent ticked on A
+    # by hand since is never copied to B.
+    async with contact_writer(example_mapping()) as (org, writer):
+        a = org.emulator.seed(
+            "Contact",
+            {
+                "Email": "two@example.com",
+                "LastName": "A",
+                "Newsletter_Consent__c": True,  # ticked by hand after our minute-7 withdrawal
+                "Didomi_Sync_State__c": stamped(7),
+            },
+        )
+        b = org.emulator.seed(
+            "Contact", {"Email": "two@example.com", "LastName": "B", "Newsletter_Consent__c": True}
+        )
+        grant = change("two@example.com", purpose("newsletter", True), minutes=4, event_id="g")
+        withdraw = change("two@example.com", purpose("newsletter", False), minutes=6, event_id="w")
+        result = (await writer.write(batch_of([grant, withdraw], [org.plan])))["two@example.com"]
+        assert org.newsletter(b) is False
+        assert org.newsletter(a) is True  # A's newer stamp keeps the batch out; nothing copied
+    assert result.status == "updated" and result.stale_indexes == set()
+
+
+async def test_a_replay_older_than_every_record_costs_nothing_when_a_sibling_refuses() -> None:
+    # A took a withdrawal at minute 5; B refused it (a validation rule) and kept its minute-3
+    # stamp and its consent. A replay of a minute-2 grant is older than both: stale, no write.
+    email = "refuses@example.com"
+    async with contact_writer(example_mapping()) as (org, writer):
+        for name, held, stamp in (("A", False, 5), ("B", True, 3)):
+            org.emulator.seed(
+                "Contact",
+                {
+                    "Email": email,
+                    "LastName": name,
+                    "Newsletter_Consent__c": held,
+                    "Didomi_Sync_State__c": stamped(stamp),
+                },
+            )
+        org.emulator.inject_record_error(
+            "update",
+            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            "Consent changes need a reason",
+            fields=["Newsletter_Consent__c"],
+            email=email,
+        )
+        org.emulator.reset_stats()
+        old = change(email, purpose("newsletter", True), minutes=2, event_id="g2")
+        result = (await writer.write(batch_of([old], [org.plan])))[email]
+        assert org.emulator.stats.get("update", 0) == 0
+    assert result.status == "stale", result
