@@ -187,9 +187,15 @@ async def test_sigkill_at_random_points_loses_nothing(kafka_bootstrap: str, tmp_
                 kills += 1
             assert kills >= 3
             final = ServiceProcess(env, tmp_path / "service-final.log")
+            described = emulator.stats["describe"]
             await final.start()
             try:
                 await wait_for(lambda: seen() >= total, 120, "every input")
+                # The last killed run may have finished everything: the final one must be
+                # past its start-up (signals handled) before it is asked to stop.
+                await wait_for(
+                    lambda: emulator.stats["describe"] >= described + 2, 30, "its start-up"
+                )
                 final.signal(signal.SIGTERM)
                 assert await final.wait(30) == 0
             finally:
