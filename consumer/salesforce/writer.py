@@ -326,8 +326,10 @@ class TargetWriter:
                 acc = done.people.get(key)
                 if acc is None or acc.retry or acc.pending or acc.needs_defaults:
                     continue
-                live = [m for m in matches.get(key, []) if not m.converted]
-                results[key] = self._result(person, acc, live)
+                found = matches.get(key, [])
+                live = [m for m in found if not m.converted]
+                converted = [m for m in found if m.converted]
+                results[key] = self._result(person, acc, live, converted)
         return done.retry, done.last_error
 
     def _plan_person(
@@ -343,10 +345,13 @@ class TargetWriter:
         """
         mapping, sobject = self._plan.mapping, self.sobject
         live = [m for m in found if not m.converted]
+        converted = [m for m in found if m.converted]
         if live:
             writes: list[_Write] = []
             refused: dict[str, SalesforceErrorInfo] = {}
-            chosen = self._newest_across(person, live) if len(live) > 1 else None
+            # Every record found gates, a converted Lead too (read-only, its stamps still
+            # say what the person chose last).
+            chosen = self._newest_across(person, found) if len(found) > 1 else None
             for match in live:
                 write, why = self._update_write(key, person, match, chosen)
                 refused.update(why)
@@ -355,7 +360,7 @@ class TargetWriter:
             if writes:
                 return writes, None
             if refused:
-                return [], self._all_refused(person, live, refused)
+                return [], self._all_refused(person, live, refused, converted)
             if self._state_field:
                 note = (
                     f"every matching {sobject} holds a newer choice for each field "
@@ -365,7 +370,7 @@ class TargetWriter:
             else:
                 note = f"every matching {sobject} already holds these values"
                 result = PersonResult("unchanged", [m.id for m in live], note=note)
-            return [], self._finish(person, live, result)
+            return [], self._finish(person, live, result, siblings=converted)
         if found:
             contacts = sorted({m.converted_contact for m in found if m.converted_contact})
             became = f" (to Contact {', '.join(contacts)})" if contacts else ""
@@ -389,7 +394,11 @@ class TargetWriter:
         return [], PersonResult("not_found", note=note)
 
     def _all_refused(
-        self, person: PersonWrite, live: list[Match], refused: Mapping[str, SalesforceErrorInfo]
+        self,
+        person: PersonWrite,
+        live: list[Match],
+        refused: Mapping[str, SalesforceErrorInfo],
+        converted: Sequence[Match] = (),
     ) -> PersonResult:
         """The result of a person whose only new choices were refused: nothing is written.
 
@@ -401,10 +410,10 @@ class TargetWriter:
             result = PersonResult(status, [m.id for m in live])
         else:
             result = PersonResult("failed", error=next(iter(refused.values())))
-        return self._finish(person, live, result, refused=refused)
+        return self._finish(person, live, result, refused=refused, siblings=converted)
 
     def _newest_across(
-        self, person: PersonWrite, live: list[Match]
+        self, person: PersonWrite, records: list[Match]
     ) -> tuple[FieldValues, dict[str, Stamp]] | None:
         """The batch's choices, without the grants older than what any of the person's
         records holds: such a grant is written to none of them.
@@ -425,7 +434,7 @@ class TargetWriter:
             if (
                 _grants(value)
                 and mine is not None
-                and any((held := m.state.get(name)) is not None and mine < held for m in live)
+                and any((held := m.state.get(name)) is not None and mine < held for m in records)
             ):
                 del values[name]
         return values, stamps
@@ -886,7 +895,9 @@ class TargetWriter:
 
     # --- results -------------------------------------------------------------------------
 
-    def _result(self, person: PersonWrite, acc: _Person, live: list[Match]) -> PersonResult:
+    def _result(
+        self, person: PersonWrite, acc: _Person, live: list[Match], converted: Sequence[Match] = ()
+    ) -> PersonResult:
         # A record converted meanwhile (read-only now) says nothing of the person's other
         # records: what they took, failed or refused is the result.
         if acc.not_found and not (acc.updated or acc.created or acc.error):
@@ -899,7 +910,7 @@ class TargetWriter:
         refused = dict(acc.refused)
         if refused and not (acc.updated or acc.created or acc.error):
             # Every write lost its fields (gone from Salesforce meanwhile): nothing written.
-            return self._all_refused(person, live, refused)
+            return self._all_refused(person, live, refused, converted)
         ids = acc.ids or [m.id for m in live]
         if acc.error is not None:
             result = PersonResult("failed", ids, error=acc.error)
@@ -919,7 +930,9 @@ class TargetWriter:
             result.note = f"{len(live)} {self.sobject} records share this email; " + (
                 "one or more refused fields (fields_refused)" if refused else "all were updated"
             )
-        return self._finish(person, live, result, refused=refused, written=acc.written)
+        return self._finish(
+            person, live, result, refused=refused, written=acc.written, siblings=converted
+        )
 
     def _finish(
         self,
@@ -929,8 +942,12 @@ class TargetWriter:
         *,
         refused: Mapping[str, SalesforceErrorInfo] | None = None,
         written: set[str] | None = None,
+        siblings: Sequence[Match] = (),
     ) -> PersonResult:
-        """Add which of each event's fields were older than every record's state."""
+        """Add which of each event's fields were older than every record's state.
+
+        ``siblings``: records found but not writable (converted Leads), whose stamps gate
+        all the same (:meth:`_newest_across`)."""
         result.refused = dict(refused or {})
         result.written = set(written or ())
         if not (self._state_field and live):
@@ -941,19 +958,20 @@ class TargetWriter:
         # record holding the batch's own stamp took it in an earlier round of this write.)
         floor: dict[str, Stamp] = {}
         ceiling: dict[str, Stamp] = {}
-        if len(live) == 1:  # most people: one record
+        if len(live) == 1 and not siblings:  # most people: one record
             state = live[0].state
             floor = {n: state[n] for n in person.fields.get(self.sobject, {}) if n in state}
         else:
             merged = person.stamps.get(self.sobject, {})
             for name, value in person.fields.get(self.sobject, {}).items():
                 held = [h for m in live if (h := m.state.get(name)) is not None]
-                if not held:
+                gates = held + [h for m in siblings if (h := m.state.get(name)) is not None]
+                if not gates:
                     continue
-                top, ours = max(held), merged.get(name)
-                if _grants(value) and (ours is None or top > ours):
+                top, ours = max(gates), merged.get(name)
+                if _grants(value) and ours is not None and top > ours:
                     ceiling[name] = top
-                if len(held) == len(live):
+                if held and len(held) == len(live):
                     floor[name] = min(held)
         if not (floor or ceiling):
             return result

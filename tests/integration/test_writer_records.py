@@ -246,6 +246,9 @@ async def test_a_record_made_after_a_withdrawal_does_not_take_an_older_grant() -
     assert result.older == {
         0: ["Newsletter_Consent__c", "Newsletter_Topics__c", "Topic_Offers__c"]
     }, result
+    assert result.status == "updated" and result.stale_indexes == set()
+    held = sync_state.decode(made["Didomi_Sync_State__c"])
+    assert set(held) == {"Topic_Product_News__c"}  # the only choice written there
 
 
 def stamped(minutes: int) -> str:
@@ -277,6 +280,10 @@ async def test_an_older_withdrawal_still_reaches_a_record_that_holds_nothing_new
         result = (await writer.write(batch_of([grant, withdraw], [org.plan])))["two@example.com"]
         assert org.newsletter(b) is False
         assert org.newsletter(a) is True  # A's newer stamp keeps the batch out; nothing copied
+        record_b = org.emulator.get("Contact", b)
+        assert record_b is not None
+        held = sync_state.decode(record_b["Didomi_Sync_State__c"])["Newsletter_Consent__c"]
+        assert held.event_id == "w"  # the batch's own minute-6 withdrawal, not A's stamp
     assert result.status == "updated" and result.stale_indexes == set()
 
 
@@ -306,4 +313,34 @@ async def test_a_replay_older_than_every_record_costs_nothing_when_a_sibling_ref
         old = change(email, purpose("newsletter", True), minutes=2, event_id="g2")
         result = (await writer.write(batch_of([old], [org.plan])))[email]
         assert org.emulator.stats.get("update", 0) == 0
-    assert result.status == "stale", result
+    assert result.status == "stale" and result.stale_indexes == {0}, result
+
+
+async def test_a_converted_leads_stamp_keeps_an_older_grant_off_a_new_lead() -> None:
+    # A Lead took a withdrawal at minute 5 and was converted (read-only; still found). A new
+    # Lead is made with the email; a grant made at minute 2 is delivered late. The converted
+    # Lead's stamp still says what the person chose last: the new Lead stays unsubscribed.
+    email = "converted@example.com"
+    async with make_emulator() as emulator:
+        old = emulator.seed(
+            "Lead",
+            {
+                "Email": email,
+                "LastName": "Old",
+                "Company": "C",
+                "Newsletter_Consent__c": False,
+                "Didomi_Sync_State__c": stamped(5),
+            },
+        )
+        emulator.convert_lead(old)
+        new = emulator.seed("Lead", {"Email": email, "LastName": "New", "Company": "C"})
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            plan = next(p for p in report.plans if p.sobject == "Lead")
+            writer = TargetWriter(client, plan, s)
+            late = change(email, purpose("newsletter", True), minutes=2, event_id="g")
+            result = (await writer.write(batch_of([late], [plan])))[email]
+        lead = emulator.get("Lead", new)
+    assert lead is not None and lead["Newsletter_Consent__c"] is False
+    assert result.stale_indexes == {0}, result
