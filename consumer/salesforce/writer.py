@@ -428,7 +428,7 @@ class TargetWriter:
         if not self._state_field:
             return None
         values = dict(person.fields[self.sobject])
-        stamps = person.stamps.get(self.sobject, {})
+        stamps = dict(person.stamps.get(self.sobject, {}))
         for name, value in person.fields[self.sobject].items():
             mine = stamps.get(name)
             if (
@@ -436,8 +436,22 @@ class TargetWriter:
                 and mine is not None
                 and any((held := m.state.get(name)) is not None and mine < held for m in records)
             ):
-                del values[name]
+                # The batch's newest withdrawal of the field, if any, goes instead: what
+                # separate batches would have written to a record holding nothing newer.
+                fallback = self._withdrawal_in(person, name)
+                if fallback is None:
+                    del values[name]
+                else:
+                    values[name], stamps[name] = fallback
         return values, stamps
+
+    def _withdrawal_in(self, person: PersonWrite, name: str) -> tuple[FieldValue, Stamp] | None:
+        """The newest value of ``name`` in the batch's events that grants nothing."""
+        for step in reversed(person.steps):
+            mine = step.fields.get(self.sobject)
+            if mine is not None and name in mine and not _grants(mine[name]):
+                return mine[name], step.stamp
+        return None
 
     def _update_write(
         self,
@@ -958,6 +972,9 @@ class TargetWriter:
         # record holding the batch's own stamp took it in an earlier round of this write.)
         floor: dict[str, Stamp] = {}
         ceiling: dict[str, Stamp] = {}
+        #: The batch's withdrawal written instead of a gated grant: it and the events before
+        #: it (superseded within the batch, as usual) are not older for that field.
+        spared: dict[str, Stamp] = {}
         if len(live) == 1 and not siblings:  # most people: one record
             state = live[0].state
             floor = {n: state[n] for n in person.fields.get(self.sobject, {}) if n in state}
@@ -971,6 +988,9 @@ class TargetWriter:
                 top, ours = max(gates), merged.get(name)
                 if _grants(value) and ours is not None and top > ours:
                     ceiling[name] = top
+                    fallback = self._withdrawal_in(person, name)
+                    if fallback is not None:
+                        spared[name] = fallback[1]
                 if held and len(held) == len(live):
                     floor[name] = min(held)
         if not (floor or ceiling):
@@ -983,7 +1003,11 @@ class TargetWriter:
                 name
                 for name in mine
                 if ((f := floor.get(name)) is not None and step.stamp <= f)
-                or ((c := ceiling.get(name)) is not None and step.stamp < c)
+                or (
+                    (c := ceiling.get(name)) is not None
+                    and step.stamp < c
+                    and ((w := spared.get(name)) is None or step.stamp > w)
+                )
             )
             if older:
                 result.older[step.index] = older

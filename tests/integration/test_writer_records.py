@@ -344,3 +344,29 @@ async def test_a_converted_leads_stamp_keeps_an_older_grant_off_a_new_lead() -> 
         lead = emulator.get("Lead", new)
     assert lead is not None and lead["Newsletter_Consent__c"] is False
     assert result.stale_indexes == {0}, result
+
+
+async def test_a_gated_grant_leaves_the_batchs_older_withdrawal_to_a_lagging_record() -> None:
+    # A holds a choice made at minute 7; B, a second Contact, a consent ticked by hand (no
+    # stamp). One batch withdraws at minute 4 and grants at minute 6. The grant is older than
+    # A's: written nowhere. The withdrawal still reaches B, as separate batches would have.
+    email = "merged@example.com"
+    async with contact_writer(example_mapping()) as (org, writer):
+        org.emulator.seed(
+            "Contact",
+            {
+                "Email": email,
+                "LastName": "A",
+                "Newsletter_Consent__c": False,
+                "Didomi_Sync_State__c": stamped(7),
+            },
+        )
+        b = org.emulator.seed(
+            "Contact", {"Email": email, "LastName": "B", "Newsletter_Consent__c": True}
+        )
+        withdraw = change(email, purpose("newsletter", False), minutes=4, event_id="w")
+        grant = change(email, purpose("newsletter", True), minutes=6, event_id="g")
+        result = (await writer.write(batch_of([withdraw, grant], [org.plan])))[email]
+        assert org.newsletter(b) is False
+    assert result.status == "updated"
+    assert result.stale_indexes == {1}  # the grant; the withdrawal was written to B
