@@ -989,7 +989,9 @@ class TargetWriter:
                 if _grants(value) and ours is not None and top > ours:
                     ceiling[name] = top
                     fallback = self._withdrawal_in(person, name)
-                    if fallback is not None:
+                    # Only when a record took it (it may have been refused, or its record
+                    # converted meanwhile).
+                    if fallback is not None and name in result.written:
                         spared[name] = fallback[1]
                 if held and len(held) == len(live):
                     floor[name] = min(held)

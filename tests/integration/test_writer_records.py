@@ -370,3 +370,35 @@ async def test_a_gated_grant_leaves_the_batchs_older_withdrawal_to_a_lagging_rec
         assert org.newsletter(b) is False
     assert result.status == "updated"
     assert result.stale_indexes == {1}  # the grant; the withdrawal was written to B
+
+
+async def test_a_fallback_withdrawal_no_record_took_is_not_reported_written() -> None:
+    # As above, but a validation rule on B refuses the withdrawal: it reached no record, so
+    # the withdrawal event is older than what the person's records hold, and refused.
+    email = "refused-fallback@example.com"
+    async with contact_writer(example_mapping()) as (org, writer):
+        org.emulator.seed(
+            "Contact",
+            {
+                "Email": email,
+                "LastName": "A",
+                "Newsletter_Consent__c": False,
+                "Didomi_Sync_State__c": stamped(7),
+            },
+        )
+        b = org.emulator.seed(
+            "Contact", {"Email": email, "LastName": "B", "Newsletter_Consent__c": True}
+        )
+        org.emulator.inject_record_error(
+            "update",
+            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            "Consent changes need a reason",
+            fields=["Newsletter_Consent__c"],
+            email=email,
+        )
+        withdraw = change(email, purpose("newsletter", False), minutes=4, event_id="w")
+        grant = change(email, purpose("newsletter", True), minutes=6, event_id="g")
+        result = (await writer.write(batch_of([withdraw, grant], [org.plan])))[email]
+        assert org.newsletter(b) is True  # refused there
+    assert set(result.refused) == {"Newsletter_Consent__c"}
+    assert result.older.get(0) == ["Newsletter_Consent__c"], result
