@@ -385,10 +385,9 @@ def warnings_for(target: TargetMapping) -> list[Problem]:
             target.sobject,
             "sync_state_field",
             "not set (allow_late_overwrites): without a per-field sync state, an event that "
-            "arrives late (Didomi "
-            "retries for minutes and does not keep order; replays and redrives re-send old "
-            "events) overwrites a newer choice, and a withdrawal can be rolled back. Set it to "
-            "a Long Text Area field (e.g. Didomi_Sync_State__c).",
+            "arrives late (Didomi retries for minutes and does not keep order; replays and "
+            "redrives re-send old events) overwrites a newer choice, and a withdrawal can be "
+            "rolled back. Set it to a Long Text Area field (e.g. Didomi_Sync_State__c).",
         )
     ]
 

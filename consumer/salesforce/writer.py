@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
@@ -117,6 +117,21 @@ class _Write:
     fallback: bool = False
     #: The state the record held before (refused fields keep their stamp from it).
     held: Mapping[str, Stamp] = field(default_factory=dict)
+
+    def without(self, names: Set[str], *, fallback: bool = False) -> _Write:
+        """This write less ``names`` (refused, or gone from Salesforce): their choices are not
+        written, so the record keeps the stamps it held for them."""
+        state = None
+        if self.state is not None:
+            state = {k: v for k, v in self.state.items() if k not in names}
+            state.update({k: v for k, v in self.held.items() if k in names})
+        return replace(
+            self,
+            values={k: v for k, v in self.values.items() if k not in names},
+            fields=self.fields - names,
+            state=state,
+            fallback=self.fallback or fallback,
+        )
 
 
 @dataclass
@@ -734,18 +749,11 @@ class TargetWriter:
         refused_now = self._field_refusals(write, errors)
         if refused_now and not write.fallback:
             acc.refused.update(refused_now)
-            left = {k: v for k, v in write.values.items() if k not in refused_now}
-            fields = write.fields - set(refused_now)
-            state = None
-            if write.state is not None:
-                # Refused fields keep the stamp the record had: their choice was not written.
-                state = {k: v for k, v in write.state.items() if k not in refused_now}
-                state.update({k: v for k, v in write.held.items() if k in refused_now})
-            if not fields:
+            if not write.fields - refused_now.keys():
                 acc.error = acc.error or first
                 return None
             acc.pending += 1
-            return replace(write, values=left, fields=fields, state=state, fallback=True)
+            return write.without(refused_now.keys(), fallback=True)
         info = first
         if first.code == "DUPLICATES_DETECTED" and answer.duplicates:
             info = SalesforceErrorInfo(
@@ -894,17 +902,10 @@ class TargetWriter:
             changed = True
             acc = done.of(w.key)
             acc.refused.update({n: gone[n] for n in sorted(names)})
-            fields = w.fields - names
-            if not fields:
+            if not w.fields - names:
                 acc.pending -= 1
                 continue
-            state = None
-            if w.state is not None:
-                # Their choices were not written: the record keeps the stamps it had.
-                state = {k: v for k, v in w.state.items() if k not in names}
-                state.update({k: v for k, v in w.held.items() if k in names})
-            values = {k: v for k, v in w.values.items() if k not in names}
-            rest.append(replace(w, values=values, fields=fields, state=state))
+            rest.append(w.without(names))
         return rest, changed
 
     # --- results -------------------------------------------------------------------------

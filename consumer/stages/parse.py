@@ -110,7 +110,7 @@ def parse_message(
         if not 0 <= moment <= LATEST_EVENT_MS:
             return _out_of_range(result.change)
         if record_time_ms is not None and record_time_ms > 0:
-            return _bounded(result, record_time_ms, rules.max_future_skew_seconds)
+            return _bounded(result, moment, record_time_ms, rules.max_future_skew_seconds)
     return result
 
 
@@ -125,9 +125,11 @@ def _out_of_range(change: ConsentChange) -> Rejected:
     )
 
 
-def _bounded(result: Accepted, record_time_ms: int, skew_seconds: float) -> ParseResult:
+def _bounded(
+    result: Accepted, event_ms: int, record_time_ms: int, skew_seconds: float
+) -> ParseResult:
     change = result.change
-    ahead = (epoch_ms(change.event_time) - record_time_ms) / 1000
+    ahead = (event_ms - record_time_ms) / 1000
     if ahead <= skew_seconds:
         return result
     return Rejected(
@@ -191,15 +193,9 @@ def _interpret(envelope: Any, rules: ParseRules, record_time_ms: int | None) -> 
             source = params.get("source")
             event_id = (source.get("id") if source else None) or user["id"]
             previous = _previous_purposes(params.get("old_entity"), user)
-        if "gdpr" not in rules.regulations:
-            return _ignored(
-                "user entities carry the person's GDPR state; gdpr is not among the synced "
-                f"regulations ({', '.join(rules.regulations)})",
-                event_id,
-                kind,
-                user["organization_user_id"],
-                _event_time(user),
-            )
+        ignored = _not_gdpr(rules, kind, event_id, user)
+        if ignored is not None:
+            return ignored
         return _from_user(kind, event_id, user, previous)
     if kind == "event.deleted":
         deleted: ConsentEvent = params["entity"]
@@ -209,15 +205,9 @@ def _interpret(envelope: Any, rules: ParseRules, record_time_ms: int | None) -> 
     gone: User = params["entity"]
     if rules.on_user_deleted != "withdraw":
         return _deletion_ignored(kind, gone, gone["organization_user_id"])
-    if "gdpr" not in rules.regulations:
-        return _ignored(
-            "user entities carry the person's GDPR state; gdpr is not among the synced "
-            f"regulations ({', '.join(rules.regulations)})",
-            gone["id"],
-            kind,
-            gone["organization_user_id"],
-            _event_time(gone),
-        )
+    ignored = _not_gdpr(rules, kind, gone["id"], gone)
+    if ignored is not None:
+        return ignored
     bad = _check_email(gone["organization_user_id"], gone["id"], kind)
     if bad is not None:
         return bad
@@ -239,6 +229,20 @@ def _interpret(envelope: Any, rules: ParseRules, record_time_ms: int | None) -> 
             full_state=True,
             withdraw_all=True,
         )
+    )
+
+
+def _not_gdpr(rules: ParseRules, kind: str, event_id: str, user: User) -> Ignored | None:
+    """Why a user entity is ignored when ``gdpr`` is not synced (it carries the GDPR state)."""
+    if "gdpr" in rules.regulations:
+        return None
+    return _ignored(
+        "user entities carry the person's GDPR state; gdpr is not among the synced "
+        f"regulations ({', '.join(rules.regulations)})",
+        event_id,
+        kind,
+        user["organization_user_id"],
+        _event_time(user),
     )
 
 

@@ -30,14 +30,15 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 EMAIL = "p@example.com"
 
 
-def refuse_the_withdrawal(emulator: SalesforceEmulator) -> None:
-    """A validation rule on the next record updated for EMAIL refuses the newsletter field."""
+def refuse_the_withdrawal(emulator: SalesforceEmulator, email: str = EMAIL) -> None:
+    """A validation rule on the next record updated for ``email`` refuses the newsletter
+    field."""
     emulator.inject_record_error(
         "update",
         "FIELD_CUSTOM_VALIDATION_EXCEPTION",
         "Consent changes need a reason",
         fields=["Newsletter_Consent__c"],
-        email=EMAIL,
+        email=email,
     )
 
 
@@ -302,13 +303,7 @@ async def test_a_replay_older_than_every_record_costs_nothing_when_a_sibling_ref
                     "Didomi_Sync_State__c": stamped(stamp),
                 },
             )
-        org.emulator.inject_record_error(
-            "update",
-            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-            "Consent changes need a reason",
-            fields=["Newsletter_Consent__c"],
-            email=email,
-        )
+        refuse_the_withdrawal(org.emulator, email)
         org.emulator.reset_stats()
         old = change(email, purpose("newsletter", True), minutes=2, event_id="g2")
         result = (await writer.write(batch_of([old], [org.plan])))[email]
@@ -346,24 +341,30 @@ async def test_a_converted_leads_stamp_keeps_an_older_grant_off_a_new_lead() -> 
     assert result.stale_indexes == {0}, result
 
 
+def seed_two(org: Org, email: str) -> str:
+    """Two Contacts of ``email``: A withdrawn at minute 7 (stamped), B subscribed by hand (no
+    stamp); B's id."""
+    org.emulator.seed(
+        "Contact",
+        {
+            "Email": email,
+            "LastName": "A",
+            "Newsletter_Consent__c": False,
+            "Didomi_Sync_State__c": stamped(7),
+        },
+    )
+    return org.emulator.seed(
+        "Contact", {"Email": email, "LastName": "B", "Newsletter_Consent__c": True}
+    )
+
+
 async def test_a_gated_grant_leaves_the_batchs_older_withdrawal_to_a_lagging_record() -> None:
     # A holds a choice made at minute 7; B, a second Contact, a consent ticked by hand (no
     # stamp). One batch withdraws at minute 4 and grants at minute 6. The grant is older than
     # A's: written nowhere. The withdrawal still reaches B, as separate batches would have.
     email = "merged@example.com"
     async with contact_writer(example_mapping()) as (org, writer):
-        org.emulator.seed(
-            "Contact",
-            {
-                "Email": email,
-                "LastName": "A",
-                "Newsletter_Consent__c": False,
-                "Didomi_Sync_State__c": stamped(7),
-            },
-        )
-        b = org.emulator.seed(
-            "Contact", {"Email": email, "LastName": "B", "Newsletter_Consent__c": True}
-        )
+        b = seed_two(org, email)
         withdraw = change(email, purpose("newsletter", False), minutes=4, event_id="w")
         grant = change(email, purpose("newsletter", True), minutes=6, event_id="g")
         result = (await writer.write(batch_of([withdraw, grant], [org.plan])))[email]
@@ -377,25 +378,8 @@ async def test_a_fallback_withdrawal_no_record_took_is_not_reported_written() ->
     # the withdrawal event is older than what the person's records hold, and refused.
     email = "refused-fallback@example.com"
     async with contact_writer(example_mapping()) as (org, writer):
-        org.emulator.seed(
-            "Contact",
-            {
-                "Email": email,
-                "LastName": "A",
-                "Newsletter_Consent__c": False,
-                "Didomi_Sync_State__c": stamped(7),
-            },
-        )
-        b = org.emulator.seed(
-            "Contact", {"Email": email, "LastName": "B", "Newsletter_Consent__c": True}
-        )
-        org.emulator.inject_record_error(
-            "update",
-            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-            "Consent changes need a reason",
-            fields=["Newsletter_Consent__c"],
-            email=email,
-        )
+        b = seed_two(org, email)
+        refuse_the_withdrawal(org.emulator, email)
         withdraw = change(email, purpose("newsletter", False), minutes=4, event_id="w")
         grant = change(email, purpose("newsletter", True), minutes=6, event_id="g")
         result = (await writer.write(batch_of([withdraw, grant], [org.plan])))[email]
