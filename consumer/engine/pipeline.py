@@ -47,6 +47,7 @@ from consumer.model.changes import (
     PersonWrite,
     Sourced,
 )
+from consumer.model.held import HeldChoices
 from consumer.model.messages import InputMessage
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.observability.metrics import Metrics
@@ -78,6 +79,7 @@ class Writer(Protocol):
         *,
         backlog: bool = False,
         writers: int | None = None,
+        held: HeldChoices | None = None,
     ) -> dict[str, PersonResult]: ...
 
 
@@ -491,8 +493,11 @@ class Pipeline:
         todo = list(people.values())
         writers = [w for w in self._writers if any(p.fields.get(w.sobject) for p in todo)]
         backlog = self._behind()
+        # The targets tell each other what the person's records hold: a grant older than a
+        # choice any of them holds is written to none (a record made meanwhile holds none).
+        held = HeldChoices((w.sobject for w in writers), answered=self._gate.succeeded)
         answers = await gather_or_cancel(
-            *(self._write_target(w, todo, backlog, len(writers)) for w in writers)
+            *(self._write_target(w, todo, backlog, len(writers), held) for w in writers)
         )
         return {w.sobject: answer for w, answer in zip(writers, answers, strict=True)}
 
@@ -502,6 +507,7 @@ class Pipeline:
         people: Sequence[PersonWrite],
         backlog: bool = False,
         writers: int | None = None,
+        held: HeldChoices | None = None,
     ) -> dict[str, PersonResult]:
         """Write one target; what cannot be written now waits at the gate and is written again.
 
@@ -510,22 +516,29 @@ class Pipeline:
         """
         # Kept across attempts: people a paused attempt finished are not written again.
         done: dict[str, PersonResult] = {}
-        while True:
-            probe = await self._gate.wait_open()
-            try:
-                results = await writer.write(people, done, backlog=backlog, writers=writers)
-            except asyncio.CancelledError:
-                if probe:
-                    self._gate.abandoned()
-                raise
-            except Exception as exc:
-                if self._gate.failed(exc, probe=probe) is Verdict.GIVE_UP and isinstance(
-                    exc, RetryBudgetExhaustedError
-                ):
-                    return _exhausted(exc)
-                continue
-            self._gate.succeeded()
-            return results
+        try:
+            while True:
+                probe = await self._gate.wait_open()
+                try:
+                    results = await writer.write(
+                        people, done, backlog=backlog, writers=writers, held=held
+                    )
+                except asyncio.CancelledError:
+                    if probe:
+                        self._gate.abandoned()
+                    raise
+                except Exception as exc:
+                    if self._gate.failed(exc, probe=probe) is Verdict.GIVE_UP and isinstance(
+                        exc, RetryBudgetExhaustedError
+                    ):
+                        return _exhausted(exc)
+                    continue
+                self._gate.succeeded()
+                return results
+        finally:
+            # Whatever ended it: the batch's other targets no longer wait for this one.
+            if held is not None:
+                held.leave(writer.sobject)
 
     # --- commits, rebalance, shutdown ---------------------------------------------------
 

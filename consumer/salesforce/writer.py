@@ -61,6 +61,7 @@ from consumer.errors import (
 from consumer.mapping import FieldInfo, TargetMapping, TargetPlan, describe_fields
 from consumer.model import sync_state
 from consumer.model.changes import FieldValue, FieldValues, PersonResult, PersonWrite, Stamp
+from consumer.model.held import HeldChoices
 from consumer.model.messages import email_key
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.salesforce.client import COLLECTION_LIMIT, RecordResult, SalesforceClient
@@ -180,6 +181,10 @@ class TargetWriter:
         mapping = plan.mapping
         self._state_field = mapping.sync_state_field
         self._mapped = [name for _, name in mapping.mapped_fields()]
+        #: Field -> the choice it holds (``purposes.x``), and back: what the targets of one
+        #: batch tell each other about the stamps their records hold (:class:`HeldChoices`).
+        self._choice_of = {name: where for where, name in mapping.mapped_fields()}
+        self._field_of = dict(mapping.mapped_fields())
         #: What the state field holds at least (the mapping check refuses a shorter one).
         self._state_room = sync_state.capacity(self._mapped)
         #: Upsert by the external id without reading first (no state to compare with).
@@ -210,6 +215,7 @@ class TargetWriter:
         *,
         backlog: bool = False,
         writers: int | None = None,
+        held: HeldChoices | None = None,
     ) -> dict[str, PersonResult]:
         """Write every person that has values for this target; results by email key.
 
@@ -225,15 +231,26 @@ class TargetWriter:
         when the engine says the service is behind (``backlog``). ``writers``: how many
         writers write these people (when known); a writer alone issuing a lone call (one
         query, or writes of a single operation) sends it at once.
+
+        ``held``: shared by the writers of one batch's targets. With a sync state, this
+        writer posts there what its records hold and, before planning, waits for the others'
+        posts: a grant older than what any of the person's records of any target holds for
+        the same choice is written nowhere. Without one, it leaves at once.
         """
+        if held is not None and (not self._state_field or held.alone(self.sobject)):
+            held.leave(self.sobject)
+            held = None
         mode = self._settings.salesforce_composite
         if mode == "on" or (mode == "auto" and backlog):
             with together(people, writers):
-                return await self._write(people, done)
-        return await self._write(people, done)
+                return await self._write(people, done, held)
+        return await self._write(people, done, held)
 
     async def _write(
-        self, people: Sequence[PersonWrite], done: dict[str, PersonResult] | None
+        self,
+        people: Sequence[PersonWrite],
+        done: dict[str, PersonResult] | None,
+        held: HeldChoices | None = None,
     ) -> dict[str, PersonResult]:
         sobject = self.sobject
         results: dict[str, PersonResult] = done if done is not None else {}
@@ -249,7 +266,7 @@ class TargetWriter:
         )
         while todo:
             try:
-                retry, last_error = await self._round(todo, results)
+                retry, last_error = await self._round(todo, results, held)
             except RetryBudgetExhaustedError as exc:
                 raise RetryBudgetExhaustedError(
                     f"{sobject}: {exc.message}", done=dict(results), pending=tuple(todo)
@@ -276,7 +293,10 @@ class TargetWriter:
     # --- one round -----------------------------------------------------------------------
 
     async def _round(
-        self, todo: dict[str, PersonWrite], results: dict[str, PersonResult]
+        self,
+        todo: dict[str, PersonWrite],
+        results: dict[str, PersonResult],
+        held: HeldChoices | None = None,
     ) -> tuple[set[str], str]:
         """One pass over ``todo``; final results go to ``results``. Returns keys to retry."""
         if self._lost_any() and (
@@ -286,6 +306,8 @@ class TargetWriter:
             await self._describe_again(self._describes)
         done = _Round()
         matches: dict[str, list[Match]] = {}
+        #: Per person, what the other targets' records hold, as a read-only record.
+        elsewhere: dict[str, Match] = {}
         writes: list[_Write] = []
         skipped: dict[str, PersonResult] = {}
         withdrawals: list[_Write] = []
@@ -312,8 +334,12 @@ class TargetWriter:
                     skipped[key] = self._all_refused(person, [], write.refused)
         else:
             matches = await self.find(todo.values())
+            if held is not None:
+                elsewhere = await self._exchange(todo, matches, held)
             for key, person in todo.items():
-                planned, result = self._plan_person(key, person, matches.get(key, []))
+                planned, result = self._plan_person(
+                    key, person, matches.get(key, []), other=elsewhere.get(key)
+                )
                 writes.extend(planned)
                 if result is not None:
                     skipped[key] = result
@@ -344,11 +370,49 @@ class TargetWriter:
                 found = matches.get(key, [])
                 live = [m for m in found if not m.converted]
                 converted = [m for m in found if m.converted]
+                if key in elsewhere:
+                    converted.append(elsewhere[key])
                 results[key] = self._result(person, acc, live, converted)
         return done.retry, done.last_error
 
+    async def _exchange(
+        self, todo: Mapping[str, PersonWrite], matches: Mapping[str, list[Match]], held: HeldChoices
+    ) -> dict[str, Match]:
+        """Post the newest stamp per choice this target's records hold, wait for the
+        batch's other targets, and return per person what any target holds for this
+        target's fields (as a read-only record that gates like a converted Lead)."""
+        choice_of, field_of = self._choice_of, self._field_of
+        mine: dict[str, dict[str, Stamp]] = {}
+        for key, found in matches.items():
+            newest: dict[str, Stamp] = {}
+            for match in found:
+                for name, stamp in match.state.items():
+                    choice = choice_of.get(name)
+                    if choice is not None and ((old := newest.get(choice)) is None or old < stamp):
+                        newest[choice] = stamp
+            if newest:
+                mine[key] = newest
+        held.post(self.sobject, mine)
+        await held.settled()
+        elsewhere: dict[str, Match] = {}
+        for key in todo:
+            state = {
+                field_of[choice]: stamp
+                for choice, stamp in held.of(key).items()
+                if choice in field_of
+            }
+            if state:
+                elsewhere[key] = Match("", state=state, converted=True)
+        return elsewhere
+
     def _plan_person(
-        self, key: str, person: PersonWrite, found: list[Match], *, create: bool = True
+        self,
+        key: str,
+        person: PersonWrite,
+        found: list[Match],
+        *,
+        create: bool = True,
+        other: Match | None = None,
     ) -> tuple[list[_Write], PersonResult | None]:
         """The writes for one person, or (when nothing is to be written) their result.
 
@@ -356,17 +420,22 @@ class TargetWriter:
         are a deletion's: the record holds no consent and the deletion's stamps, so that a
         grant from before the deletion arriving later (a retry, a replay) is stale instead of
         creating the record with a consent (a suppression record, as for any withdrawal).
-        ``create`` False (the blind writer's erased people) creates nobody.
+        ``create`` False (the blind writer's erased people) creates nobody. ``other``: what
+        the person's records of the batch's other targets hold (:meth:`_exchange`); it gates
+        this target's writes and creates as a record of its own would.
         """
         mapping, sobject = self._plan.mapping, self.sobject
         live = [m for m in found if not m.converted]
         converted = [m for m in found if m.converted]
+        gates = found if other is None else [*found, other]
+        if other is not None:
+            converted.append(other)
         if live:
             writes: list[_Write] = []
             refused: dict[str, SalesforceErrorInfo] = {}
             # Every record found gates, a converted Lead too (read-only, its stamps still
-            # say what the person chose last).
-            chosen = self._newest_across(person, found) if len(found) > 1 else None
+            # say what the person chose last), and so do the other targets' records.
+            chosen = self._newest_across(person, gates) if len(gates) > 1 else None
             for match in live:
                 write, why = self._update_write(key, person, match, chosen)
                 refused.update(why)
@@ -377,10 +446,10 @@ class TargetWriter:
             if refused:
                 return [], self._all_refused(person, live, refused, converted)
             if self._state_field:
-                note = (
-                    f"every matching {sobject} holds a newer choice for each field "
-                    f"({self._state_field})"
-                )
+                holders = f"every matching {sobject} holds"
+                if other is not None:  # the batch's other targets' records count too
+                    holders = f"the person's records ({sobject}s or another target's) hold"
+                note = f"{holders} a newer choice for each field ({self._state_field})"
                 result = PersonResult("stale", [m.id for m in live], note=note)
             else:
                 note = f"every matching {sobject} already holds these values"
@@ -395,10 +464,19 @@ class TargetWriter:
                 f"{sobject}s are read-only and no new one is created",
             )
         if mapping.upsert_mode and create:
-            write = self._create_write(key, person)
-            if not write.values:
+            chosen = self._newest_across(person, gates) if gates else None
+            write = self._create_write(key, person, chosen)
+            if write.values:
+                return [write], None
+            if write.refused:
                 return [], self._all_refused(person, [], write.refused)
-            return [write], None
+            # Every choice is older than what the person's other records hold: a record
+            # made now would hold none of them, and no stamp to keep the next one out.
+            note = (
+                f"no {sobject} has this {mapping.lookup_field}, and the person's other "
+                "records hold a newer choice for each field: none is created"
+            )
+            return [], self._finish(person, [], PersonResult("stale", note=note), siblings=gates)
         if mapping.upsert_mode:
             note = (
                 f"no {sobject} has this {mapping.lookup_field}; a deletion creates no record "
@@ -518,10 +596,20 @@ class TargetWriter:
         )
         return write, refused
 
-    def _create_write(self, key: str, person: PersonWrite) -> _Write:
+    def _create_write(
+        self,
+        key: str,
+        person: PersonWrite,
+        chosen: tuple[FieldValues, dict[str, Stamp]] | None = None,
+    ) -> _Write:
+        """A create with the batch's choices (``chosen``: less the grants that records of
+        other targets hold newer, :meth:`_newest_across`)."""
         mapping, sobject = self._plan.mapping, self.sobject
-        values, refused = self._valid(person.fields[sobject])
-        stamps = person.stamps.get(sobject, {})
+        if chosen is not None:
+            values, stamps = chosen
+        else:
+            values, stamps = person.fields[sobject], person.stamps.get(sobject, {})
+        values, refused = self._valid(values)
         extra: dict[str, Any] = dict(mapping.create_defaults)
         extra[mapping.match_field] = person.email
         if mapping.external_id_field:
@@ -965,7 +1053,7 @@ class TargetWriter:
         all the same (:meth:`_newest_across`)."""
         result.refused = dict(refused or {})
         result.written = set(written or ())
-        if not (self._state_field and live):
+        if not (self._state_field and (live or siblings)):
             return result
         # A field is older for an event when every record holds a stamp at least as new (a
         # replay, a duplicate), or, for a grant, one holds a newer one than the batch's

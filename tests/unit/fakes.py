@@ -18,6 +18,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from consumer.engine.ports import BatchPort
 from consumer.model.changes import PersonResult, PersonWrite
+from consumer.model.held import HeldChoices
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,10 @@ class MemoryWriter:
         *,
         backlog: bool = False,
         writers: int | None = None,
+        held: HeldChoices | None = None,
     ) -> dict[str, PersonResult]:
+        if held is not None:
+            held.leave(self.sobject)  # keeps no sync state
         self.backlogs.append(backlog)
         self.company.append(writers)
         self.in_flight += 1
@@ -286,9 +290,9 @@ class MemoryWriter:
             if self.gate is not None:
                 await self.gate.wait()
             for person in people:
-                held = self.hold.get(person.email_key)
-                if held is not None and person.fields.get(self.sobject):
-                    await held.wait()
+                waits = self.hold.get(person.email_key)
+                if waits is not None and person.fields.get(self.sobject):
+                    await waits.wait()
             if self.latencies:
                 await asyncio.sleep(self.latencies.pop(0))
             if self.errors:
