@@ -7,7 +7,8 @@ it, nothing is acknowledged, and the poll loop pauses the partitions and keeps p
 decides by the error's ``reaction`` (:mod:`consumer.errors`), never by message text.
 
 When a pause ends, one write goes first (it probes Salesforce) and the others wait for its
-answer: a spent quota costs one call per pause, not one per waiting batch.
+answer: a spent quota costs a call or two per pause, not one per waiting batch. The other
+targets of the probe's batch go with it (they wait for each other's reads before writing).
 
 Pauses for the daily limit, the API budget, a refused login and an outage are deliberate: the
 process is healthy and waiting. A pause after an unexpected error is not: health turns red
@@ -67,6 +68,8 @@ class WriteGate:
         self.state = PauseState()
         #: True while one write probes Salesforce after a pause ended.
         self._probing = False
+        #: The probe's batch (what its writers share): they go with it.
+        self._probe_owner: object | None = None
         self._probe_over = asyncio.Event()
 
     def closed(self) -> bool:
@@ -82,10 +85,11 @@ class WriteGate:
         """Whether the current pause is one a healthy process waits through."""
         return self.closed() and self.state.reason in DELIBERATE
 
-    async def wait_open(self) -> bool:
+    async def wait_open(self, owner: object | None = None) -> bool:
         """Return once this write may go; True when it is the probe after a pause (then the
         caller reports its result with :meth:`succeeded`, :meth:`failed` or
-        :meth:`abandoned`)."""
+        :meth:`abandoned`). Writes of the same ``owner`` (one batch's targets) as the probe
+        go with it, not as probes."""
         while True:
             if self.state.reason is None:
                 return False
@@ -96,12 +100,16 @@ class WriteGate:
                 continue
             if not self._probing:
                 self._probing = True
+                self._probe_owner = owner
                 self._probe_over.clear()
                 return True
+            if owner is not None and owner is self._probe_owner:
+                return False
             await self._probe_over.wait()
 
     def _probe_done(self) -> None:
         self._probing = False
+        self._probe_owner = None
         self._probe_over.set()
 
     def abandoned(self) -> None:

@@ -301,7 +301,9 @@ class Pipeline:
             tuple(record.headers or ()),
             record.timestamp,
         )
-        parsed = parse_message(message.value, self._rules, message.timestamp_ms)
+        # A redriven message is judged and dated by its first read (model.messages.Origin).
+        record_ms = message.origin().timestamp_ms if message.headers else message.timestamp_ms
+        parsed = parse_message(message.value, self._rules, record_ms)
         fields: Mapping[str, FieldValues] = {}
         person = None
         if isinstance(parsed, Accepted):
@@ -446,9 +448,10 @@ class Pipeline:
             messages = [item.message for item in batch.items]
             parsed = [item.parsed for item in batch.items]
             people = merge_by_person(
-                Sourced(
-                    item.parsed.change, item.message.partition, item.message.offset, i, item.fields
-                )
+                Sourced(item.parsed.change, m.partition, m.offset, i, item.fields)
+                if not (m := item.message).headers
+                # A redriven message sorts where it was first read (model.messages.Origin).
+                else Sourced(item.parsed.change, *m.origin()[:2], i, item.fields)
                 for i, item in enumerate(batch.items)
                 if isinstance(item.parsed, Accepted)
             )
@@ -495,7 +498,7 @@ class Pipeline:
         backlog = self._behind()
         # The targets tell each other what the person's records hold: a grant older than a
         # choice any of them holds is written to none (a record made meanwhile holds none).
-        held = HeldChoices((w.sobject for w in writers), answered=self._gate.succeeded)
+        held = HeldChoices(w.sobject for w in writers)
         answers = await gather_or_cancel(
             *(self._write_target(w, todo, backlog, len(writers), held) for w in writers)
         )
@@ -518,7 +521,8 @@ class Pipeline:
         done: dict[str, PersonResult] = {}
         try:
             while True:
-                probe = await self._gate.wait_open()
+                # The batch's targets wait for each other (held): they probe together.
+                probe = await self._gate.wait_open(owner=held)
                 try:
                     results = await writer.write(
                         people, done, backlog=backlog, writers=writers, held=held

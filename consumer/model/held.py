@@ -12,7 +12,7 @@ waits for the batch's other stateful writers to post theirs before it plans a wr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from consumer.model.changes import Stamp
 
@@ -25,17 +25,13 @@ class HeldChoices:
     cancelled), so that a writer waiting in :meth:`settled` never waits for one that will not
     post. Posting again (a retry round's fresh read) only adds newer stamps.
 
-    ``answered`` is called on every post: the poster's query was answered, so Salesforce takes
-    calls again. After a pause one write goes first and the others wait for its answer (the
-    engine's write gate); a first write that waited here for a target still held at the gate
-    would wait for ever.
+    After a pause the engine's write gate lets one write go first and holds the others until
+    it is answered; the writers of that write's batch go with it (they share this object as
+    the gate's ``owner``), or the first would wait here for ever for one held at the gate.
     """
 
-    def __init__(
-        self, sobjects: Iterable[str], *, answered: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, sobjects: Iterable[str]) -> None:
         self._sobjects = frozenset(sobjects)
-        self._answered = answered
         self._waiting = set(self._sobjects)
         self._held: dict[str, dict[str, Stamp]] = {}
         self._settled = asyncio.Event()
@@ -58,8 +54,6 @@ class HeldChoices:
                 old = have.get(choice)
                 if old is None or old < stamp:
                     have[choice] = stamp
-        if self._answered is not None:
-            self._answered()
         self.leave(sobject)
 
     def leave(self, sobject: str) -> None:

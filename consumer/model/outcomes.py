@@ -208,6 +208,8 @@ class DeadLetter(BaseModel):
     source_partition: int
     source_offset: int
     first_seen: datetime
+    #: ``partition/offset/timestamp`` of the event's first read (kept across redrives).
+    origin: str = ""
     event_id: IdText | None = None
 
     def headers(self) -> list[tuple[str, bytes]]:
@@ -220,6 +222,8 @@ class DeadLetter(BaseModel):
             ("x-dlq-source-offset", str(self.source_offset)),
             ("x-dlq-first-seen", self.first_seen.isoformat()),
         ]
+        if self.origin:
+            out.append(("x-dlq-origin", self.origin))
         if self.event_id:
             out.append(("x-dlq-event-id", self.event_id))
         return [(k, v.encode("utf-8")) for k, v in out]

@@ -49,6 +49,7 @@ from consumer.model.messages import (
     DLQ_HEADER_PREFIX,
     ERROR_CLASS_HEADER,
     FIRST_SEEN_HEADER,
+    ORIGIN_HEADER,
     REDRIVEN_AT_HEADER,
     REDRIVEN_FROM_HEADER,
     VALUE_OMITTED_HEADER,
@@ -99,7 +100,8 @@ def redriven_headers(
     """The headers of the re-published message.
 
     The original headers in their order, without the ``x-dlq-*`` ones except
-    ``x-dlq-first-seen`` (so a message that fails again keeps its first-seen time), without
+    ``x-dlq-first-seen`` and ``x-dlq-origin`` (so a message that fails again keeps its
+    first-seen time, and the service orders and dates it by its first read), without
     an earlier redrive's ``x-redriven-*``, plus ``x-redriven-at`` and ``x-redriven-from``
     (``topic/partition/offset`` in the DLQ).
     """
@@ -113,7 +115,7 @@ def _dropped(key: str) -> bool:
     low = key.lower()
     if low in (REDRIVEN_AT_HEADER, REDRIVEN_FROM_HEADER):
         return True
-    return low.startswith(DLQ_HEADER_PREFIX) and low != FIRST_SEEN_HEADER
+    return low.startswith(DLQ_HEADER_PREFIX) and low not in (FIRST_SEEN_HEADER, ORIGIN_HEADER)
 
 
 def class_group(group: str, cls: str) -> str:

@@ -346,5 +346,6 @@ def _dead_letter(
         source_partition=message.partition,
         source_offset=message.offset,
         first_seen=first_seen,
+        origin=message.origin().encode().decode(),
         event_id=event_id,
     )

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from consumer.devkit.emulator import SalesforceEmulator
 from consumer.engine.health import Health
 from consumer.engine.pipeline import Pipeline
 from consumer.mapping import MappingConfig
@@ -220,6 +221,23 @@ class Run:
             await asyncio.sleep(0.005)
 
 
+def quick_settings(emulator: SalesforceEmulator, composite: bool = False) -> Settings:
+    """Settings for a pipeline on the emulator: no linger, commits at once, short retries."""
+    return Settings(
+        salesforce_token_url=emulator.url,
+        salesforce_client_id=CLIENT_ID,
+        salesforce_client_secret=SecretStr(CLIENT_SECRET),
+        salesforce_retry_initial_seconds=0.01,
+        salesforce_retry_max_seconds=0.05,
+        sync_batch_linger_ms=0,
+        sync_commit_interval_ms=0,
+        sync_concurrency=2,
+        kafka_results_topic="results",
+        kafka_dlq_topic="dlq",
+        salesforce_composite="on" if composite else "off",
+    )
+
+
 def _at_least(run: Run, count: int) -> Callable[[], bool]:
     return lambda: len(run.outcomes()) >= count
 
@@ -238,19 +256,7 @@ async def scenario(
             if i != 2  # the third person has no Contact: created on first sight
         }
         lead_ids = {0: emulator.seed("Lead", {"Email": EMAILS[0], "LastName": "L", "Company": "C"})}
-        s = Settings(
-            salesforce_token_url=emulator.url,
-            salesforce_client_id=CLIENT_ID,
-            salesforce_client_secret=SecretStr(CLIENT_SECRET),
-            salesforce_retry_initial_seconds=0.01,
-            salesforce_retry_max_seconds=0.05,
-            sync_batch_linger_ms=0,
-            sync_commit_interval_ms=0,
-            sync_concurrency=2,
-            kafka_results_topic="results",
-            kafka_dlq_topic="dlq",
-            salesforce_composite="on" if composite else "off",
-        )
+        s = quick_settings(emulator, composite)
         mapping = example_mapping().model_copy(update={"on_user_deleted": "withdraw"})
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
             report = await check_mapping(client, mapping)

@@ -55,12 +55,17 @@ class MemoryConsumer:
     # --- test side -----------------------------------------------------------------------
 
     def append(
-        self, partition: int, value: bytes | None, key: bytes | None = None, timestamp: int = 0
+        self,
+        partition: int,
+        value: bytes | None,
+        key: bytes | None = None,
+        timestamp: int = 0,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> int:
         """Append a record; returns its offset."""
         tp = TopicPartition(self.topic, partition)
         log = self.logs[tp]
-        log.append(Record(self.topic, partition, len(log), timestamp, key, value))
+        log.append(Record(self.topic, partition, len(log), timestamp, key, value, tuple(headers)))
         self._wake.set()
         return len(log) - 1
 

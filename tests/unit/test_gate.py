@@ -122,3 +122,29 @@ async def test_an_abandoned_probe_lets_another_write_probe() -> None:
     await asyncio.sleep(0.01)
     g.abandoned()
     assert await asyncio.wait_for(waiter, 1) is True
+
+
+@pytest.mark.asyncio
+async def test_the_probes_batch_goes_with_it_and_other_batches_wait() -> None:
+    # The targets of one batch wait for each other's reads before writing: one held at the
+    # gate while the other probes would hold the probe for ever.
+    clock = Clock()
+    g, _, _ = gate(clock)
+    g.failed(RequestLimitExceededError("x"))
+    clock.now += 301
+    batch, other = object(), object()
+    assert await g.wait_open(owner=batch) is True  # the probe
+    assert await asyncio.wait_for(g.wait_open(owner=batch), 1) is False  # its partner goes
+    waiter = asyncio.ensure_future(g.wait_open(owner=other))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # another batch waits for the probe's answer
+    g.failed(RequestLimitExceededError("x"), probe=True)
+    clock.now += 301
+    # The next probe may be the other batch's; the first batch's writers are not partners
+    # of it.
+    assert await asyncio.wait_for(waiter, 1) is True
+    late = asyncio.ensure_future(g.wait_open(owner=batch))
+    await asyncio.sleep(0.01)
+    assert not late.done()
+    g.succeeded()
+    assert await asyncio.wait_for(late, 1) is False

@@ -145,7 +145,7 @@ def test_parse_when_refuses_what_is_not_iso() -> None:
 # --- redrive's pure rules ------------------------------------------------------------------
 
 
-def test_redriven_headers_keep_originals_and_first_seen_only() -> None:
+def test_redriven_headers_keep_originals_first_seen_and_origin_only() -> None:
     now = datetime(2026, 11, 28, 21, 30, tzinfo=UTC)
     headers = [
         ("trace-id", b"t1"),
@@ -153,6 +153,7 @@ def test_redriven_headers_keep_originals_and_first_seen_only() -> None:
         ("x-dlq-reason", b"bad"),
         ("x-dlq-first-seen", b"2026-11-01T00:00:00+00:00"),
         ("x-dlq-source-offset", b"4"),
+        ("x-dlq-origin", b"0/4/1793491205000"),
         ("x-redriven-at", b"earlier"),
         ("x-redriven-from", b"dlq/0/1"),
         ("other", b""),
@@ -162,6 +163,7 @@ def test_redriven_headers_keep_originals_and_first_seen_only() -> None:
     assert redriven_headers(headers, "dlq/1/7", now) == [
         ("trace-id", b"t1"),
         ("x-dlq-first-seen", b"2026-11-01T00:00:00+00:00"),
+        ("x-dlq-origin", b"0/4/1793491205000"),
         ("other", b""),
         ("x-redriven-at", b"2026-11-28T21:30:00+00:00"),
         ("x-redriven-from", b"dlq/1/7"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from consumer.model.changes import Accepted, Ignored, ParseResult, PersonResult, Rejected, Sourced
-from consumer.model.messages import FIRST_SEEN_HEADER, InputMessage
+from consumer.model.messages import FIRST_SEEN_HEADER, ORIGIN_HEADER, InputMessage, Origin
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
@@ -92,16 +94,43 @@ def test_stale_events_and_events_without_mapped_choices() -> None:
     assert dead == []
 
 
-def test_a_redriven_dead_letter_keeps_its_first_seen_time() -> None:
+def test_a_redriven_dead_letter_keeps_its_first_seen_time_and_origin() -> None:
     first = "2026-11-01T08:00:00+00:00"
     parsed: list[ParseResult] = [Rejected("UNKNOWN_EVENT_TYPE", "unknown event type 'x'")]
-    _, dead = assemble(
-        [message(5, ((FIRST_SEEN_HEADER, first.encode()),))], parsed, {}, {}, [], NOW
-    )
+    again = ((FIRST_SEEN_HEADER, first.encode()), (ORIGIN_HEADER, b"1/3/1793491205000"))
+    _, dead = assemble([message(5, again)], parsed, {}, {}, [], NOW)
     assert dead[0].info.first_seen == datetime.fromisoformat(first)
     headers = dict(dead[0].info.headers())
     assert headers["x-dlq-source-offset"] == b"5"
     assert headers["x-dlq-first-seen"] == first.encode()
+    assert headers["x-dlq-origin"] == b"1/3/1793491205000"  # its first read, not this one
+    # A first dead letter says where and when it was read.
+    first_trip = InputMessage("in", 2, 7, b"k", b"v", (), 1793491206000)
+    _, dead = assemble([first_trip], parsed, {}, {}, [], NOW)
+    assert dict(dead[0].info.headers())["x-dlq-origin"] == b"2/7/1793491206000"
+
+
+@pytest.mark.parametrize(
+    ("raw", "origin"),
+    [
+        (b"1/3/1793491205000", Origin(1, 3, 1793491205000)),
+        (b"0/12/", Origin(0, 12, None)),
+        (None, None),
+        (b"1/3", None),
+        (b"a/3/5", None),
+        (b"-1/3/5", None),
+        (b"1/3/5/6", None),
+    ],
+)
+def test_an_origin_header_is_read_or_ignored(raw: bytes | None, origin: Origin | None) -> None:
+    assert Origin.parse(raw) == origin
+    if origin is not None:
+        assert Origin.parse(origin.encode()) == origin
+    own = InputMessage("in", 2, 9, None, b"v", (), 1793491207000)
+    headers = () if raw is None else ((ORIGIN_HEADER, raw),)
+    expected = origin or Origin(2, 9, 1793491207000)  # a bad header counts as none
+    assert InputMessage("in", 2, 9, None, b"v", headers, 1793491207000).origin() == expected
+    assert own.origin() == Origin(2, 9, 1793491207000)
 
 
 def test_the_fast_path_writes_exactly_what_the_outcome_model_writes() -> None:
