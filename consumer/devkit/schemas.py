@@ -52,7 +52,8 @@ def generate() -> dict[str, dict[str, Any]]:
             "Dead letter metadata (DLQ topic headers)",
             "A dead letter's key, value and headers are the input message's; these fields are "
             "added as x-dlq-* headers (x-dlq-error-class, x-dlq-reason, x-dlq-source-topic, "
-            "x-dlq-source-partition, x-dlq-source-offset, x-dlq-first-seen, x-dlq-event-id).",
+            "x-dlq-source-partition, x-dlq-source-offset, x-dlq-first-seen, x-dlq-origin, "
+            "x-dlq-event-id).",
         ),
         "mapping.schema.json": _with_header(
             MappingConfig.model_json_schema(),
