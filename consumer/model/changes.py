@@ -167,6 +167,9 @@ class PersonWrite:
     indexes: list[int] = field(default_factory=list)
     #: The merged events in merge order, for writes that must skip what a record has newer.
     steps: list[Step] = field(default_factory=list)
+    #: The stamps of the batch's deletions (``user.deleted``, ``event.deleted``), in merge
+    #: order: a record field whose stamp names a deleted event is withdrawn too.
+    deletions: list[Stamp] = field(default_factory=list)
 
     def may_create(self, sobject: str) -> bool:
         """Whether some field's newest choice on ``sobject`` is not a deletion's. When none

@@ -76,7 +76,8 @@ def shown(event_id: str) -> str:
     one but printable ASCII shown as ``?``, and quotes and backslashes too. JSON writes a
     control character as six characters and a quote as two, and Salesforce may count a
     character outside the Basic Multilingual Plane as two: so a state is never longer than
-    :func:`capacity` says (the id is for people reading it; never compared)."""
+    :func:`capacity` says. Compared only to find the fields a deleted event set (the writer's
+    ``_undo``): ids alike in this form count as one there."""
     clipped = event_id[:MAX_EVENT_ID]
     if clipped.isascii() and clipped.isprintable() and '"' not in clipped and "\\" not in clipped:
         return clipped

@@ -562,6 +562,8 @@ class TargetWriter:
         else:
             values = person.fields[sobject]
             stamps = person.stamps.get(sobject, {})
+        if person.deletions and self._state_field:
+            values, stamps = self._undo(person, match, values, stamps)
         newer: set[str] = set()
         send: FieldValues = {}
         for name, value in values.items():
@@ -595,6 +597,40 @@ class TargetWriter:
             held=match.state,
         )
         return write, refused
+
+    def _undo(
+        self, person: PersonWrite, match: Match, values: FieldValues, stamps: dict[str, Stamp]
+    ) -> tuple[FieldValues, dict[str, Stamp]]:
+        """``values`` plus, on this record, the withdrawal of each grant a deleted event made
+        that the deletion's entity no longer mentions (an earlier version of the event granted
+        it): the record's stamp for the field names the deleted event, and nothing newer
+        replaced it. Stamped with the deletion, as its own withdrawals are.
+
+        The state keeps an event id's first 64 characters (non-ASCII shown as ``?``), so two
+        ids alike there are taken for one: a withdrawal too many at worst, never a grant.
+        """
+        undone: dict[str, Stamp] = {}
+        for deletion in person.deletions:
+            shown = sync_state.shown(deletion.event_id)
+            for name, held in match.state.items():
+                if (
+                    held.event_id == shown
+                    and held < deletion
+                    and name in self._choice_of
+                    and name not in self._gone
+                    and _grants(match.values.get(name))
+                    and ((mine := stamps.get(name)) is None or mine < deletion)
+                ):
+                    undone[name] = deletion
+        if not undone:
+            return values, stamps
+        values, stamps = dict(values), dict(stamps)
+        for name, deletion in undone.items():
+            if (mine := stamps.get(name)) is None or mine < deletion:
+                # No consent: a preference is cleared, a purpose or value is false.
+                values[name] = None if self._choice_of[name].startswith("preferences.") else False
+                stamps[name] = deletion
+        return values, stamps
 
     def _create_write(
         self,

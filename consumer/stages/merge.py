@@ -58,6 +58,8 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
         person.email = change.organization_user_id.strip()
         person.indexes.append(index)
         stamp = Stamp(time_ms, partition, offset, change.event_id)
+        if partition == DELETION_PARTITION:
+            person.deletions.append(stamp)
         mine: dict[str, FieldValues] = {}
         for sobject, values in item.fields.items():
             if values:

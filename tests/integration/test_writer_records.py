@@ -386,3 +386,54 @@ async def test_a_fallback_withdrawal_no_record_took_is_not_reported_written() ->
         assert org.newsletter(b) is True  # refused there
     assert set(result.refused) == {"Newsletter_Consent__c"}
     assert result.older.get(0) == ["Newsletter_Consent__c"], result
+
+
+@pytest.mark.parametrize("regranted", [False, True], ids=["alone", "granted-again-after"])
+async def test_a_deleted_event_withdraws_what_its_earlier_versions_granted(
+    regranted: bool,
+) -> None:
+    # Event E granted the newsletter and the "offers" topic (minute 1); a later version of
+    # E no longer mentions the topic, and E is then deleted (minute 2, on_event_deleted:
+    # withdraw). The deleted entity only says what E holds now; the record's stamps say the
+    # topic's consent came from E: it is withdrawn as well. Analytics, granted by another
+    # event, stays; so does a topic granted again after the deletion.
+    email = "versions@example.com"
+    at = epoch_ms(T0 + timedelta(minutes=1))
+    state = {
+        name: Stamp(at, 0, 1, "E")
+        for name in ("Newsletter_Consent__c", "Newsletter_Topics__c", "Topic_Offers__c")
+    }
+    state["Analytics_Consent__c"] = Stamp(at, 0, 2, "F")
+    async with contact_writer(example_mapping()) as (org, writer):
+        record_id = org.emulator.seed(
+            "Contact",
+            {
+                "Email": email,
+                "LastName": "V",
+                "Newsletter_Consent__c": True,
+                "Analytics_Consent__c": True,
+                "Newsletter_Topics__c": "offers",
+                "Topic_Offers__c": True,
+                "Didomi_Sync_State__c": sync_state.encode(state),
+            },
+        )
+        deletion = change(email, purpose("newsletter", False), minutes=2, event_id="E")
+        deletion.event_type = "event.deleted"
+        changes = [deletion]
+        if regranted:
+            changes.append(
+                change(email, purpose("newsletter", None, topics="offers"), minutes=3, event_id="G")
+            )
+        result = (await writer.write(batch_of(changes, [org.plan])))[email]
+        record = org.emulator.get("Contact", record_id)
+    assert record is not None and result.status == "updated", result
+    assert record["Newsletter_Consent__c"] is False
+    assert record["Analytics_Consent__c"] is True  # another event's grant
+    held = sync_state.decode(record["Didomi_Sync_State__c"])
+    if regranted:
+        assert record["Topic_Offers__c"] is True and record["Newsletter_Topics__c"] == "offers"
+        assert held["Topic_Offers__c"].event_id == "G"
+    else:
+        assert record["Topic_Offers__c"] is False and record["Newsletter_Topics__c"] is None
+        assert held["Topic_Offers__c"].event_id == "E"  # stamped with the deletion
+        assert held["Topic_Offers__c"].time_ms == epoch_ms(T0 + timedelta(minutes=2))
