@@ -149,6 +149,8 @@ class _Person:
     not_found: bool = False
     retry: bool = False
     needs_defaults: bool = False
+    #: The create_defaults the defaults pass sends (those the errors named, or all).
+    defaults: dict[str, Any] = field(default_factory=dict)
     #: Writes sent (or about to be) and not answered yet.
     pending: int = 0
 
@@ -349,7 +351,7 @@ class TargetWriter:
             await self._send_all(writes, done)
             if self._blind:
                 again = [
-                    self._upsert_write(key, todo[key], defaults=True)
+                    self._upsert_write(key, todo[key], defaults=p.defaults)
                     for key, p in sorted(done.people.items())
                     if p.needs_defaults
                 ]
@@ -664,15 +666,19 @@ class TargetWriter:
             newest_ms=_newest(stamps, written),
         )
 
-    def _upsert_write(self, key: str, person: PersonWrite, *, defaults: bool = False) -> _Write:
+    def _upsert_write(
+        self, key: str, person: PersonWrite, *, defaults: Mapping[str, Any] | None = None
+    ) -> _Write:
+        """A blind upsert by the external id; ``defaults`` (the defaults pass): the
+        create_defaults to send, with the match field."""
         mapping = self._plan.mapping
         ext = mapping.external_id_field
         assert ext is not None
         values, refused = self._valid(person.fields[self.sobject])
         stamps = person.stamps.get(self.sobject, {})
         extra: dict[str, Any] = {ext: person.email}
-        if defaults:
-            extra = {**mapping.create_defaults, mapping.match_field: person.email, **extra}
+        if defaults is not None:
+            extra = {**defaults, mapping.match_field: person.email, **extra}
         return _Write(
             key,
             "upsert",
@@ -684,6 +690,24 @@ class TargetWriter:
             extra,
             newest_ms=_newest(stamps, values),
         )
+
+    def _defaults_for(
+        self, errors: Sequence[SalesforceErrorInfo], sent: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The create_defaults a second pass sends for these errors: those they name and the
+        write did not send (a
+        field Salesforce requires of a new record, LastName say, is one an existing record
+        holds already), all of them when no field is named, None when a named field has no
+        default (a second pass could not succeed: an existing record's own rule, most
+        likely, and one that must not be answered by renaming the record)."""
+        defaults = self._plan.mapping.create_defaults
+        named = _named_missing(errors) - {n.lower() for n in sent}
+        if not named:
+            return dict(defaults)
+        chosen = {k: v for k, v in defaults.items() if k.lower() in named}
+        if {k.lower() for k in chosen} != named:
+            return None
+        return chosen
 
     def _valid(self, values: FieldValues) -> tuple[FieldValues, dict[str, SalesforceErrorInfo]]:
         """``values`` without those describe says Salesforce would refuse, and the refusals."""
@@ -858,13 +882,15 @@ class TargetWriter:
             and write.extra.keys() == {self._plan.mapping.external_id_field}
             and any(_missing_beyond(e, write.values) for e in errors)
             and not write.fallback
+            and (defaults := self._defaults_for(errors, write.values)) is not None
         ):
             # Salesforce could not create the person without create_defaults: a second pass
-            # sends them to those people only, so defaults never overwrite an existing record.
-            # (A required field the write itself empties is refused like any other field:
-            # defaults cannot fill it, and a second pass would rewrite an existing record's
-            # name and email with them.)
+            # sends them to those people only, and only the defaults the errors name, so
+            # defaults never overwrite an existing record. (A required field the write itself
+            # empties is refused like any other field: defaults cannot fill it, and a second
+            # pass would rewrite an existing record's name and email with them.)
             acc.needs_defaults = True
+            acc.defaults = defaults
             return None
         if first.code == CONVERTED_LEAD:
             acc.not_found = True
@@ -1207,6 +1233,11 @@ def _grants(value: Any) -> bool:
     """Whether a field value grants something (a consent, a selection): what a sibling
     record's newer stamp keeps out (:meth:`TargetWriter._newest_across`)."""
     return value is True or (value.__class__ is str and value != "")
+
+
+def _named_missing(errors: Iterable[SalesforceErrorInfo]) -> set[str]:
+    """The fields ``REQUIRED_FIELD_MISSING`` errors name, lower-cased."""
+    return {f.lower() for e in errors if e.code == "REQUIRED_FIELD_MISSING" for f in e.fields}
 
 
 def _missing_beyond(error: SalesforceErrorInfo, values: Mapping[str, Any]) -> bool:
