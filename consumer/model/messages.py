@@ -54,7 +54,11 @@ class Origin(NamedTuple):
             ts = int(parts[2]) if parts[2] else None
         except ValueError:
             return None
-        if partition < 0 or offset < 0 or (ts is not None and ts < 0):
+        # Kafka's bounds; the top values are the deletions' sort position (model.changes),
+        # which a header must not claim.
+        if not (0 <= partition < 2**31 - 1 and 0 <= offset < 2**63 - 1):
+            return None
+        if ts is not None and not 0 <= ts < 10**13:
             return None
         return cls(partition, offset, ts)
 

@@ -120,6 +120,9 @@ def test_a_redriven_dead_letter_keeps_its_first_seen_time_and_origin() -> None:
         (b"a/3/5", None),
         (b"-1/3/5", None),
         (b"1/3/5/6", None),
+        (b"2147483647/3/5", None),  # the deletions' partition
+        (b"1/9223372036854775807/5", None),
+        (b"1/3/99999999999999", None),
     ],
 )
 def test_an_origin_header_is_read_or_ignored(raw: bytes | None, origin: Origin | None) -> None:
