@@ -186,7 +186,13 @@ class TargetWriter:
         #: Field -> the choice it holds (``purposes.x``), and back: what the targets of one
         #: batch tell each other about the stamps their records hold (:class:`HeldChoices`).
         self._choice_of = {name: where for where, name in mapping.mapped_fields()}
-        self._field_of = dict(mapping.mapped_fields())
+        #: The choice a field's stamp says was made, for the exchange: a preference's values
+        #: are chosen together with it (an event mentioning the preference sets them all), so
+        #: a Lead mapping the selection as text is gated by a Contact's per-value fields.
+        self._gate_key = _gate_keys(mapping)
+        self._gated: dict[str, list[str]] = {}
+        for name, key in self._gate_key.items():
+            self._gated.setdefault(key, []).append(name)
         #: What the state field holds at least (the mapping check refuses a shorter one).
         self._state_room = sync_state.capacity(self._mapped)
         #: Upsert by the external id without reading first (no state to compare with).
@@ -383,7 +389,7 @@ class TargetWriter:
         """Post the newest stamp per choice this target's records hold, wait for the
         batch's other targets, and return per person what any target holds for this
         target's fields (as a read-only record that gates like a converted Lead)."""
-        choice_of, field_of = self._choice_of, self._field_of
+        choice_of, gated = self._gate_key, self._gated
         mine: dict[str, dict[str, Stamp]] = {}
         for key, found in matches.items():
             newest: dict[str, Stamp] = {}
@@ -399,9 +405,9 @@ class TargetWriter:
         elsewhere: dict[str, Match] = {}
         for key in todo:
             state = {
-                field_of[choice]: stamp
+                name: stamp
                 for choice, stamp in held.of(key).items()
-                if choice in field_of
+                for name in gated.get(choice, ())
             }
             if state:
                 elsewhere[key] = Match("", state=state, converted=True)
@@ -1227,6 +1233,16 @@ class TargetWriter:
                         )
                     )
         return found
+
+
+def _gate_keys(mapping: TargetMapping) -> dict[str, str]:
+    """Field -> the choice its stamp dates: ``purposes.P``, or ``preferences.P`` for a
+    preference's field and each of its values' fields."""
+    keys = {name: f"purposes.{p}" for p, name in mapping.purposes.items()}
+    keys.update({name: f"preferences.{p}" for p, name in mapping.preferences.items()})
+    for p, values in mapping.preference_values.items():
+        keys.update(dict.fromkeys(values.values(), f"preferences.{p}"))
+    return keys
 
 
 def _grants(value: Any) -> bool:

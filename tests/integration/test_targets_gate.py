@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.mapping import MappingConfig, TargetMapping
+from consumer.mapping import MappingConfig, TargetMapping, parse_mapping
 from consumer.model import sync_state
-from consumer.model.changes import ConsentChange, PersonResult
+from consumer.model.changes import ConsentChange, PersonResult, Stamp, epoch_ms
 from consumer.model.held import HeldChoices
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
@@ -26,7 +27,7 @@ from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter
 from tests.integration.support import batch_of, emulator_settings, example_mapping, make_emulator
 from tests.integration.test_writer_records import stamped
-from tests.unit.helpers import change, purpose
+from tests.unit.helpers import T0, change, purpose
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -153,3 +154,47 @@ async def test_a_gated_grant_gives_way_to_the_batchs_withdrawal_on_the_new_lead(
     assert sync_state.decode(held["Didomi_Sync_State__c"])["Newsletter_Consent__c"].event_id == "w"
     assert results["Lead"].status == "updated"
     assert results["Lead"].stale_indexes == {1}, results  # the grant; the withdrawal was written
+
+
+SHAPES = """
+regulations: [gdpr]
+targets:
+  - sobject: Contact
+    match_field: Email
+    sync_state_field: Didomi_Sync_State__c
+    preferences: {topics: Newsletter_Topics__c}
+  - sobject: Lead
+    match_field: Email
+    sync_state_field: Didomi_Sync_State__c
+    preference_values: {topics: {offers: Newsletter_Consent__c}}  # the Lead's only Boolean
+"""
+
+
+async def test_a_preference_gates_its_values_on_another_target() -> None:
+    # The Contact maps the topics selection as text, the Lead one of its values as a
+    # Boolean. The Contact took "no topics" at minute 5; a new Lead is made; a minute-2
+    # event selecting "offers" comes late. A preference's values are chosen with it: the
+    # Contact's stamp keeps the late selection off the Lead's "offers" box.
+    async with make_emulator() as emulator:
+        emulator.seed(
+            "Contact",
+            {
+                "Email": EMAIL,
+                "LastName": "C",
+                "Didomi_Sync_State__c": sync_state.encode(
+                    {"Newsletter_Topics__c": Stamp(epoch_ms(T0 + timedelta(minutes=5)), 0, 1, "w")}
+                ),
+            },
+        )
+        lead = emulator.seed("Lead", {"Email": EMAIL, "LastName": "L", "Company": "C"})
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, parse_mapping(SHAPES))
+            assert report.ok, report.render()
+            writers = [TargetWriter(client, p, s) for p in report.plans]
+            late = change(EMAIL, purpose("newsletter", None, topics="offers"), minutes=2)
+            results = await write_both(writers, [late])
+        held = emulator.get("Lead", lead)
+    assert results["Contact"].status == "stale", results
+    assert held is not None and held["Newsletter_Consent__c"] is False
+    assert results["Lead"].status == "stale" and results["Lead"].stale_indexes == {0}, results

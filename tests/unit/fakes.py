@@ -269,6 +269,9 @@ class MemoryWriter:
     gate: asyncio.Event | None = None
     #: email key -> an event the calls holding that person wait for.
     hold: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: Reads a sync state: posts to the batch's HeldChoices (after ``errors``, as a real
+    #: writer posts after its query) and waits for the batch's other targets.
+    stateful: bool = False
     in_flight: int = 0
     max_in_flight: int = 0
     #: What the engine said of each call: whether the service was behind.
@@ -285,7 +288,7 @@ class MemoryWriter:
         writers: int | None = None,
         held: HeldChoices | None = None,
     ) -> dict[str, PersonResult]:
-        if held is not None:
+        if held is not None and not self.stateful:
             held.leave(self.sobject)  # keeps no sync state
         self.backlogs.append(backlog)
         self.company.append(writers)
@@ -302,6 +305,9 @@ class MemoryWriter:
                 await asyncio.sleep(self.latencies.pop(0))
             if self.errors:
                 raise self.errors.pop(0)
+            if held is not None and self.stateful:
+                held.post(self.sobject, {})
+                await held.settled()
             mine = {
                 p.email_key: dict(p.fields[self.sobject])
                 for p in people

@@ -23,7 +23,7 @@ from consumer.engine.gate import GatePolicy, WriteGate
 from consumer.engine.health import Health
 from consumer.engine.pipeline import INTAKE_CHUNK, EngineConfig, Pipeline
 from consumer.engine.publisher import Publisher
-from consumer.errors import PublishError
+from consumer.errors import PublishError, RetryBudgetExhaustedError
 from consumer.observability.metrics import Metrics
 from consumer.stages.parse import ParseRules
 from tests.unit.fakes import MemoryConsumer, MemoryProducer, MemoryWriter, Record
@@ -590,3 +590,22 @@ async def test_a_rebalance_during_a_large_poll_waits_for_it_and_loses_nothing() 
     seen = {(o["source"]["partition"], o["source"]["offset"]) for o in h.outcomes()}
     assert seen == {(p, o) for p in (0, 1) for o in range(300)}  # each at least once
     assert h.pipeline.failure is None
+
+
+@pytest.mark.asyncio
+async def test_a_target_that_gives_up_before_reading_lets_the_batchs_others_go_on() -> None:
+    # Contact and Lead read their records' stamps and wait for each other before writing.
+    # The Lead's write fails until its retry budget is spent (dead_letter policy) before it
+    # read anything: the Contact must not wait for it for ever.
+    h = Harness()
+    h.gate._policy = GatePolicy(
+        pause_seconds={}, default_pause_seconds=0.05, on_retry_exhausted="dead_letter"
+    )
+    h.contact.stateful = h.lead.stateful = True
+    h.lead.errors.append(RetryBudgetExhaustedError("Lead: still failing", pending=("a@x.com",)))
+    h.consumer.append(0, event("a@x.com", 0))
+    h.start()
+    await h.until("the outcome", lambda: len(h.outcomes()) == 1, timeout=5)
+    await h.finish()
+    targets = {t["sobject"]: t["status"] for t in h.outcomes()[0]["targets"]}
+    assert targets == {"Contact": "updated", "Lead": "failed"}, h.outcomes()
