@@ -74,9 +74,10 @@ def withdrawn_contact(minutes: int) -> dict[str, object]:
     }
 
 
+@pytest.mark.parametrize("composite", [False, True], ids=["calls", "composite"])
 @pytest.mark.parametrize("late_minutes", [2, 6], ids=["older-grant", "newer-grant"])
 async def test_a_lead_made_after_a_contacts_withdrawal_takes_no_older_grant(
-    late_minutes: int,
+    late_minutes: int, composite: bool
 ) -> None:
     # The Contact took a withdrawal made at minute 5. A Lead is made afterwards (no stamp).
     # A grant made at minute 2 is delivered late: the Contact's stamp keeps it off both. A
@@ -84,12 +85,15 @@ async def test_a_lead_made_after_a_contacts_withdrawal_takes_no_older_grant(
     async with make_emulator() as emulator:
         contact = emulator.seed("Contact", withdrawn_contact(5))
         lead = emulator.seed("Lead", {"Email": EMAIL, "LastName": "L", "Company": "C"})
-        s = emulator_settings(emulator)
+        # With composite calls, the two targets' queries and writes share calls.
+        s = emulator_settings(emulator, salesforce_composite="on" if composite else "off")
         async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
             report = await check_mapping(client, example_mapping())
             writers = [TargetWriter(client, p, s) for p in report.plans]
             grant = change(EMAIL, purpose("newsletter", True), minutes=late_minutes, event_id="g")
             results = await write_both(writers, [grant])
+        # Both queries went in one composite call, then (when newer) both updates in one.
+        assert emulator.stats.get("composite", 0) == (composite * (1 + (late_minutes > 5)))
         held_lead, held_contact = emulator.get("Lead", lead), emulator.get("Contact", contact)
     assert held_lead is not None and held_contact is not None
     newer = late_minutes > 5
