@@ -401,6 +401,11 @@ class TargetWriter:
             if newest:
                 mine[key] = newest
         held.post(self.sobject, mine)
+        sobject = self.sobject
+        if not any(_grants(v) for p in todo.values() for v in p.fields[sobject].values()):
+            # Only grants are gated: a batch that grants nothing here (withdrawals only)
+            # never waits for the other targets, however long one of them cannot read.
+            return {}
         await held.settled()
         elsewhere: dict[str, Match] = {}
         for key in todo:

@@ -25,7 +25,13 @@ from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter
-from tests.integration.support import batch_of, emulator_settings, example_mapping, make_emulator
+from tests.integration.support import (
+    batch_of,
+    emulator_settings,
+    example_mapping,
+    make_emulator,
+    wait_for,
+)
 from tests.integration.test_writer_records import stamped
 from tests.unit.helpers import T0, change, purpose
 
@@ -202,3 +208,37 @@ async def test_a_preference_gates_its_values_on_another_target() -> None:
     assert results["Contact"].status == "stale", results
     assert held is not None and held["Newsletter_Consent__c"] is False
     assert results["Lead"].status == "stale" and results["Lead"].stale_indexes == {0}, results
+
+
+async def test_a_withdrawal_never_waits_for_a_target_that_cannot_read() -> None:
+    # The batch's Contact writer cannot read its records (it never posts). Only grants are
+    # gated, so the Lead's withdrawal goes at once; a grant waits for the Contact's stamps.
+    async with make_emulator() as emulator:
+        lead = emulator.seed(
+            "Lead", {"Email": EMAIL, "LastName": "L", "Company": "C", "Newsletter_Consent__c": True}
+        )
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            (plan,) = [p for p in report.plans if p.sobject == "Lead"]
+            writer = TargetWriter(client, plan, s)
+            plans = report.plans
+            withdraw = batch_of([change(EMAIL, purpose("newsletter", False), minutes=3)], plans)
+            result = await asyncio.wait_for(
+                writer.write(withdraw, held=HeldChoices(["Contact", "Lead"])), 5
+            )
+            assert result[EMAIL].status == "updated"
+            grant = batch_of([change(EMAIL, purpose("newsletter", True), minutes=4)], plans)
+            queries, updates = emulator.stats["query"], emulator.stats["update"]
+            waiting = asyncio.ensure_future(
+                writer.write(grant, held=(held := HeldChoices(["Contact", "Lead"])))
+            )
+            await wait_for(lambda: emulator.stats["query"] > queries, 5, "its query answered")
+            for _ in range(20):
+                await asyncio.sleep(0)
+            # The grant waits for the Contact's stamps: nothing written.
+            assert not waiting.done() and emulator.stats["update"] == updates
+            held.leave("Contact")
+            assert (await asyncio.wait_for(waiting, 5))[EMAIL].status == "updated"
+        record = emulator.get("Lead", lead)
+    assert record is not None and record["Newsletter_Consent__c"] is True
