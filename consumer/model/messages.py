@@ -88,12 +88,22 @@ class InputMessage:
 
     def origin(self) -> Origin:
         """Where and when the event was first read: a redriven message's ``x-dlq-origin``
-        (a dead letter carries its first read's), else this message's own."""
-        if self.headers:
-            found = Origin.parse(self.header(ORIGIN_HEADER))
-            if found is not None:
-                return found
-        return Origin(self.partition, self.offset, self.timestamp_ms)
+        (a dead letter carries its first read's), else this message's own.
+
+        Honoured only on a message the redrive published (``x-redriven-from``) and only when
+        the first read is dated, and not after this record: so a header cannot lift the
+        future-time check (which bounds an event's time by its record's) or date a deletion
+        later than its record.
+        """
+        own = Origin(self.partition, self.offset, self.timestamp_ms)
+        if not self.headers or self.header(REDRIVEN_FROM_HEADER) is None:
+            return own
+        found = Origin.parse(self.header(ORIGIN_HEADER))
+        if found is None or not found.timestamp_ms:
+            return own
+        if self.timestamp_ms and found.timestamp_ms > self.timestamp_ms:
+            return own
+        return found
 
     def header(self, name: str) -> bytes | None:
         """The last value of a header, or None."""

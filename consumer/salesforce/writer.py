@@ -711,8 +711,11 @@ class TargetWriter:
         holds already), all of them when no field is named, None when a named field has no
         default (a second pass could not succeed: an existing record's own rule, most
         likely, and one that must not be answered by renaming the record)."""
-        defaults = self._plan.mapping.create_defaults
-        named = _named_missing(errors) - {n.lower() for n in sent}
+        mapping = self._plan.mapping
+        defaults = mapping.create_defaults
+        # The pass always sends the match field (and the external id): never missing then.
+        always = {mapping.match_field.lower(), (mapping.external_id_field or "").lower()}
+        named = _named_missing(errors) - {n.lower() for n in sent} - always
         if not named:
             return dict(defaults)
         chosen = {k: v for k, v in defaults.items() if k.lower() in named}

@@ -135,3 +135,18 @@ async def test_a_redriven_deletion_is_dated_by_its_first_read() -> None:
     (written,) = [t for t in outcome["targets"] if t["sobject"] == "Contact"]
     assert written["status"] == "updated", outcome
     assert written["fields_skipped_older"] == ["Newsletter_Consent__c"], outcome
+
+
+@pytest.mark.parametrize(
+    "origin", [b"0/0/", b"0/0/0", b"0/0/9999999999999"], ids=["undated", "zero", "later"]
+)
+async def test_an_origin_header_cannot_lift_the_future_time_check(origin: bytes) -> None:
+    # A grant dated a year after its record, carrying a made-up origin (as a producer could
+    # send it, with the redrive's own header too): still rejected as from the future.
+    now = datetime.now(UTC)
+    headers = [("x-dlq-origin", origin), ("x-redriven-from", b"dlq/0/0")]
+    async with pipeline() as (emulator, run, contact):
+        await feed(run, choice("f", now + timedelta(days=365), True), epoch_ms(now), headers)
+        outcome = run.outcomes()[-1]
+        assert newsletter(emulator, contact) is not True
+    assert outcome["status"] == "rejected" and outcome["error_class"] == "EVENT_TIME_IN_FUTURE"

@@ -439,15 +439,18 @@ async def test_a_deleted_event_withdraws_what_its_earlier_versions_granted(
         assert held["Topic_Offers__c"].time_ms == epoch_ms(T0 + timedelta(minutes=2))
 
 
-@pytest.mark.parametrize("named", ["Region__c", "LastName"])
+@pytest.mark.parametrize("named", ["Region__c", "LastName", "LastName,Email"])
 async def test_a_defaults_pass_sends_only_the_defaults_salesforce_asked_for(named: str) -> None:
     # Blind upsert by the external id. Region__c: a rule on the existing record requires a
     # field the mapping has no default for: a second pass with create_defaults could not
     # succeed, and would rename the record "Unknown". No second pass; the error is the
-    # person's. LastName: a new person; the second pass sends that default and creates them.
+    # person's. LastName: a new person; the second pass sends that default and creates them,
+    # also when Salesforce names the match field too (the pass always sends it).
     async with make_emulator() as emulator:
         record_id = None
-        if named != "LastName":
+        if named == "LastName,Email":
+            emulator.require_field("Contact", "Email")  # the match field, required
+        elif named != "LastName":
             existing = {"Email": EMAIL, "LastName": "Real", "Didomi_Id__c": EMAIL}
             record_id = emulator.seed("Contact", existing)
             emulator.inject_record_error(
@@ -457,7 +460,7 @@ async def test_a_defaults_pass_sends_only_the_defaults_salesforce_asked_for(name
                 fields=[named],
                 email=EMAIL,
             )
-        # (A new Contact without LastName: the emulator's own REQUIRED_FIELD_MISSING.)
+        # (A new Contact without them: the emulator's own REQUIRED_FIELD_MISSING.)
         emulator.reset_stats()
         mapping = parse_mapping(EXTERNAL_ID_MAPPING)
         result = await write(emulator, "Contact", purpose("newsletter", False), mapping=mapping)
@@ -465,7 +468,7 @@ async def test_a_defaults_pass_sends_only_the_defaults_salesforce_asked_for(name
         records = emulator.find_by_email("Contact", EMAIL)
     assert len(records) == 1, (result, records)
     record = records[0]
-    if named == "LastName":
+    if named.startswith("LastName"):
         assert result.status == "created" and upserts == 2, result
         assert record["LastName"] == "Unknown"
     else:

@@ -7,7 +7,13 @@ from datetime import UTC, datetime
 import pytest
 
 from consumer.model.changes import Accepted, Ignored, ParseResult, PersonResult, Rejected, Sourced
-from consumer.model.messages import FIRST_SEEN_HEADER, ORIGIN_HEADER, InputMessage, Origin
+from consumer.model.messages import (
+    FIRST_SEEN_HEADER,
+    ORIGIN_HEADER,
+    REDRIVEN_FROM_HEADER,
+    InputMessage,
+    Origin,
+)
 from consumer.model.outcomes import SalesforceErrorInfo
 from consumer.stages.map import map_change
 from consumer.stages.merge import merge_by_person
@@ -97,7 +103,11 @@ def test_stale_events_and_events_without_mapped_choices() -> None:
 def test_a_redriven_dead_letter_keeps_its_first_seen_time_and_origin() -> None:
     first = "2026-11-01T08:00:00+00:00"
     parsed: list[ParseResult] = [Rejected("UNKNOWN_EVENT_TYPE", "unknown event type 'x'")]
-    again = ((FIRST_SEEN_HEADER, first.encode()), (ORIGIN_HEADER, b"1/3/1793491205000"))
+    again = (
+        (FIRST_SEEN_HEADER, first.encode()),
+        (ORIGIN_HEADER, b"1/3/1793491205000"),
+        (REDRIVEN_FROM_HEADER, b"dlq/0/4"),
+    )
     _, dead = assemble([message(5, again)], parsed, {}, {}, [], NOW)
     assert dead[0].info.first_seen == datetime.fromisoformat(first)
     headers = dict(dead[0].info.headers())
@@ -129,11 +139,29 @@ def test_an_origin_header_is_read_or_ignored(raw: bytes | None, origin: Origin |
     assert Origin.parse(raw) == origin
     if origin is not None:
         assert Origin.parse(origin.encode()) == origin
-    own = InputMessage("in", 2, 9, None, b"v", (), 1793491207000)
-    headers = () if raw is None else ((ORIGIN_HEADER, raw),)
-    expected = origin or Origin(2, 9, 1793491207000)  # a bad header counts as none
-    assert InputMessage("in", 2, 9, None, b"v", headers, 1793491207000).origin() == expected
-    assert own.origin() == Origin(2, 9, 1793491207000)
+
+
+REDRIVEN = (REDRIVEN_FROM_HEADER, b"dlq/0/4")
+
+
+@pytest.mark.parametrize(
+    ("headers", "honoured"),
+    [
+        ((REDRIVEN, (ORIGIN_HEADER, b"1/3/1793491205000")), True),
+        (((ORIGIN_HEADER, b"1/3/1793491205000"),), False),  # not published by the redrive
+        ((REDRIVEN, (ORIGIN_HEADER, b"1/3/")), False),  # undated: it would lift the checks
+        ((REDRIVEN, (ORIGIN_HEADER, b"1/3/0")), False),
+        ((REDRIVEN, (ORIGIN_HEADER, b"1/3/1793491208000")), False),  # after this record
+        ((REDRIVEN, (ORIGIN_HEADER, b"garbled")), False),
+        ((), False),
+    ],
+)
+def test_a_message_is_ordered_by_its_origin_only_when_a_redrive_published_it(
+    headers: tuple[tuple[str, bytes], ...], honoured: bool
+) -> None:
+    message = InputMessage("in", 2, 9, None, b"v", headers, 1793491207000)
+    expected = Origin(1, 3, 1793491205000) if honoured else Origin(2, 9, 1793491207000)
+    assert message.origin() == expected
 
 
 def test_the_fast_path_writes_exactly_what_the_outcome_model_writes() -> None:

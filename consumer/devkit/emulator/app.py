@@ -288,6 +288,10 @@ class SalesforceEmulator:
         or a write naming it fails as a whole with ``INVALID_FIELD``."""
         self.state.store.schema(sobject).hide(name)
 
+    def require_field(self, sobject: str, name: str) -> None:
+        """Make a field required on create, as marking a custom field Required does."""
+        self.state.store.schema(sobject).require(name)
+
     def show_field(self, sobject: str, name: str) -> None:
         """Undo :meth:`hide_field`: the field and the values records held are back."""
         self.state.store.schema(sobject).show(name)

@@ -169,6 +169,15 @@ class SObjectSchema:
         del self._by_lower[spec.name.lower()]
         self._required = self._required_on_create()
 
+    def require(self, name: str) -> None:
+        """Make a field required (a custom field marked Required: describe says it is not
+        nillable, and a create without it fails with ``REQUIRED_FIELD_MISSING``)."""
+        spec = self.field(name)
+        if spec is None:
+            raise EmulatorError(f"{self.name}: no field {name} to require")
+        self.fields[spec.name] = self._by_lower[spec.name.lower()] = replace(spec, nillable=False)
+        self._required = self._required_on_create()
+
     def show(self, name: str) -> None:
         """Give a hidden field back (undeleted, or visible to the integration user again)."""
         key = next((n for n in self._hidden if n.lower() == name.lower()), None)
