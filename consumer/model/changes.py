@@ -167,9 +167,9 @@ class PersonWrite:
     indexes: list[int] = field(default_factory=list)
     #: The merged events in merge order, for writes that must skip what a record has newer.
     steps: list[Step] = field(default_factory=list)
-    #: The stamps of the batch's deletions (``user.deleted``, ``event.deleted``), in merge
-    #: order: a record field whose stamp names a deleted event is withdrawn too.
-    deletions: list[Stamp] = field(default_factory=list)
+    #: The batch's ``event.deleted`` steps, in merge order: a record's field whose stamp
+    #: names a deleted event is withdrawn too (the writer's ``_undo``).
+    deleted_events: list[Step] = field(default_factory=list)
 
     def may_create(self, sobject: str) -> bool:
         """Whether some field's newest choice on ``sobject`` is not a deletion's. When none
@@ -210,3 +210,6 @@ class PersonResult:
     refused: dict[str, SalesforceErrorInfo] = field(default_factory=dict)
     #: Fields whose choice was applied to at least one record.
     written: set[str] = field(default_factory=set)
+    #: Batch index of a deleted event -> the fields it withdrew on some record beyond its
+    #: own (what an earlier version of the event granted; the report counts them as its).
+    undone: dict[int, set[str]] = field(default_factory=dict)

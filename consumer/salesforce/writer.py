@@ -60,7 +60,14 @@ from consumer.errors import (
 )
 from consumer.mapping import FieldInfo, TargetMapping, TargetPlan, describe_fields
 from consumer.model import sync_state
-from consumer.model.changes import FieldValue, FieldValues, PersonResult, PersonWrite, Stamp
+from consumer.model.changes import (
+    FieldValue,
+    FieldValues,
+    PersonResult,
+    PersonWrite,
+    Stamp,
+    Step,
+)
 from consumer.model.held import HeldChoices
 from consumer.model.messages import email_key
 from consumer.model.outcomes import SalesforceErrorInfo
@@ -118,6 +125,8 @@ class _Write:
     fallback: bool = False
     #: The state the record held before (refused fields keep their stamp from it).
     held: Mapping[str, Stamp] = field(default_factory=dict)
+    #: Fields a deleted event withdraws here beyond its own -> that event's batch index.
+    undone: dict[str, int] = field(default_factory=dict)
 
     def without(self, names: Set[str], *, fallback: bool = False) -> _Write:
         """This write less ``names`` (refused, or gone from Salesforce): their choices are not
@@ -153,6 +162,8 @@ class _Person:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: Writes sent (or about to be) and not answered yet.
     pending: int = 0
+    #: Batch index of a deleted event -> fields it withdrew beyond its own (_undo).
+    undone: dict[int, set[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -380,7 +391,9 @@ class TargetWriter:
                 converted = [m for m in found if m.converted]
                 if key in elsewhere:
                     converted.append(elsewhere[key])
-                results[key] = self._result(person, acc, live, converted)
+                results[key] = result = self._result(person, acc, live, converted)
+                if acc.undone:
+                    result.undone = acc.undone
         return done.retry, done.last_error
 
     async def _exchange(
@@ -575,8 +588,9 @@ class TargetWriter:
         else:
             values = person.fields[sobject]
             stamps = person.stamps.get(sobject, {})
-        if person.deletions and self._state_field:
-            values, stamps = self._undo(person, match, values, stamps)
+        undone: dict[str, int] = {}
+        if person.deleted_events and self._state_field:
+            values, stamps, undone = self._undo(person, match, values, stamps)
         newer: set[str] = set()
         send: FieldValues = {}
         for name, value in values.items():
@@ -608,12 +622,13 @@ class TargetWriter:
             refused,
             newest_ms=_newest(stamps, newer),
             held=match.state,
+            undone={n: i for n, i in undone.items() if n in newer},
         )
         return write, refused
 
     def _undo(
         self, person: PersonWrite, match: Match, values: FieldValues, stamps: dict[str, Stamp]
-    ) -> tuple[FieldValues, dict[str, Stamp]]:
+    ) -> tuple[FieldValues, dict[str, Stamp], dict[str, int]]:
         """``values`` plus, on this record, the withdrawal of each grant a deleted event made
         that the deletion's entity no longer mentions (an earlier version of the event granted
         it): the record's stamp for the field names the deleted event, and nothing newer
@@ -621,9 +636,12 @@ class TargetWriter:
 
         The state keeps an event id's first 64 characters (non-ASCII shown as ``?``), so two
         ids alike there are taken for one: a withdrawal too many at worst, never a grant.
+        Returns the values, their stamps, and the fields undone with the batch index of the
+        deletion that undid each (the report counts them as that event's).
         """
-        undone: dict[str, Stamp] = {}
-        for deletion in person.deletions:
+        undone: dict[str, Step] = {}
+        for step in person.deleted_events:
+            deletion = step.stamp
             shown = sync_state.shown(deletion.event_id)
             for name, held in match.state.items():
                 if (
@@ -634,16 +652,18 @@ class TargetWriter:
                     and _grants(match.values.get(name))
                     and ((mine := stamps.get(name)) is None or mine < deletion)
                 ):
-                    undone[name] = deletion
+                    undone[name] = step
         if not undone:
-            return values, stamps
+            return values, stamps, {}
         values, stamps = dict(values), dict(stamps)
-        for name, deletion in undone.items():
-            if (mine := stamps.get(name)) is None or mine < deletion:
+        by: dict[str, int] = {}
+        for name, step in undone.items():
+            if (mine := stamps.get(name)) is None or mine < step.stamp:
                 # No consent: a preference is cleared, a purpose or value is false.
                 values[name] = None if self._choice_of[name].startswith("preferences.") else False
-                stamps[name] = deletion
-        return values, stamps
+                stamps[name] = step.stamp
+                by[name] = step.index
+        return values, stamps, by
 
     def _create_write(
         self,
@@ -778,6 +798,8 @@ class TargetWriter:
             acc = done.of(w.key)
             acc.refused.update(w.refused)
             acc.pending += 1
+            for name, index in w.undone.items():
+                acc.undone.setdefault(index, set()).add(name)
         # Updates and creates of one batch go concurrently: one round trip, not two.
         operations: tuple[Operation, ...] = ("update", "create", "upsert")
         by_operation = [

@@ -7,6 +7,12 @@ wins each field it mentions, and a partial event never erases a field it did not
 A deletion (``user.deleted`` or ``event.deleted`` with ``withdraw``) wins a tie in time against
 any choice: it withdraws the very grant it undoes, which carries the same millisecond, and a
 redelivered copy of that grant comes with a later offset.
+
+An ``event.deleted`` also withdraws what earlier versions of the event merged before it
+granted and the deleted entity no longer mentions (the merged field's stamp names the
+event): the deletion's step then carries those withdrawals as its own, so they are written,
+and reported, as the deletion's. (What records already hold from such versions the writer
+withdraws; see ``TargetWriter._undo``.)
 """
 
 from __future__ import annotations
@@ -58,10 +64,11 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
         person.email = change.organization_user_id.strip()
         person.indexes.append(index)
         stamp = Stamp(time_ms, partition, offset, change.event_id)
-        if partition == DELETION_PARTITION:
-            person.deletions.append(stamp)
         mine: dict[str, FieldValues] = {}
+        undoes = change.event_type == "event.deleted"
         for sobject, values in item.fields.items():
+            if undoes:
+                values = _with_undone(person, sobject, values, stamp)
             if values:
                 mine[sobject] = values
                 merged = person.fields.get(sobject)
@@ -71,5 +78,28 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
                 else:
                     merged.update(values)
                     person.stamps[sobject].update(dict.fromkeys(values, stamp))
-        person.steps.append(Step(change.event_time, index, mine, stamp))
+        step = Step(change.event_time, index, mine, stamp)
+        person.steps.append(step)
+        if undoes:
+            person.deleted_events.append(step)
     return people
+
+
+def _with_undone(
+    person: PersonWrite, sobject: str, values: FieldValues, deletion: Stamp
+) -> FieldValues:
+    """A deleted event's values plus the withdrawal of each grant merged so far that the
+    event made (its stamp names it) and the deleted entity no longer mentions."""
+    merged = person.fields.get(sobject)
+    if not merged:
+        return values
+    stamps = person.stamps[sobject]
+    undone = {
+        name: (False if value is True else None)
+        for name, value in merged.items()
+        if name not in values
+        and (value is True or (value.__class__ is str and value != ""))
+        and stamps[name].event_id == deletion.event_id
+        and stamps[name] < deletion
+    }
+    return {**values, **undone} if undone else values

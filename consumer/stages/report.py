@@ -192,9 +192,13 @@ def _verdict(
         written = results.get(plan.sobject, {}).get(person.email_key)
         if written is None:
             continue
-        if written.older or written.stale_indexes or written.refused:
+        if written.older or written.stale_indexes or written.refused or written.undone:
             for_all = False
         mine = step.fields.get(plan.sobject, {}) if step is not None else {}
+        if written.undone and index in written.undone:
+            # What the deleted event withdrew beyond its own fields is its too (a refusal
+            # of it fails the event and dead-letters it).
+            mine = {**mine, **dict.fromkeys(written.undone[index])}
         plain = (
             index not in written.older
             and index not in written.stale_indexes
@@ -292,7 +296,9 @@ def _target(
             applied = sorted(set(mine) - set(refused_here) - set(older or ()))
             status = "partial" if applied else "failed"
             error = None if applied else next(iter(refused_here.values()))
-        elif index in written.stale_indexes:
+        elif index in written.stale_indexes and not (
+            written.undone and written.undone.get(index, set()) & written.written
+        ):
             status = "stale"
     doc: dict[str, Any] = {
         "sobject": sobject,

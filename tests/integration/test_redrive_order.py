@@ -79,9 +79,12 @@ def refuse_next_newsletter(emulator: SalesforceEmulator) -> None:
     )
 
 
-async def feed(run: Run, value: bytes, at_ms: int, headers: list[tuple[str, bytes]]) -> None:
+async def feed(
+    run: Run, value: bytes, at_ms: int, headers: list[tuple[str, bytes]], email: str = EMAIL
+) -> None:
+    """Append one record to partition 0 and wait for its outcome."""
     before = len(run.outcomes())
-    run.consumer.append(0, value, EMAIL.encode(), timestamp=at_ms, headers=headers)
+    run.consumer.append(0, value, email.encode(), timestamp=at_ms, headers=headers)
     await run.until(lambda: len(run.outcomes()) > before, "its outcome")
 
 

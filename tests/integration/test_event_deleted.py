@@ -1,0 +1,109 @@
+"""``event.deleted`` with ``on_event_deleted: withdraw``: what earlier versions of the event
+granted, and the deleted entity no longer mentions, is withdrawn too, whether those versions
+are on the record already or in the same batch; a refusal of such a withdrawal fails the
+deletion's outcome and dead-letters it (the writer over HTTP against the emulator, and the
+pipeline over in-memory Kafka)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumer.model import sync_state
+from consumer.model.changes import Stamp, epoch_ms
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.check import check_mapping
+from consumer.salesforce.client import SalesforceClient
+from consumer.salesforce.writer import TargetWriter
+from tests.integration.support import batch_of, example_mapping, make_emulator
+from tests.integration.test_consent_order import Run, quick_settings
+from tests.integration.test_redrive_order import feed, iso
+from tests.integration.test_writer_records import contact_writer
+from tests.unit.helpers import T0, change, purpose
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
+
+EMAIL = "versions@example.com"
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["two-batches", "one-batch"])
+async def test_a_deleted_event_withdraws_its_earlier_versions_however_batched(
+    together: bool,
+) -> None:
+    # E's first version granted the newsletter and the "offers" topic; its last version
+    # only the newsletter; E is deleted. In two batches the record holds the topic's stamp
+    # naming E; in one (a backlog, a replay) the batch itself does: withdrawn either way.
+    async with contact_writer(example_mapping()) as (org, writer):
+        record_id = org.emulator.seed("Contact", {"Email": EMAIL, "LastName": "V"})
+        grant = change(EMAIL, purpose("newsletter", True, topics="offers"), minutes=1, event_id="E")
+        deletion = change(EMAIL, purpose("newsletter", False), minutes=2, event_id="E")
+        deletion.event_type = "event.deleted"
+        if together:
+            result = (await writer.write(batch_of([grant, deletion], [org.plan])))[EMAIL]
+        else:
+            await writer.write(batch_of([grant], [org.plan]))
+            result = (await writer.write(batch_of([deletion], [org.plan])))[EMAIL]
+        record = org.emulator.get("Contact", record_id)
+    assert record is not None and result.status == "updated", result
+    assert record["Newsletter_Consent__c"] is False
+    assert record["Topic_Offers__c"] is False and record["Newsletter_Topics__c"] is None
+    held = sync_state.decode(record["Didomi_Sync_State__c"])
+    assert held["Topic_Offers__c"].time_ms == epoch_ms(T0 + timedelta(minutes=2))
+
+
+async def test_a_refused_withdrawal_of_an_earlier_version_fails_the_deletion() -> None:
+    # The record holds the offers topic from E's first version. E (last version: the
+    # newsletter only) is deleted; a validation rule refuses the topic's withdrawal. The
+    # deletion's outcome must say so and go to the dead letters (a redrive writes it later),
+    # not report everything written while the topic stays granted.
+    at = T0 + timedelta(minutes=1)
+    from_e = Stamp(epoch_ms(at), 0, 1, "E")
+    state = dict.fromkeys(("Newsletter_Consent__c", "Topic_Offers__c"), from_e)
+    async with make_emulator() as emulator:
+        contact = emulator.seed(
+            "Contact",
+            {
+                "Email": EMAIL,
+                "LastName": "A",
+                "Newsletter_Consent__c": True,
+                "Topic_Offers__c": True,
+                "Didomi_Sync_State__c": sync_state.encode(state),
+            },
+        )
+        s = quick_settings(emulator)
+        mapping = example_mapping().model_copy(update={"on_event_deleted": "withdraw"})
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, mapping)
+            run = Run(s, mapping, [TargetWriter(client, p, s) for p in report.plans])
+            await run.start()
+            try:
+                emulator.inject_record_error(
+                    "update",
+                    "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                    "Topic changes need a reason",
+                    fields=["Topic_Offers__c"],
+                    email=EMAIL,
+                )
+                entity = {
+                    "id": "E",
+                    "created_at": iso(at),
+                    "user": {"organization_user_id": EMAIL},
+                    "consents": {"purposes": [{"id": "newsletter", "enabled": True}]},
+                }
+                doc = orjson.dumps({"type": "event.deleted", "parameters": {"entity": entity}})
+                await feed(run, doc, epoch_ms(at) + 60_000, [], email=EMAIL)
+                outcome = run.outcomes()[-1]
+                dead = run.producer.topics.get("dlq", [])
+            finally:
+                await run.finish()
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert (record["Newsletter_Consent__c"], record["Topic_Offers__c"]) == (False, True)
+    (contact_target,) = [t for t in outcome["targets"] if t["sobject"] == "Contact"]
+    assert outcome["status"] == "partial", outcome
+    assert [r["field"] for r in contact_target["fields_refused"]] == ["Topic_Offers__c"]
+    assert "Newsletter_Consent__c" in contact_target["fields_written"]
+    assert len(dead) == 1
