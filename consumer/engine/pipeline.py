@@ -494,7 +494,9 @@ class Pipeline:
     async def _write(self, people: Mapping[str, PersonWrite]) -> dict[str, dict[str, PersonResult]]:
         """Write every target that has something to write, the targets concurrently."""
         todo = list(people.values())
-        writers = [w for w in self._writers if any(p.fields.get(w.sobject) for p in todo)]
+        # A target a person has no values for may still be written (a deleted event reaches
+        # every stateful target: the fields' key is there, empty).
+        writers = [w for w in self._writers if any(w.sobject in p.fields for p in todo)]
         backlog = self._behind()
         # The targets tell each other what the person's records hold: a grant older than a
         # choice any of them holds is written to none (a record made meanwhile holds none).

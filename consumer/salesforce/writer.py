@@ -274,7 +274,7 @@ class TargetWriter:
         sobject = self.sobject
         results: dict[str, PersonResult] = done if done is not None else {}
         todo = {
-            p.email_key: p for p in people if p.fields.get(sobject) and p.email_key not in results
+            p.email_key: p for p in people if sobject in p.fields and p.email_key not in results
         }
         s = self._settings
         backoff = Backoff(
@@ -471,6 +471,10 @@ class TargetWriter:
                 return writes, None
             if refused:
                 return [], self._all_refused(person, live, refused, converted)
+            if not person.fields[sobject]:
+                # A deleted event mapping nothing here, and no earlier grant of it held.
+                note = "the deleted event holds nothing to withdraw here"
+                return [], PersonResult("unchanged", [m.id for m in live], note=note)
             if self._state_field:
                 holders = f"every matching {sobject} holds"
                 if other is not None:  # the batch's other targets' records count too
@@ -489,6 +493,9 @@ class TargetWriter:
                 note=f"every {sobject} with this email was converted{became}; converted "
                 f"{sobject}s are read-only and no new one is created",
             )
+        if not person.fields[sobject]:
+            note = f"no {sobject} has this {mapping.lookup_field}: nothing to withdraw"
+            return [], PersonResult("not_found", note=note)
         if mapping.upsert_mode and create:
             chosen = self._newest_across(person, gates) if gates else None
             write = self._create_write(key, person, chosen)

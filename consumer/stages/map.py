@@ -67,12 +67,15 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
     before_choices = (
         choices(change.previous_purposes) if change.previous_purposes is not None else None
     )
+    deleted = change.event_type == "event.deleted"
     for plan in plans:
         values = map_choices(now, plan)
         if before_choices is not None and values:
             before = map_choices(before_choices, plan)
             values = {f: v for f, v in values.items() if f not in before or before[f] != v}
-        if values:
+        if values or (deleted and plan.mapping.sync_state_field):
+            # A deleted event reaches every target keeping a sync state, mapped or not:
+            # records there may hold what an earlier version of it granted.
             out[plan.sobject] = values
     return out
 

@@ -69,6 +69,9 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
         for sobject, values in item.fields.items():
             if undoes:
                 values = _with_undone(person, sobject, values, stamp)
+                # Written even with nothing of its own: records may hold its earlier grants.
+                person.fields.setdefault(sobject, {})
+                person.stamps.setdefault(sobject, {})
             if values:
                 mine[sobject] = values
                 merged = person.fields.get(sobject)

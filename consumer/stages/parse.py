@@ -285,15 +285,9 @@ def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> Par
         return bad
     purposes = tuple(entity.get("consents", {}).get("purposes", ()))
     if event_type == "event.deleted":
+        # Even one granting nothing now: an earlier version of it may have granted what a
+        # record still holds under its id (the writer withdraws that).
         purposes = _granted_withdrawn(purposes)
-        if not purposes:
-            return _ignored(
-                "the deleted event granted nothing: nothing to withdraw",
-                event_id,
-                event_type,
-                org_user_id,
-                when,
-            )
     return Accepted(
         ConsentChange(
             event_id=event_id,

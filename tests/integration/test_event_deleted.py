@@ -107,3 +107,63 @@ async def test_a_refused_withdrawal_of_an_earlier_version_fails_the_deletion() -
     assert [r["field"] for r in contact_target["fields_refused"]] == ["Topic_Offers__c"]
     assert "Newsletter_Consent__c" in contact_target["fields_written"]
     assert len(dead) == 1
+
+
+@pytest.mark.parametrize("last_version", ["grants-nothing", "maps-nothing-to-lead"])
+async def test_a_deletion_reaches_grants_its_last_version_does_not_mention(
+    last_version: str,
+) -> None:
+    # E's first version granted the newsletter (Contact and Lead hold it under E's id).
+    # E's last version either grants nothing at all, or only analytics (which the Lead does
+    # not map). Deleting E withdraws the newsletter on both all the same; a Lead record
+    # holding another event's grant keeps it.
+    at = T0 + timedelta(minutes=1)
+    from_e = sync_state.encode({"Newsletter_Consent__c": Stamp(epoch_ms(at), 0, 1, "E")})
+    async with make_emulator() as emulator:
+        held = {"Newsletter_Consent__c": True, "Didomi_Sync_State__c": from_e}
+        contact = emulator.seed("Contact", {"Email": EMAIL, "LastName": "A", **held})
+        lead = emulator.seed("Lead", {"Email": EMAIL, "LastName": "L", "Company": "C", **held})
+        other = "other@example.com"
+        kept = emulator.seed(
+            "Lead",
+            {
+                "Email": other,
+                "LastName": "O",
+                "Company": "C",
+                "Newsletter_Consent__c": True,
+                "Didomi_Sync_State__c": sync_state.encode(
+                    {"Newsletter_Consent__c": Stamp(epoch_ms(at), 0, 2, "F")}
+                ),
+            },
+        )
+        s = quick_settings(emulator)
+        mapping = example_mapping().model_copy(update={"on_event_deleted": "withdraw"})
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, mapping)
+            run = Run(s, mapping, [TargetWriter(client, p, s) for p in report.plans])
+            await run.start()
+            try:
+                purposes = (
+                    [{"id": "newsletter", "enabled": False}]
+                    if last_version == "grants-nothing"
+                    else [{"id": "analytics", "enabled": True}]
+                )
+                for email in (EMAIL, other):
+                    entity = {
+                        "id": "E",
+                        "created_at": iso(at),
+                        "user": {"organization_user_id": email},
+                        "consents": {"purposes": purposes},
+                    }
+                    doc = orjson.dumps({"type": "event.deleted", "parameters": {"entity": entity}})
+                    await feed(run, doc, epoch_ms(at) + 60_000, [], email=email)
+                outcomes = run.outcomes()
+            finally:
+                await run.finish()
+        records = [emulator.get("Contact", contact), emulator.get("Lead", lead)]
+        untouched = emulator.get("Lead", kept)
+    assert [r["Newsletter_Consent__c"] for r in records if r is not None] == [False, False]
+    assert untouched is not None and untouched["Newsletter_Consent__c"] is True
+    mine = {t["sobject"]: t["status"] for t in outcomes[0]["targets"]}
+    assert mine == {"Contact": "updated", "Lead": "updated"}, outcomes[0]
+    assert outcomes[0]["status"] == "updated"
