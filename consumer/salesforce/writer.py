@@ -596,8 +596,8 @@ class TargetWriter:
             values = person.fields[sobject]
             stamps = person.stamps.get(sobject, {})
         undone: dict[str, int] = {}
-        if person.deleted_events and self._state_field:
-            values, stamps, undone = self._undo(person, match, values, stamps)
+        if person.deleted_events:
+            values, stamps, undone = self._undo(person, values, stamps, match.state, match.values)
         newer: set[str] = set()
         send: FieldValues = {}
         for name, value in values.items():
@@ -634,30 +634,51 @@ class TargetWriter:
         return write, refused
 
     def _undo(
-        self, person: PersonWrite, match: Match, values: FieldValues, stamps: dict[str, Stamp]
+        self,
+        person: PersonWrite,
+        values: FieldValues,
+        stamps: dict[str, Stamp],
+        state: Mapping[str, Stamp] | None = None,
+        held_values: Mapping[str, Any] | None = None,
     ) -> tuple[FieldValues, dict[str, Stamp], dict[str, int]]:
-        """``values`` plus, on this record, the withdrawal of each grant a deleted event made
-        that the deletion's entity no longer mentions (an earlier version of the event granted
-        it): the record's stamp for the field names the deleted event, and nothing newer
-        replaced it. Stamped with the deletion, as its own withdrawals are.
+        """``values`` plus the withdrawal of each grant a deleted event made that the
+        deletion's entity no longer mentions (an earlier version of the event granted it),
+        stamped with the deletion, as its own withdrawals are:
 
-        The state keeps an event id's first 64 characters (non-ASCII shown as ``?``), so two
-        ids alike there are taken for one: a withdrawal too many at worst, never a grant.
-        Returns the values, their stamps, and the fields undone with the batch index of the
-        deletion that undid each (the report counts them as that event's).
+        - a grant of that event in the batch, where the record (``state``; none for a create
+          or a blind upsert) holds nothing newer: the write would otherwise carry it;
+        - a grant on the record whose stamp names the event, where the batch has nothing
+          newer for the field: what the record holds would otherwise stay.
+
+        A choice of another event made after the deleted event's stands either way. The state
+        keeps an event id's first 64 characters (non-ASCII shown as ``?``), so two ids alike
+        there are taken for one: a withdrawal too many at worst, never a grant. Returns the
+        values, their stamps, and the fields undone with the batch index of the deletion that
+        undid each (the report counts them as that event's).
         """
+        state = state or {}
+        held_values = held_values or {}
         undone: dict[str, Step] = {}
         for step in person.deleted_events:
             deletion = step.stamp
-            shown = sync_state.shown(deletion.event_id)
-            for name, held in match.state.items():
+            event_id = deletion.event_id
+            shown = sync_state.shown(event_id)
+            for name in self._mapped:
+                if name in self._gone:
+                    continue
+                mine, held = stamps.get(name), state.get(name)
                 if (
-                    held.event_id == shown
+                    mine is not None
+                    and mine.event_id == event_id
+                    and mine < deletion
+                    and _grants(values.get(name))
+                    and (held is None or held < mine)
+                ) or (
+                    held is not None
+                    and held.event_id == shown
                     and held < deletion
-                    and name in self._choice_of
-                    and name not in self._gone
-                    and _grants(match.values.get(name))
-                    and ((mine := stamps.get(name)) is None or mine < deletion)
+                    and _grants(held_values.get(name))
+                    and (mine is None or mine <= held)
                 ):
                     undone[name] = step
         if not undone:
@@ -685,6 +706,9 @@ class TargetWriter:
             values, stamps = chosen
         else:
             values, stamps = person.fields[sobject], person.stamps.get(sobject, {})
+        undone: dict[str, int] = {}
+        if person.deleted_events:
+            values, stamps, undone = self._undo(person, values, dict(stamps))
         values, refused = self._valid(values)
         extra: dict[str, Any] = dict(mapping.create_defaults)
         extra[mapping.match_field] = person.email
@@ -702,6 +726,7 @@ class TargetWriter:
             refused,
             extra,
             newest_ms=_newest(stamps, written),
+            undone=undone,
         )
 
     def _upsert_write(
@@ -712,8 +737,13 @@ class TargetWriter:
         mapping = self._plan.mapping
         ext = mapping.external_id_field
         assert ext is not None
-        values, refused = self._valid(person.fields[self.sobject])
+        values = person.fields[self.sobject]
         stamps = person.stamps.get(self.sobject, {})
+        undone: dict[str, int] = {}
+        if person.deleted_events:
+            # No record read: only the deleted event's grants in the batch are withdrawn.
+            values, stamps, undone = self._undo(person, values, dict(stamps))
+        values, refused = self._valid(values)
         extra: dict[str, Any] = {ext: person.email}
         if defaults is not None:
             extra = {**defaults, mapping.match_field: person.email, **extra}
@@ -727,6 +757,7 @@ class TargetWriter:
             refused,
             extra,
             newest_ms=_newest(stamps, values),
+            undone=undone,
         )
 
     def _defaults_for(
@@ -742,7 +773,10 @@ class TargetWriter:
         defaults = mapping.create_defaults
         # The pass always sends the match field (and the external id): never missing then.
         always = {mapping.match_field.lower(), (mapping.external_id_field or "").lower()}
-        named = _named_missing(errors) - {n.lower() for n in sent} - always
+        named = _named_missing(errors)
+        if named and named <= always:
+            return {}  # only those: the pass sends them and no default
+        named -= {n.lower() for n in sent} | always
         if not named:
             return dict(defaults)
         chosen = {k: v for k, v in defaults.items() if k.lower() in named}

@@ -8,11 +8,9 @@ A deletion (``user.deleted`` or ``event.deleted`` with ``withdraw``) wins a tie 
 any choice: it withdraws the very grant it undoes, which carries the same millisecond, and a
 redelivered copy of that grant comes with a later offset.
 
-An ``event.deleted`` also withdraws what earlier versions of the event merged before it
-granted and the deleted entity no longer mentions (the merged field's stamp names the
-event): the deletion's step then carries those withdrawals as its own, so they are written,
-and reported, as the deletion's. (What records already hold from such versions the writer
-withdraws; see ``TargetWriter._undo``.)
+An ``event.deleted`` is written to every target keeping a sync state (its field set may be
+empty there): what earlier versions of the event granted, in the batch or on the records,
+the writer withdraws (``TargetWriter._undo``), as only it knows what the records hold.
 """
 
 from __future__ import annotations
@@ -68,7 +66,6 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
         undoes = change.event_type == "event.deleted"
         for sobject, values in item.fields.items():
             if undoes:
-                values = _with_undone(person, sobject, values, stamp)
                 # Written even with nothing of its own: records may hold its earlier grants.
                 person.fields.setdefault(sobject, {})
                 person.stamps.setdefault(sobject, {})
@@ -86,23 +83,3 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
         if undoes:
             person.deleted_events.append(step)
     return people
-
-
-def _with_undone(
-    person: PersonWrite, sobject: str, values: FieldValues, deletion: Stamp
-) -> FieldValues:
-    """A deleted event's values plus the withdrawal of each grant merged so far that the
-    event made (its stamp names it) and the deleted entity no longer mentions."""
-    merged = person.fields.get(sobject)
-    if not merged:
-        return values
-    stamps = person.stamps[sobject]
-    undone = {
-        name: (False if value is True else None)
-        for name, value in merged.items()
-        if name not in values
-        and (value is True or (value.__class__ is str and value != ""))
-        and stamps[name].event_id == deletion.event_id
-        and stamps[name] < deletion
-    }
-    return {**values, **undone} if undone else values

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from consumer.model import sync_state
-from consumer.model.changes import Stamp, epoch_ms
+from consumer.model.changes import ConsentChange, Stamp, epoch_ms
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
@@ -167,3 +167,47 @@ async def test_a_deletion_reaches_grants_its_last_version_does_not_mention(
     mine = {t["sobject"]: t["status"] for t in outcomes[0]["targets"]}
     assert mine == {"Contact": "updated", "Lead": "updated"}, outcomes[0]
     assert outcomes[0]["status"] == "updated"
+
+
+def deletion_of(event_id: str, minutes: int) -> ConsentChange:
+    """The deletion of ``event_id``, whose last version granted only the newsletter."""
+    d = change(EMAIL, purpose("newsletter", False), minutes=minutes, event_id=event_id)
+    d.event_type = "event.deleted"
+    return d
+
+
+@pytest.mark.parametrize("held_from", ["E", "F"], ids=["record-holds-E", "record-holds-F"])
+@pytest.mark.parametrize("together", [False, True], ids=["two-batches", "one-batch"])
+async def test_undoing_a_deleted_event_keeps_a_newer_grant_of_another_event(
+    together: bool, held_from: str
+) -> None:
+    # record-holds-E: the record holds analytics from E (minute 1); F grants analytics at
+    # minute 2. record-holds-F: the record holds F's minute-2 grant; E's minute-1 version
+    # comes late. Either way E (last version: the newsletter only) is then deleted (minute
+    # 3), in the same batch or another: F's grant, made after E's, stands.
+    async with contact_writer(example_mapping()) as (org, writer):
+        stamp = (
+            Stamp(epoch_ms(T0 + timedelta(minutes=1)), 0, 1, "E")
+            if held_from == "E"
+            else Stamp(epoch_ms(T0 + timedelta(minutes=2)), 0, 5, "F")
+        )
+        record_id = org.emulator.seed(
+            "Contact",
+            {
+                "Email": EMAIL,
+                "LastName": "V",
+                "Analytics_Consent__c": True,
+                "Didomi_Sync_State__c": sync_state.encode({"Analytics_Consent__c": stamp}),
+            },
+        )
+        if held_from == "E":
+            other = change(EMAIL, purpose("analytics", True), minutes=2, event_id="F")
+        else:
+            other = change(EMAIL, purpose("analytics", True), minutes=1, event_id="E")
+        if together:
+            await writer.write(batch_of([other, deletion_of("E", 3)], [org.plan]))
+        else:
+            await writer.write(batch_of([other], [org.plan]))
+            await writer.write(batch_of([deletion_of("E", 3)], [org.plan]))
+        record = org.emulator.get("Contact", record_id)
+    assert record is not None and record["Analytics_Consent__c"] is True

@@ -439,13 +439,14 @@ async def test_a_deleted_event_withdraws_what_its_earlier_versions_granted(
         assert held["Topic_Offers__c"].time_ms == epoch_ms(T0 + timedelta(minutes=2))
 
 
-@pytest.mark.parametrize("named", ["Region__c", "LastName", "LastName,Email"])
+@pytest.mark.parametrize("named", ["Region__c", "Email", "LastName", "LastName,Email"])
 async def test_a_defaults_pass_sends_only_the_defaults_salesforce_asked_for(named: str) -> None:
     # Blind upsert by the external id. Region__c: a rule on the existing record requires a
     # field the mapping has no default for: a second pass with create_defaults could not
     # succeed, and would rename the record "Unknown". No second pass; the error is the
-    # person's. LastName: a new person; the second pass sends that default and creates them,
-    # also when Salesforce names the match field too (the pass always sends it).
+    # person's. Email: the existing record lacks the match field (made required since): the
+    # second pass sends it and no default. LastName: a new person; the second pass sends
+    # that default and creates them, also when Salesforce names the match field too.
     async with make_emulator() as emulator:
         record_id = None
         if named == "LastName,Email":
@@ -471,6 +472,9 @@ async def test_a_defaults_pass_sends_only_the_defaults_salesforce_asked_for(name
     if named.startswith("LastName"):
         assert result.status == "created" and upserts == 2, result
         assert record["LastName"] == "Unknown"
+    elif named == "Email":
+        assert result.status == "updated" and upserts == 2, result
+        assert record["Id"] == record_id and record["LastName"] == "Real"
     else:
         assert result.status == "failed" and upserts == 1, result
         assert result.error is not None and result.error.fields == ["Region__c"]

@@ -136,36 +136,18 @@ def test_a_deleted_event_writing_nothing_does_not_stop_a_new_person_being_create
     assert people["n@x.com"].may_create("Contact")
 
 
-def test_a_deleted_event_withdraws_what_its_earlier_versions_in_the_batch_granted() -> None:
-    # E's first version granted the newsletter and the "offers" topic; E is deleted with its
-    # last version (the newsletter only). The topic's grant came from E: the deletion
-    # withdraws it, as its own step. Analytics from another event F, and a topic granted
-    # after the deletion, stay.
-    first = change("v@x.com", purpose("newsletter", True, topics="offers"), minutes=1, event_id="E")
-    other = change("v@x.com", purpose("analytics", True), minutes=1, event_id="F")
-    deleted = change("v@x.com", purpose("newsletter", False), minutes=2, event_id="E")
+def test_a_deleted_event_is_kept_for_the_writer_and_reaches_every_stateful_target() -> None:
+    # E's first version granted the newsletter and the "offers" topic; E's last version
+    # only analytics, which the Lead does not map. The deletion's step is kept for the
+    # writer (which withdraws what E granted, knowing what the records hold), and the Lead
+    # is written for the person though the deletion maps nothing there.
+    first = change("v@x.com", purpose("analytics", True), minutes=1, event_id="F")
+    deleted = change("v@x.com", purpose("analytics", False), minutes=2, event_id="E")
     deleted.event_type = "event.deleted"
-    people = merge_by_person(
-        [src(first, offset=1, index=0), src(other, offset=2, index=1), src(deleted, 0, 3, 2)]
-    )
+    people = merge_by_person([src(first, offset=1, index=0), src(deleted, 0, 3, 1)])
     person = people["v@x.com"]
-    assert person.fields["Contact"] == {
-        "Newsletter_Consent__c": False,
-        "Analytics_Consent__c": True,
-        "Newsletter_Topics__c": None,
-        "Topic_Product_News__c": False,  # E chose "not product news": not a grant, kept
-        "Topic_Offers__c": False,
-    }
-    step = person.steps[-1]
-    assert step.index == 2 and set(step.fields["Contact"]) == {
-        "Newsletter_Consent__c",
-        "Newsletter_Topics__c",
-        "Topic_Offers__c",
-    }
-    assert person.stamps["Contact"]["Topic_Offers__c"] == step.stamp
-    assert [s.index for s in person.deleted_events] == [2]
-    regrant = change("v@x.com", purpose("newsletter", None, topics="offers"), minutes=3)
-    later = merge_by_person(
-        [src(first, 0, 1, 0), src(deleted, 0, 3, 1), src(regrant, offset=4, index=2)]
-    )["v@x.com"]
-    assert later.fields["Contact"]["Topic_Offers__c"] is True
+    assert person.fields == {"Contact": {"Analytics_Consent__c": False}, "Lead": {}}
+    assert [s.index for s in person.deleted_events] == [1]
+    assert person.steps[-1].fields == {"Contact": {"Analytics_Consent__c": False}}
+    # Another event type mapping nothing to the Lead leaves it out.
+    assert "Lead" not in merge_by_person([src(first)])["v@x.com"].fields
