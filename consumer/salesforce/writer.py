@@ -61,6 +61,7 @@ from consumer.errors import (
 from consumer.mapping import FieldInfo, TargetMapping, TargetPlan, describe_fields
 from consumer.model import sync_state
 from consumer.model.changes import (
+    DELETION_PARTITION,
     FieldValue,
     FieldValues,
     PersonResult,
@@ -325,8 +326,9 @@ class TargetWriter:
             await self._describe_again(self._describes)
         done = _Round()
         matches: dict[str, list[Match]] = {}
-        #: Per person, what the other targets' records hold, as a read-only record.
-        elsewhere: dict[str, Match] = {}
+        #: Per person, read-only records that gate like a converted Lead: what the other
+        #: targets' records hold, and the deletions of events the records remember.
+        elsewhere: dict[str, list[Match]] = {}
         writes: list[_Write] = []
         skipped: dict[str, PersonResult] = {}
         withdrawals: list[_Write] = []
@@ -354,10 +356,15 @@ class TargetWriter:
         else:
             matches = await self.find(todo.values())
             if held is not None:
-                elsewhere = await self._exchange(todo, matches, held)
+                elsewhere = {k: [m] for k, m in (await self._exchange(todo, matches, held)).items()}
+            if self._state_field:
+                for key, person in todo.items():
+                    tomb = self._tombstone(person, matches.get(key, ()))
+                    if tomb is not None:
+                        elsewhere.setdefault(key, []).append(tomb)
             for key, person in todo.items():
                 planned, result = self._plan_person(
-                    key, person, matches.get(key, []), other=elsewhere.get(key)
+                    key, person, matches.get(key, []), others=elsewhere.get(key, [])
                 )
                 writes.extend(planned)
                 if result is not None:
@@ -389,8 +396,7 @@ class TargetWriter:
                 found = matches.get(key, [])
                 live = [m for m in found if not m.converted]
                 converted = [m for m in found if m.converted]
-                if key in elsewhere:
-                    converted.append(elsewhere[key])
+                converted.extend(elsewhere.get(key, ()))
                 results[key] = result = self._result(person, acc, live, converted)
                 if acc.undone:
                     result.undone = acc.undone
@@ -438,7 +444,7 @@ class TargetWriter:
         found: list[Match],
         *,
         create: bool = True,
-        other: Match | None = None,
+        others: Sequence[Match] = (),
     ) -> tuple[list[_Write], PersonResult | None]:
         """The writes for one person, or (when nothing is to be written) their result.
 
@@ -446,16 +452,17 @@ class TargetWriter:
         are a deletion's: the record holds no consent and the deletion's stamps, so that a
         grant from before the deletion arriving later (a retry, a replay) is stale instead of
         creating the record with a consent (a suppression record, as for any withdrawal).
-        ``create`` False (the blind writer's erased people) creates nobody. ``other``: what
-        the person's records of the batch's other targets hold (:meth:`_exchange`); it gates
-        this target's writes and creates as a record of its own would.
+        ``create`` False (the blind writer's erased people) creates nobody. ``others``:
+        read-only records that gate this target's writes and creates as a record of its own
+        would: what the person's records of the batch's other targets hold
+        (:meth:`_exchange`), and the deletions of events the records remember
+        (:meth:`_tombstone`).
         """
         mapping, sobject = self._plan.mapping, self.sobject
         live = [m for m in found if not m.converted]
         converted = [m for m in found if m.converted]
-        gates = found if other is None else [*found, other]
-        if other is not None:
-            converted.append(other)
+        gates = [*found, *others]
+        converted.extend(others)
         if live:
             writes: list[_Write] = []
             refused: dict[str, SalesforceErrorInfo] = {}
@@ -477,7 +484,7 @@ class TargetWriter:
                 return [], PersonResult("unchanged", [m.id for m in live], note=note)
             if self._state_field:
                 holders = f"every matching {sobject} holds"
-                if other is not None:  # the batch's other targets' records count too
+                if others:  # the batch's other targets' records count too
                     holders = f"the person's records ({sobject}s or another target's) hold"
                 note = f"{holders} a newer choice for each field ({self._state_field})"
                 result = PersonResult("stale", [m.id for m in live], note=note)
@@ -537,6 +544,32 @@ class TargetWriter:
         else:
             result = PersonResult("failed", error=next(iter(refused.values())))
         return self._finish(person, live, result, refused=refused, siblings=converted)
+
+    def _tombstone(self, person: PersonWrite, found: Iterable[Match]) -> Match | None:
+        """The deletions of events the person's records remember, as a read-only record
+        gating each batch choice of such an event made before its deletion.
+
+        A deletion's stamps (its sort position, the deleted event's id) stay on the fields
+        it withdrew until newer choices replace them: while one does, a version of the
+        deleted event delivered late (a Didomi retry, a redrive) grants nothing, on any
+        field. A ``user.deleted`` stamps every field with the user's id: a late choice made
+        under that id before it is older than every field anyway.
+        """
+        tombs: dict[str, Stamp] = {}
+        for match in found:
+            for held in match.state.values():
+                if held.partition == DELETION_PARTITION and (
+                    (t := tombs.get(held.event_id)) is None or t < held
+                ):
+                    tombs[held.event_id] = held
+        if not tombs:
+            return None
+        state: dict[str, Stamp] = {}
+        for name, mine in person.stamps.get(self.sobject, {}).items():
+            tomb = tombs.get(sync_state.shown(mine.event_id))
+            if tomb is not None and mine < tomb:
+                state[name] = tomb
+        return Match("", state=state, converted=True) if state else None
 
     def _newest_across(
         self, person: PersonWrite, records: list[Match]

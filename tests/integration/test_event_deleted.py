@@ -211,3 +211,26 @@ async def test_undoing_a_deleted_event_keeps_a_newer_grant_of_another_event(
             await writer.write(batch_of([deletion_of("E", 3)], [org.plan]))
         record = org.emulator.get("Contact", record_id)
     assert record is not None and record["Analytics_Consent__c"] is True
+
+
+async def test_an_earlier_version_delivered_after_the_deletion_grants_nothing() -> None:
+    # E's first version (minute 1, analytics) is not written before E is deleted (minute 3;
+    # E's last version: the newsletter only): a Didomi retry, or a dead letter redriven
+    # later. The deletion's stamp on the newsletter remembers E: the late version is older.
+    async with contact_writer(example_mapping()) as (org, writer):
+        record_id = org.emulator.seed(
+            "Contact", {"Email": EMAIL, "LastName": "V", "Newsletter_Consent__c": True}
+        )
+        await writer.write(batch_of([deletion_of("E", 3)], [org.plan]))
+        late = change(EMAIL, purpose("analytics", True), minutes=1, event_id="E")
+        result = (await writer.write(batch_of([late], [org.plan])))[EMAIL]
+        after_late = org.emulator.get("Contact", record_id)
+        assert after_late is not None and after_late["Analytics_Consent__c"] is False
+        # Another event's choice of the same time is not E's: written.
+        other = change(EMAIL, purpose("analytics", True), minutes=1, event_id="F")
+        written = (await writer.write(batch_of([other], [org.plan])))[EMAIL]
+        record = org.emulator.get("Contact", record_id)
+    assert result.status == "stale" and result.stale_indexes == {0}, result
+    assert written.status == "updated", written
+    assert record is not None and record["Newsletter_Consent__c"] is False
+    assert record["Analytics_Consent__c"] is True
