@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -236,6 +237,21 @@ def quick_settings(emulator: SalesforceEmulator, composite: bool = False) -> Set
         kafka_dlq_topic="dlq",
         salesforce_composite="on" if composite else "off",
     )
+
+
+@asynccontextmanager
+async def running(emulator: SalesforceEmulator, mapping: MappingConfig) -> AsyncIterator[Run]:
+    """A started :class:`Run` of ``mapping`` on ``emulator`` (finished on the way out)."""
+    s = quick_settings(emulator)
+    async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+        report = await check_mapping(client, mapping)
+        assert report.ok, report.render()
+        run = Run(s, mapping, [TargetWriter(client, p, s) for p in report.plans])
+        await run.start()
+        try:
+            yield run
+        finally:
+            await run.finish()
 
 
 def _at_least(run: Run, count: int) -> Callable[[], bool]:

@@ -10,16 +10,11 @@ from datetime import timedelta
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from consumer.model import sync_state
 from consumer.model.changes import ConsentChange, Stamp, epoch_ms
-from consumer.observability.metrics import Metrics
-from consumer.salesforce.check import check_mapping
-from consumer.salesforce.client import SalesforceClient
-from consumer.salesforce.writer import TargetWriter
 from tests.integration.support import batch_of, example_mapping, make_emulator
-from tests.integration.test_consent_order import Run, quick_settings
+from tests.integration.test_consent_order import running
 from tests.integration.test_redrive_order import feed, iso
 from tests.integration.test_writer_records import contact_writer
 from tests.unit.helpers import T0, change, purpose
@@ -73,32 +68,25 @@ async def test_a_refused_withdrawal_of_an_earlier_version_fails_the_deletion() -
                 "Didomi_Sync_State__c": sync_state.encode(state),
             },
         )
-        s = quick_settings(emulator)
         mapping = example_mapping().model_copy(update={"on_event_deleted": "withdraw"})
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, mapping)
-            run = Run(s, mapping, [TargetWriter(client, p, s) for p in report.plans])
-            await run.start()
-            try:
-                emulator.inject_record_error(
-                    "update",
-                    "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-                    "Topic changes need a reason",
-                    fields=["Topic_Offers__c"],
-                    email=EMAIL,
-                )
-                entity = {
-                    "id": "E",
-                    "created_at": iso(at),
-                    "user": {"organization_user_id": EMAIL},
-                    "consents": {"purposes": [{"id": "newsletter", "enabled": True}]},
-                }
-                doc = orjson.dumps({"type": "event.deleted", "parameters": {"entity": entity}})
-                await feed(run, doc, epoch_ms(at) + 60_000, [], email=EMAIL)
-                outcome = run.outcomes()[-1]
-                dead = run.producer.topics.get("dlq", [])
-            finally:
-                await run.finish()
+        async with running(emulator, mapping) as run:
+            emulator.inject_record_error(
+                "update",
+                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                "Topic changes need a reason",
+                fields=["Topic_Offers__c"],
+                email=EMAIL,
+            )
+            entity = {
+                "id": "E",
+                "created_at": iso(at),
+                "user": {"organization_user_id": EMAIL},
+                "consents": {"purposes": [{"id": "newsletter", "enabled": True}]},
+            }
+            doc = orjson.dumps({"type": "event.deleted", "parameters": {"entity": entity}})
+            await feed(run, doc, epoch_ms(at) + 60_000, [], email=EMAIL)
+            outcome = run.outcomes()[-1]
+            dead = run.producer.topics.get("dlq", [])
         record = emulator.get("Contact", contact)
     assert record is not None
     assert (record["Newsletter_Consent__c"], record["Topic_Offers__c"]) == (False, True)
@@ -136,30 +124,23 @@ async def test_a_deletion_reaches_grants_its_last_version_does_not_mention(
                 ),
             },
         )
-        s = quick_settings(emulator)
         mapping = example_mapping().model_copy(update={"on_event_deleted": "withdraw"})
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, mapping)
-            run = Run(s, mapping, [TargetWriter(client, p, s) for p in report.plans])
-            await run.start()
-            try:
-                purposes = (
-                    [{"id": "newsletter", "enabled": False}]
-                    if last_version == "grants-nothing"
-                    else [{"id": "analytics", "enabled": True}]
-                )
-                for email in (EMAIL, other):
-                    entity = {
-                        "id": "E",
-                        "created_at": iso(at),
-                        "user": {"organization_user_id": email},
-                        "consents": {"purposes": purposes},
-                    }
-                    doc = orjson.dumps({"type": "event.deleted", "parameters": {"entity": entity}})
-                    await feed(run, doc, epoch_ms(at) + 60_000, [], email=email)
-                outcomes = run.outcomes()
-            finally:
-                await run.finish()
+        async with running(emulator, mapping) as run:
+            purposes = (
+                [{"id": "newsletter", "enabled": False}]
+                if last_version == "grants-nothing"
+                else [{"id": "analytics", "enabled": True}]
+            )
+            for email in (EMAIL, other):
+                entity = {
+                    "id": "E",
+                    "created_at": iso(at),
+                    "user": {"organization_user_id": email},
+                    "consents": {"purposes": purposes},
+                }
+                doc = orjson.dumps({"type": "event.deleted", "parameters": {"entity": entity}})
+                await feed(run, doc, epoch_ms(at) + 60_000, [], email=email)
+            outcomes = run.outcomes()
         records = [emulator.get("Contact", contact), emulator.get("Lead", lead)]
         untouched = emulator.get("Lead", kept)
     assert [r["Newsletter_Consent__c"] for r in records if r is not None] == [False, False]

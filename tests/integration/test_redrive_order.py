@@ -19,18 +19,13 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from consumer.devkit.emulator import SalesforceEmulator
 from consumer.model.changes import epoch_ms
-from consumer.observability.metrics import Metrics
 from consumer.ops.redrive import redriven_headers
-from consumer.salesforce.check import check_mapping
-from consumer.salesforce.client import SalesforceClient
-from consumer.salesforce.writer import TargetWriter
 from tests.integration.scenario import T0
 from tests.integration.support import example_mapping, make_emulator
-from tests.integration.test_consent_order import Run, quick_settings
+from tests.integration.test_consent_order import Run, running
 from tests.unit.fakes import Sent
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
@@ -57,16 +52,9 @@ async def pipeline() -> AsyncIterator[tuple[SalesforceEmulator, Run, str]]:
     """A running pipeline (``on_user_deleted: withdraw``) and EMAIL's Contact id."""
     async with make_emulator() as emulator:
         contact = emulator.seed("Contact", {"Email": EMAIL, "LastName": "A"})
-        s = quick_settings(emulator)
         mapping = example_mapping().model_copy(update={"on_user_deleted": "withdraw"})
-        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
-            report = await check_mapping(client, mapping)
-            run = Run(s, mapping, [TargetWriter(client, p, s) for p in report.plans])
-            await run.start()
-            try:
-                yield emulator, run, contact
-            finally:
-                await run.finish()
+        async with running(emulator, mapping) as run:
+            yield emulator, run, contact
 
 
 def refuse_next_newsletter(emulator: SalesforceEmulator) -> None:
