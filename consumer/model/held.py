@@ -34,6 +34,9 @@ class HeldChoices:
         self._sobjects = frozenset(sobjects)
         self._waiting = set(self._sobjects)
         self._held: dict[str, dict[str, Stamp]] = {}
+        #: Per person, the deleted events any target's records remember (event id as the
+        #: sync state shows it -> the deletion's stamp).
+        self._deleted: dict[str, dict[str, Stamp]] = {}
         self._settled = asyncio.Event()
         if not self._waiting:
             self._settled.set()
@@ -42,18 +45,16 @@ class HeldChoices:
         """Whether no other target writes this batch (then there is nothing to exchange)."""
         return self._sobjects <= {sobject}
 
-    def post(self, sobject: str, held: Mapping[str, Mapping[str, Stamp]]) -> None:
-        """Add what ``sobject``'s records hold: email key -> choice -> newest stamp."""
-        mine = self._held
-        for key, stamps in held.items():
-            have = mine.get(key)
-            if have is None:
-                mine[key] = dict(stamps)
-                continue
-            for choice, stamp in stamps.items():
-                old = have.get(choice)
-                if old is None or old < stamp:
-                    have[choice] = stamp
+    def post(
+        self,
+        sobject: str,
+        held: Mapping[str, Mapping[str, Stamp]],
+        deleted: Mapping[str, Mapping[str, Stamp]] | None = None,
+    ) -> None:
+        """Add what ``sobject``'s records hold: email key -> choice -> newest stamp, and
+        email key -> deleted event id -> the deletion's stamp."""
+        _merge_newest(self._held, held)
+        _merge_newest(self._deleted, deleted or {})
         self.leave(sobject)
 
     def leave(self, sobject: str) -> None:
@@ -69,3 +70,17 @@ class HeldChoices:
     def of(self, key: str) -> Mapping[str, Stamp]:
         """The newest stamp per choice the person's records hold, across the targets."""
         return self._held.get(key, {})
+
+    def deleted_of(self, key: str) -> Mapping[str, Stamp]:
+        """The deleted events the person's records of any target remember."""
+        return self._deleted.get(key, {})
+
+
+def _merge_newest(
+    into: dict[str, dict[str, Stamp]], more: Mapping[str, Mapping[str, Stamp]]
+) -> None:
+    for key, stamps in more.items():
+        have = into.setdefault(key, {})
+        for name, stamp in stamps.items():
+            if (old := have.get(name)) is None or old < stamp:
+                have[name] = stamp

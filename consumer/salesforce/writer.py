@@ -326,9 +326,13 @@ class TargetWriter:
             await self._describe_again(self._describes)
         done = _Round()
         matches: dict[str, list[Match]] = {}
-        #: Per person, read-only records that gate like a converted Lead: what the other
-        #: targets' records hold, and the deletions of events the records remember.
-        elsewhere: dict[str, list[Match]] = {}
+        #: Per person, what the other targets' records hold, as a read-only record that
+        #: gates like a converted Lead.
+        elsewhere: dict[str, Match] = {}
+        #: Per person, the batch's grants of events deleted since (the records remember the
+        #: deletion), by batch index: left out of the write, reported older.
+        revoked: dict[str, dict[int, list[str]]] = {}
+        views: dict[str, PersonWrite] = {}
         writes: list[_Write] = []
         skipped: dict[str, PersonResult] = {}
         withdrawals: list[_Write] = []
@@ -355,16 +359,19 @@ class TargetWriter:
                     skipped[key] = self._all_refused(person, [], write.refused)
         else:
             matches = await self.find(todo.values())
+            tombs = _tombstones(matches) if self._state_field else {}
             if held is not None:
-                elsewhere = {k: [m] for k, m in (await self._exchange(todo, matches, held)).items()}
-            if self._state_field:
-                for key, person in todo.items():
-                    tomb = self._tombstone(person, matches.get(key, ()))
-                    if tomb is not None:
-                        elsewhere.setdefault(key, []).append(tomb)
+                elsewhere, tombs = await self._exchange(todo, matches, held, tombs)
             for key, person in todo.items():
+                if key in tombs:
+                    view, gone = self._without_revoked(person, tombs[key])
+                    if gone:
+                        views[key], revoked[key] = view, gone
                 planned, result = self._plan_person(
-                    key, person, matches.get(key, []), others=elsewhere.get(key, [])
+                    key,
+                    views.get(key, person),
+                    matches.get(key, []),
+                    others=[elsewhere[key]] if key in elsewhere else [],
                 )
                 writes.extend(planned)
                 if result is not None:
@@ -388,7 +395,9 @@ class TargetWriter:
             # their own stamps.
             for key, person in todo.items():
                 if key in skipped:
-                    results[key] = skipped[key]
+                    results[key] = _with_revoked(
+                        skipped[key], person, self.sobject, revoked.get(key)
+                    )
                     continue
                 acc = done.people.get(key)
                 if acc is None or acc.retry or acc.pending or acc.needs_defaults:
@@ -396,18 +405,25 @@ class TargetWriter:
                 found = matches.get(key, [])
                 live = [m for m in found if not m.converted]
                 converted = [m for m in found if m.converted]
-                converted.extend(elsewhere.get(key, ()))
-                results[key] = result = self._result(person, acc, live, converted)
+                if key in elsewhere:
+                    converted.append(elsewhere[key])
+                result = self._result(views.get(key, person), acc, live, converted)
                 if acc.undone:
                     result.undone = acc.undone
+                results[key] = _with_revoked(result, person, self.sobject, revoked.get(key))
         return done.retry, done.last_error
 
     async def _exchange(
-        self, todo: Mapping[str, PersonWrite], matches: Mapping[str, list[Match]], held: HeldChoices
-    ) -> dict[str, Match]:
-        """Post the newest stamp per choice this target's records hold, wait for the
-        batch's other targets, and return per person what any target holds for this
-        target's fields (as a read-only record that gates like a converted Lead)."""
+        self,
+        todo: Mapping[str, PersonWrite],
+        matches: Mapping[str, list[Match]],
+        held: HeldChoices,
+        tombs: dict[str, dict[str, Stamp]],
+    ) -> tuple[dict[str, Match], dict[str, dict[str, Stamp]]]:
+        """Post the newest stamp per choice this target's records hold, and the deleted
+        events they remember, wait for the batch's other targets, and return per person what
+        any target holds for this target's fields (as a read-only record that gates like a
+        converted Lead) and the deleted events any target's records remember."""
         choice_of, gated = self._gate_key, self._gated
         mine: dict[str, dict[str, Stamp]] = {}
         for key, found in matches.items():
@@ -419,14 +435,15 @@ class TargetWriter:
                         newest[choice] = stamp
             if newest:
                 mine[key] = newest
-        held.post(self.sobject, mine)
+        held.post(self.sobject, mine, tombs)
         sobject = self.sobject
         if not any(_grants(v) for p in todo.values() for v in p.fields[sobject].values()):
             # Only grants are gated: a batch that grants nothing here (withdrawals only)
             # never waits for the other targets, however long one of them cannot read.
-            return {}
+            return {}, tombs
         await held.settled()
         elsewhere: dict[str, Match] = {}
+        everywhere: dict[str, dict[str, Stamp]] = {}
         for key in todo:
             state = {
                 name: stamp
@@ -435,7 +452,9 @@ class TargetWriter:
             }
             if state:
                 elsewhere[key] = Match("", state=state, converted=True)
-        return elsewhere
+            if deleted := held.deleted_of(key):
+                everywhere[key] = dict(deleted)
+        return elsewhere, everywhere
 
     def _plan_person(
         self,
@@ -479,9 +498,12 @@ class TargetWriter:
             if refused:
                 return [], self._all_refused(person, live, refused, converted)
             if not person.fields[sobject]:
+                ids = [m.id for m in live]
+                if not person.deleted_events:  # every choice was a revoked grant
+                    return [], PersonResult("stale", ids, note=_REVOKED)
                 # A deleted event mapping nothing here, and no earlier grant of it held.
                 note = "the deleted event holds nothing to withdraw here"
-                return [], PersonResult("unchanged", [m.id for m in live], note=note)
+                return [], PersonResult("unchanged", ids, note=note)
             if self._state_field:
                 holders = f"every matching {sobject} holds"
                 if others:  # the batch's other targets' records count too
@@ -501,6 +523,8 @@ class TargetWriter:
                 f"{sobject}s are read-only and no new one is created",
             )
         if not person.fields[sobject]:
+            if not person.deleted_events:
+                return [], PersonResult("stale", note=f"{_REVOKED}; none is created")
             note = f"no {sobject} has this {mapping.lookup_field}: nothing to withdraw"
             return [], PersonResult("not_found", note=note)
         if mapping.upsert_mode and create:
@@ -545,31 +569,56 @@ class TargetWriter:
             result = PersonResult("failed", error=next(iter(refused.values())))
         return self._finish(person, live, result, refused=refused, siblings=converted)
 
-    def _tombstone(self, person: PersonWrite, found: Iterable[Match]) -> Match | None:
-        """The deletions of events the person's records remember, as a read-only record
-        gating each batch choice of such an event made before its deletion.
+    def _without_revoked(
+        self, person: PersonWrite, tombs: Mapping[str, Stamp]
+    ) -> tuple[PersonWrite, dict[int, list[str]]]:
+        """The person without the batch's grants of events deleted since (``tombs``: event id
+        as the state shows it -> the deletion's stamp), and those grants by batch index.
 
         A deletion's stamps (its sort position, the deleted event's id) stay on the fields
-        it withdrew until newer choices replace them: while one does, a version of the
-        deleted event delivered late (a Didomi retry, a redrive) grants nothing, on any
-        field. A ``user.deleted`` stamps every field with the user's id: a late choice made
-        under that id before it is older than every field anyway.
+        it withdrew until newer choices replace them, on this target's records or another
+        target's: while one does, a version of the deleted event delivered late (a Didomi
+        retry, a redrive) grants nothing, on any field. Each field such a grant held in the
+        batch's merge takes the newest other choice of the batch for it, any event's, grant
+        or withdrawal (a choice of another event stands as it would in a batch of its own);
+        with none, the field is not written. The deleted event's withdrawals are kept (no
+        consent is never the wrong side).
         """
-        tombs: dict[str, Stamp] = {}
-        for match in found:
-            for held in match.state.values():
-                if held.partition == DELETION_PARTITION and (
-                    (t := tombs.get(held.event_id)) is None or t < held
-                ):
-                    tombs[held.event_id] = held
-        if not tombs:
-            return None
-        state: dict[str, Stamp] = {}
-        for name, mine in person.stamps.get(self.sobject, {}).items():
-            tomb = tombs.get(sync_state.shown(mine.event_id))
-            if tomb is not None and mine < tomb:
-                state[name] = tomb
-        return Match("", state=state, converted=True) if state else None
+        sobject = self.sobject
+        gone: dict[int, list[str]] = {}
+        dropped: set[tuple[int, str]] = set()
+        for step in person.steps:
+            tomb = tombs.get(sync_state.shown(step.stamp.event_id))
+            mine = step.fields.get(sobject)
+            if tomb is None or not mine or not step.stamp < tomb:
+                continue
+            names = sorted(n for n, v in mine.items() if _grants(v))
+            if names:
+                gone[step.index] = names
+                dropped.update((step.index, n) for n in names)
+        if not gone:
+            return person, {}
+        values = dict(person.fields.get(sobject, {}))
+        stamps = dict(person.stamps.get(sobject, {}))
+        for name in {n for _, n in dropped}:
+            if name not in stamps:
+                continue
+            # The batch's newest choice for the field that is not a revoked grant.
+            for step in reversed(person.steps):
+                mine = step.fields.get(sobject)
+                if mine is None or name not in mine or (step.index, name) in dropped:
+                    continue
+                if stamps[name] != step.stamp:
+                    values[name], stamps[name] = mine[name], step.stamp
+                break
+            else:
+                del values[name], stamps[name]
+        view = replace(
+            person,
+            fields={**person.fields, sobject: values},
+            stamps={**person.stamps, sobject: stamps},
+        )
+        return view, gone
 
     def _newest_across(
         self, person: PersonWrite, records: list[Match]
@@ -1337,6 +1386,45 @@ class TargetWriter:
                         )
                     )
         return found
+
+
+#: Why a person's choices were all left out: grants of events deleted since.
+_REVOKED = (
+    "every choice is a grant made by an event before its deletion, which the person's "
+    "records remember"
+)
+
+
+def _tombstones(matches: Mapping[str, list[Match]]) -> dict[str, dict[str, Stamp]]:
+    """Per person, the deleted events their records remember: event id (as the state shows
+    it) -> the newest deletion stamp naming it (a stamp in the deletions' sort position)."""
+    out: dict[str, dict[str, Stamp]] = {}
+    for key, found in matches.items():
+        for match in found:
+            for held in match.state.values():
+                if held.partition == DELETION_PARTITION:
+                    mine = out.setdefault(key, {})
+                    if (t := mine.get(held.event_id)) is None or t < held:
+                        mine[held.event_id] = held
+    return out
+
+
+def _with_revoked(
+    result: PersonResult, person: PersonWrite, sobject: str, gone: Mapping[int, list[str]] | None
+) -> PersonResult:
+    """``result`` with the revoked grants of deleted events reported older on ``sobject``
+    (their event stale there when none of its fields was newer)."""
+    if not gone:
+        return result
+    for step in person.steps:
+        names = gone.get(step.index)
+        if not names:
+            continue
+        older = sorted({*result.older.get(step.index, ()), *names})
+        result.older[step.index] = older
+        if set(step.fields.get(sobject, {})) <= set(older):
+            result.stale_indexes.add(step.index)
+    return result
 
 
 def _gate_keys(mapping: TargetMapping) -> dict[str, str]:

@@ -10,12 +10,18 @@ from datetime import timedelta
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from consumer.model import sync_state
-from consumer.model.changes import ConsentChange, Stamp, epoch_ms
-from tests.integration.support import batch_of, example_mapping, make_emulator
+from consumer.model.changes import DELETION_PARTITION, ConsentChange, Stamp, epoch_ms
+from consumer.observability.metrics import Metrics
+from consumer.salesforce.check import check_mapping
+from consumer.salesforce.client import SalesforceClient
+from consumer.salesforce.writer import TargetWriter
+from tests.integration.support import batch_of, emulator_settings, example_mapping, make_emulator
 from tests.integration.test_consent_order import running
 from tests.integration.test_redrive_order import feed, iso
+from tests.integration.test_targets_gate import write_both
 from tests.integration.test_writer_records import contact_writer
 from tests.unit.helpers import T0, change, purpose
 
@@ -215,3 +221,51 @@ async def test_an_earlier_version_delivered_after_the_deletion_grants_nothing() 
     assert written.status == "updated", written
     assert record is not None and record["Newsletter_Consent__c"] is False
     assert record["Analytics_Consent__c"] is True
+
+
+def deleted_stamp(event_id: str, minutes: int) -> Stamp:
+    """The stamp a deletion of ``event_id`` at ``minutes`` leaves on what it withdrew."""
+    return Stamp(epoch_ms(T0 + timedelta(minutes=minutes)), DELETION_PARTITION, 1, event_id)
+
+
+async def test_a_revoked_grant_gives_way_to_another_events_choice_in_the_batch() -> None:
+    # The record remembers E's deletion (minute 3). One batch brings F's analytics grant
+    # (minute 1) and a late version of E granting analytics (minute 2). E's grant is
+    # revoked; F's, the person's latest choice without E, is written, as it would be alone.
+    async with contact_writer(example_mapping()) as (org, writer):
+        state = {"Newsletter_Consent__c": deleted_stamp("E", 3)}
+        record_id = org.emulator.seed(
+            "Contact",
+            {"Email": EMAIL, "LastName": "V", "Didomi_Sync_State__c": sync_state.encode(state)},
+        )
+        f = change(EMAIL, purpose("analytics", True), minutes=1, event_id="F")
+        e = change(EMAIL, purpose("analytics", True), minutes=2, event_id="E")
+        result = (await writer.write(batch_of([f, e], [org.plan])))[EMAIL]
+        record = org.emulator.get("Contact", record_id)
+    assert record is not None and record["Analytics_Consent__c"] is True
+    held = sync_state.decode(record["Didomi_Sync_State__c"])
+    assert held["Analytics_Consent__c"].event_id == "F"
+    assert result.status == "updated" and result.stale_indexes == {1}, result
+    assert result.older == {1: ["Analytics_Consent__c"]}
+
+
+async def test_a_deletion_one_target_remembers_keeps_a_late_grant_off_the_other() -> None:
+    # E's last version granted analytics only (a Contact field): its deletion stamped the
+    # Contact, not the Lead. E's first version (the newsletter, mapped on both) comes late:
+    # the Contact's memory of the deletion keeps it off the Lead too.
+    async with make_emulator() as emulator:
+        state = {"Analytics_Consent__c": deleted_stamp("E", 3)}
+        emulator.seed(
+            "Contact",
+            {"Email": EMAIL, "LastName": "C", "Didomi_Sync_State__c": sync_state.encode(state)},
+        )
+        lead = emulator.seed("Lead", {"Email": EMAIL, "LastName": "L", "Company": "C"})
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            writers = [TargetWriter(client, p, s) for p in report.plans]
+            late = change(EMAIL, purpose("newsletter", True), minutes=1, event_id="E")
+            results = await write_both(writers, [late], EMAIL)
+        record = emulator.get("Lead", lead)
+    assert record is not None and record["Newsletter_Consent__c"] is False
+    assert results["Lead"].status == "stale" and results["Contact"].status == "stale", results

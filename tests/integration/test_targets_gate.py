@@ -54,10 +54,10 @@ def leads_created_too() -> MappingConfig:
 
 
 async def write_both(
-    writers: Sequence[TargetWriter], changes: Sequence[ConsentChange]
+    writers: Sequence[TargetWriter], changes: Sequence[ConsentChange], email: str = EMAIL
 ) -> dict[str, PersonResult]:
-    """EMAIL's result per target of one batch, the targets written at once as the engine
-    writes them (each leaves the exchange when it ends)."""
+    """``email``'s result per target of one batch, the targets written at once as the
+    engine writes them (each leaves the exchange when it ends)."""
     people = batch_of(changes, [w._plan for w in writers])
     held = HeldChoices(w.sobject for w in writers)
 
@@ -68,7 +68,7 @@ async def write_both(
             held.leave(writer.sobject)
 
     answers = await asyncio.gather(*(one(w) for w in writers))
-    return {w.sobject: a[EMAIL] for w, a in zip(writers, answers, strict=True)}
+    return {w.sobject: a[email] for w, a in zip(writers, answers, strict=True)}
 
 
 def withdrawn_contact(minutes: int) -> dict[str, object]:
