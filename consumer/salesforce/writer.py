@@ -257,9 +257,13 @@ class TargetWriter:
         posts: a grant older than what any of the person's records of any target holds for
         the same choice is written nowhere. Without one, it leaves at once.
         """
-        if held is not None and (not self._state_field or held.alone(self.sobject)):
+        if held is not None and not self._state_field:
             held.leave(self.sobject)
             held = None
+        elif held is None and self._state_field:
+            # Kept for every round of this write: what a round read (the deletions the
+            # records remember) still holds after the round overwrote it.
+            held = HeldChoices([self.sobject])
         mode = self._settings.salesforce_composite
         if mode == "on" or (mode == "auto" and backlog):
             with together(people, writers):
@@ -360,7 +364,13 @@ class TargetWriter:
         else:
             matches = await self.find(todo.values())
             tombs = _tombstones(matches) if self._state_field else {}
-            if held is not None:
+            if held is not None and held.alone(self.sobject):
+                # Alone, there is nobody to wait for; the deletions found in earlier rounds
+                # and attempts of the batch still count (a round may have replaced the only
+                # stamp remembering one).
+                held.post(self.sobject, {}, tombs)
+                tombs = {k: dict(d) for k in todo if (d := held.deleted_of(k))}
+            elif held is not None:
                 elsewhere, tombs = await self._exchange(todo, matches, held, tombs)
             for key, person in todo.items():
                 if key in tombs:
@@ -601,18 +611,17 @@ class TargetWriter:
         values = dict(person.fields.get(sobject, {}))
         stamps = dict(person.stamps.get(sobject, {}))
         for name in {n for _, n in dropped}:
-            if name not in stamps:
+            # The merge kept the last step (in merge order) holding the field: when that is a
+            # revoked grant, the newest other step's choice takes its place, or none.
+            holders = [s for s in person.steps if name in s.fields.get(sobject, ())]
+            if not holders or (holders[-1].index, name) not in dropped:
                 continue
-            # The batch's newest choice for the field that is not a revoked grant.
-            for step in reversed(person.steps):
-                mine = step.fields.get(sobject)
-                if mine is None or name not in mine or (step.index, name) in dropped:
-                    continue
-                if stamps[name] != step.stamp:
-                    values[name], stamps[name] = mine[name], step.stamp
-                break
+            kept = [s for s in holders if (s.index, name) not in dropped]
+            if kept:
+                values[name], stamps[name] = kept[-1].fields[sobject][name], kept[-1].stamp
             else:
-                del values[name], stamps[name]
+                values.pop(name, None)
+                stamps.pop(name, None)
         view = replace(
             person,
             fields={**person.fields, sobject: values},

@@ -288,8 +288,12 @@ def _target(
     status: str = written.status
     error = written.error
     older = written.older.get(index)
+    # A field this event's choice was older for was written (or refused) with another
+    # event's value: its refusal is that event's.
     refused_here = (
-        {f: e for f, e in written.refused.items() if f in mine} if written.refused else {}
+        {f: e for f, e in written.refused.items() if f in mine and not (older and f in older)}
+        if written.refused
+        else {}
     )
     if status not in ("failed", "not_found"):
         if refused_here:

@@ -13,11 +13,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from consumer.model import sync_state
-from consumer.model.changes import DELETION_PARTITION, ConsentChange, Stamp, epoch_ms
+from consumer.model.changes import (
+    DELETION_PARTITION,
+    Accepted,
+    ConsentChange,
+    ParseResult,
+    Stamp,
+    epoch_ms,
+)
+from consumer.model.messages import InputMessage
 from consumer.observability.metrics import Metrics
 from consumer.salesforce.check import check_mapping
 from consumer.salesforce.client import SalesforceClient
 from consumer.salesforce.writer import TargetWriter
+from consumer.stages.report import assemble
 from tests.integration.support import batch_of, emulator_settings, example_mapping, make_emulator
 from tests.integration.test_consent_order import running
 from tests.integration.test_redrive_order import feed, iso
@@ -269,3 +278,54 @@ async def test_a_deletion_one_target_remembers_keeps_a_late_grant_off_the_other(
         record = emulator.get("Lead", lead)
     assert record is not None and record["Newsletter_Consent__c"] is False
     assert results["Lead"].status == "stale" and results["Contact"].status == "stale", results
+
+
+async def test_a_retry_round_keeps_a_revoked_grant_out() -> None:
+    # R1 (plain) and R2 (remembers E's deletion, minute 3) share the email. One batch: a
+    # late version of E granting analytics (minute 1) and C granting the newsletter (minute
+    # 4, which replaces R2's memory of the deletion). R1's update meets a lock and is
+    # retried: the retry round reads R2 without the tombstone, and must still leave E out.
+    async with contact_writer(example_mapping()) as (org, writer):
+        r1 = org.emulator.seed("Contact", {"Email": EMAIL, "LastName": "A"})
+        state = {"Newsletter_Consent__c": deleted_stamp("E", 3)}
+        r2 = org.emulator.seed(
+            "Contact",
+            {"Email": EMAIL, "LastName": "B", "Didomi_Sync_State__c": sync_state.encode(state)},
+        )
+        org.emulator.inject_record_error("update", "UNABLE_TO_LOCK_ROW", "locked", count=1)
+        late = change(EMAIL, purpose("analytics", True), minutes=1, event_id="E")
+        c = change(EMAIL, purpose("newsletter", True), minutes=4, event_id="C")
+        result = (await writer.write(batch_of([late, c], [org.plan])))[EMAIL]
+        records = [org.emulator.get("Contact", r) for r in (r1, r2)]
+        retried = org.emulator.stats["update"]
+    assert retried >= 2  # the lock made a second round
+    assert [r["Newsletter_Consent__c"] for r in records if r] == [True, True]
+    assert [r["Analytics_Consent__c"] for r in records if r] == [False, False], result
+    assert result.stale_indexes == {0}, result
+
+
+async def test_a_revoked_grant_is_not_failed_for_the_value_that_took_its_place() -> None:
+    # B (minute 1) sets the frequency to a value too long for the field; a late version of
+    # E (minute 2) sets a valid one; the record remembers E's deletion (minute 3). E's value
+    # is revoked and B's takes the field, which describe refuses: B fails for it, E is
+    # stale (older than the deletion), not failed and dead-lettered for B's value.
+    async with contact_writer(example_mapping()) as (org, writer):
+        state = {"Newsletter_Consent__c": deleted_stamp("E", 3)}
+        org.emulator.seed(
+            "Contact",
+            {"Email": EMAIL, "LastName": "V", "Didomi_Sync_State__c": sync_state.encode(state)},
+        )
+        long = "x" * 50
+        b = change(EMAIL, purpose("newsletter", None, frequency=long), minutes=1, event_id="B")
+        e = change(EMAIL, purpose("newsletter", None, frequency="weekly"), minutes=2, event_id="E")
+        people = batch_of([b, e], [org.plan])
+        result = (await writer.write(people))[EMAIL]
+    plans = [org.plan]
+    messages = [InputMessage("in", 0, i, None, b"{}") for i in range(2)]
+    parsed: list[ParseResult] = [Accepted(b), Accepted(e)]
+    outcomes, dead = assemble(
+        messages, parsed, {EMAIL: people[0]}, {"Contact": {EMAIL: result}}, plans, T0
+    )
+    statuses = [o.outcome.status for o in outcomes]
+    assert statuses == ["failed", "stale"], (statuses, result)
+    assert len(dead) == 1
