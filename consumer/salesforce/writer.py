@@ -27,6 +27,15 @@ holds a newer (or the same) choice for every field, ``unchanged`` when the value
 there. Converted Leads are never written: a person whose only Leads are converted is
 ``not_found`` with a note naming the Contact they became, and no Lead is created for them.
 
+The stamps live on the records, so a person's records gate each other: a grant older than
+what any of them holds, on this target (a second Contact, a converted Lead) or on another
+target of the batch (the writers exchange their stamps per choice through
+:class:`HeldChoices` before planning), is written to none and creates none. A record made
+after a withdrawal holds no stamp of it; without this, a late older grant would land there.
+An ``event.deleted`` also withdraws what earlier versions of the event granted (``_undo``),
+and while a record remembers the deletion (its stamps in the deletions' sort position) a late
+version of the deleted event grants nothing (``_without_revoked``).
+
 A mapped field Salesforce stops knowing while the service runs (deleted, or hidden from the
 integration user by field-level security) makes a query or a write fail as a whole with
 ``INVALID_FIELD``. The target is then described again; the fields gone from it are left out of
