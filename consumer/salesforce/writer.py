@@ -493,8 +493,8 @@ class TargetWriter:
         ``create`` False (the blind writer's erased people) creates nobody. ``others``:
         read-only records that gate this target's writes and creates as a record of its own
         would: what the person's records of the batch's other targets hold
-        (:meth:`_exchange`), and the deletions of events the records remember
-        (:meth:`_tombstone`).
+        (:meth:`_exchange`). ``person`` is already without the grants of deleted events the
+        records remember (:meth:`_without_revoked`).
         """
         mapping, sobject = self._plan.mapping, self.sobject
         live = [m for m in found if not m.converted]
