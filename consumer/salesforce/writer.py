@@ -222,6 +222,9 @@ class TargetWriter:
         #: their choices get; and the last_synced_field while it is there (None when gone).
         self._gone: dict[str, SalesforceErrorInfo] = {}
         self._synced_field = mapping.last_synced_field
+        #: create_defaults fields gone the same way: creates go without them (a deleted
+        #: field requires nothing; without this every create, a withdrawal's included, failed).
+        self._defaults_gone: frozenset[str] = frozenset()
         #: Describes started, and the number of the last one answered: a call that failed
         #: for a field describes again unless one started after the failure was answered
         #: (calls failing together describe once; an answer from before the failure is old).
@@ -917,7 +920,11 @@ class TargetWriter:
         record: dict[str, Any] = {"attributes": {"type": self.sobject}}
         if write.record_id is not None:
             record["id"] = write.record_id
-        record.update(write.extra)
+        if self._defaults_gone:
+            gone = self._defaults_gone
+            record.update({k: v for k, v in write.extra.items() if k not in gone})
+        else:
+            record.update(write.extra)
         record.update(write.values)
         if self._state_field and write.state is not None:
             text = sync_state.encode(write.state)
@@ -1003,11 +1010,15 @@ class TargetWriter:
             ):
 
                 def explained() -> bool:
-                    gone = self._gone
-                    return any(n in gone for w in chunk for n in (*w.fields, *w.values)) or (
-                        synced is not None
-                        and self._synced_field is None
-                        and any(w.newest_ms for w in chunk)
+                    gone, defaults = self._gone, self._defaults_gone
+                    return (
+                        any(n in gone for w in chunk for n in (*w.fields, *w.values))
+                        or (
+                            synced is not None
+                            and self._synced_field is None
+                            and any(w.newest_ms for w in chunk)
+                        )
+                        or bool(defaults and any(k in defaults for w in chunk for k in w.extra))
                     )
 
                 if await self._explain(sent_at, failed_at, explained):
@@ -1123,7 +1134,11 @@ class TargetWriter:
 
     def _lost_any(self) -> bool:
         """Whether a field of the mapping is left out because Salesforce no longer has it."""
-        return bool(self._gone) or self._synced_field != self._plan.mapping.last_synced_field
+        return (
+            bool(self._gone)
+            or bool(self._defaults_gone)
+            or self._synced_field != self._plan.mapping.last_synced_field
+        )
 
     async def _explain(self, sent_at: int, failed_at: int, explained: Callable[[], bool]) -> bool:
         """Whether fields gone from the target explain a call's ``INVALID_FIELD``.
@@ -1188,6 +1203,19 @@ class TargetWriter:
             info = fields.get(name.lower())
             if info is None or not info.updateable:
                 gone[name] = _gone_error(self.sobject, name, info)
+        defaults_gone = frozenset(
+            name
+            for name in mapping.create_defaults
+            if (info := fields.get(name.lower())) is None or not info.createable
+        )
+        if defaults_gone != self._defaults_gone:
+            logger.warning(
+                "create_defaults fields gone from salesforce; creates go without them"
+                if defaults_gone
+                else "create_defaults fields are back",
+                extra={"sobject": self.sobject, "fields": sorted(defaults_gone)},
+            )
+            self._defaults_gone = defaults_gone
         synced = mapping.last_synced_field
         if synced:
             info = fields.get(synced.lower())

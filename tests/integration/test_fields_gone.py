@@ -214,15 +214,16 @@ WITH_SYNCED = (
 
 
 async def test_a_gone_last_synced_field_is_left_out_and_another_cause_is_reported() -> None:
-    # The last-synced mark goes, and so does LastName, which creates need: the first is left
-    # out and the call sent again; the second is no mapped field, so the create is reported
-    # failed after a second describe, which finds nothing more gone (it used to describe and
-    # resend until the stack ran out).
+    # The last-synced mark goes, and the creates also meet an INVALID_FIELD that no field of
+    # the mapping explains (a field a trigger writes, say): the mark is left out and the
+    # calls sent again; the create is reported failed after a second describe, which finds
+    # nothing more gone (it used to describe and resend until the stack ran out).
     async with org(parse_mapping(WITH_SYNCED)) as o:
         emulator = o.emulator
         known = seed_subscribed(emulator)
         emulator.hide_field("Contact", SYNCED)
-        emulator.hide_field("Contact", "LastName")
+        unexplained = [{"errorCode": "INVALID_FIELD", "message": "No such column 'Region__c'"}]
+        emulator.inject_fault("create", 400, unexplained, count=2)
         emulator.reset_stats()
         results = await o.write(KNOWN, NEW)
         # The update and the create fail together: one describe; the create once more.
@@ -234,7 +235,39 @@ async def test_a_gone_last_synced_field_is_left_out_and_another_cause_is_reporte
         assert record[SYNCED] is None  # hidden: not written
         failed = results[NEW]
         assert failed.status == "failed" and failed.error is not None
-        assert failed.error.code == "INVALID_FIELD" and "LastName" in failed.error.message
+        assert failed.error.code == "INVALID_FIELD" and "Region__c" in failed.error.message
+
+
+WITH_FIRST_NAME = (
+    "regulations: [gdpr]\ntargets:\n"
+    "  - sobject: Contact\n"
+    "    upsert_mode: true\n"
+    "    match_field: Email\n"
+    "    sync_state_field: Didomi_Sync_State__c\n"
+    '    create_defaults: {LastName: "Unknown", FirstName: "Didomi"}\n' + CONTACT_CHOICES
+)
+
+
+async def test_a_gone_create_default_is_left_out_of_creates_until_it_is_back() -> None:
+    # FirstName, set on creates by create_defaults, is taken from the integration user
+    # (field-level security). Creates, a new person's withdrawal among them, go without it
+    # (a field gone requires nothing) instead of failing whole; once it is back (the target
+    # is described again), creates carry it again.
+    async with org(parse_mapping(WITH_FIRST_NAME), salesforce_describe_recheck_seconds=0.001) as o:
+        emulator = o.emulator
+        emulator.hide_field("Contact", "FirstName")
+        emulator.reset_stats()
+        first = (await o.write(NEW))[NEW]
+        assert first.status == "created", first
+        assert emulator.stats["describe"] == 1  # the failed create described once
+        emulator.show_field("Contact", "FirstName")
+        again = (await o.write("later@example.com", minutes=2))["later@example.com"]
+        assert again.status == "created", again
+        (made,) = emulator.find_by_email("Contact", NEW)
+        (later,) = emulator.find_by_email("Contact", "later@example.com")
+    assert made["Newsletter_Consent__c"] is False and made["LastName"] == "Unknown"
+    assert made.get("FirstName") is None
+    assert later["FirstName"] == "Didomi"
 
 
 async def test_later_chunks_leave_a_field_found_gone_out_before_sending() -> None:
