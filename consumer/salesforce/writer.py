@@ -989,6 +989,7 @@ class TargetWriter:
             return []
         self._client.check_budget(self._settings.salesforce_api_budget_share)
         synced, sent_at = self._synced_field, self._describes
+        left_out = self._defaults_gone  # defaults this call went without already
         try:
             answers = await self._call(operation, [self._body(w) for w in chunk])
         except SalesforceError as exc:
@@ -1018,7 +1019,10 @@ class TargetWriter:
                             and self._synced_field is None
                             and any(w.newest_ms for w in chunk)
                         )
-                        or bool(defaults and any(k in defaults for w in chunk for k in w.extra))
+                        or bool(
+                            defaults - left_out
+                            and any(k in defaults - left_out for w in chunk for k in w.extra)
+                        )
                     )
 
                 if await self._explain(sent_at, failed_at, explained):

@@ -317,3 +317,21 @@ async def test_a_describe_answered_before_the_failure_is_not_taken_as_fresh() ->
         assert_withdrawn_and_refused(results_b["b@example.com"], "updated")
         record = emulator.get("Contact", b_id)
         assert record is not None and record["Newsletter_Consent__c"] is False
+
+
+async def test_a_default_already_left_out_does_not_explain_another_failure() -> None:
+    # FirstName (a create default) is gone and known to be; then creates meet an
+    # INVALID_FIELD it cannot have caused (the call went without it): reported failed after
+    # one more describe, not described and resent over and over.
+    async with org(parse_mapping(WITH_FIRST_NAME)) as o:
+        emulator = o.emulator
+        emulator.hide_field("Contact", "FirstName")
+        assert (await o.write(NEW))[NEW].status == "created"
+        unexplained = [{"errorCode": "INVALID_FIELD", "message": "No such column 'Region__c'"}]
+        emulator.inject_fault("create", 400, unexplained, count=10)
+        emulator.reset_stats()
+        failed = (await o.write("other@example.com", minutes=2))["other@example.com"]
+        calls = (emulator.stats["create"], emulator.stats["describe"])
+    assert failed.status == "failed" and failed.error is not None, failed
+    assert "Region__c" in failed.error.message
+    assert calls == (1, 1), calls
