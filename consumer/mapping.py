@@ -339,8 +339,13 @@ def validate_against_describe(
             if required and info.name.lower() not in given and info.type not in BOOLEAN_TYPES:
                 add("create_defaults", f"required field {info.name} has no default")
         for name in target.create_defaults:
-            if name.lower() not in fields:
+            info = fields.get(name.lower())
+            if info is None:
                 add(f"create_defaults.{name}", f"field {name} does not exist")
+            elif not info.createable:
+                # Salesforce would refuse every create carrying it (and while running, the
+                # writer would leave it out and describe the target again for ever).
+                add(f"create_defaults.{name}", f"field {name} cannot be set on create")
     return problems
 
 

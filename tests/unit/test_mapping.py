@@ -204,3 +204,14 @@ def test_names_resolve_to_describes_spelling_and_ambiguous_ones_are_refused() ->
     ).targets[0]
     problems = validate_against_describe(target, described, ambiguous)
     assert any("ambiguous" in p.message for p in problems)
+
+
+def test_a_create_default_that_cannot_be_set_on_create_is_a_problem() -> None:
+    # Salesforce would refuse every create carrying it; found at start-up, not per record.
+    contact = example_mapping().targets[0]
+    fields = _with_state()
+    fields["lastname"] = FieldInfo("LastName", "string", 80, nillable=False, createable=False)
+    problems = validate_against_describe(contact, fields)
+    assert [(p.where, p.message) for p in problems] == [
+        ("create_defaults.LastName", "field LastName cannot be set on create")
+    ]
