@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from consumer.errors import MappingError
 from consumer.model import sync_state
+from consumer.model.changes import FieldValues
 
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 ApiName = Annotated[str, Field(pattern=_API_NAME.pattern, max_length=80)]
@@ -143,6 +144,15 @@ class TargetMapping(BaseModel):
         for pref, values in self.preference_values.items():
             for value, name in values.items():
                 yield f"preference_values.{pref}.{value}", name
+
+    def withdrawn(self) -> FieldValues:
+        """Every mapped field at "no consent": purposes and preference values false,
+        preferences cleared (a new dict on each call)."""
+        out: FieldValues = dict.fromkeys(self.purposes.values(), False)
+        out.update(dict.fromkeys(self.preferences.values()))
+        for value_fields in self.preference_values.values():
+            out.update(dict.fromkeys(value_fields.values(), False))
+        return out
 
 
 class MappingConfig(BaseModel):

@@ -204,9 +204,9 @@ class TargetWriter:
         mapping = plan.mapping
         self._state_field = mapping.sync_state_field
         self._mapped = [name for _, name in mapping.mapped_fields()]
-        #: Field -> the choice it holds (``purposes.x``), and back: what the targets of one
-        #: batch tell each other about the stamps their records hold (:class:`HeldChoices`).
-        self._choice_of = {name: where for where, name in mapping.mapped_fields()}
+        #: Field -> its "no consent" value (false, or null for a preference): what undoing
+        #: a deleted event's grant writes.
+        self._no_consent = mapping.withdrawn()
         #: The choice a field's stamp says was made, for the exchange: a preference's values
         #: are chosen together with it (an event mentioning the preference sets them all), so
         #: a Lead mapping the selection as text is gated by a Contact's per-value fields.
@@ -693,14 +693,13 @@ class TargetWriter:
         new choices describe says Salesforce would refuse. ``chosen``: the batch's values
         and stamps less what a sibling record holds newer (:meth:`_newest_across`)."""
         sobject = self.sobject
+        stamps: Mapping[str, Stamp]
         if chosen is not None:
             values, stamps = chosen
         else:
             values = person.fields[sobject]
             stamps = person.stamps.get(sobject, {})
-        undone: dict[str, int] = {}
-        if person.deleted_events:
-            values, stamps, undone = self._undo(person, values, stamps, match.state, match.values)
+        values, stamps, undone = self._undo(person, values, stamps, match.state, match.values)
         newer: set[str] = set()
         send: FieldValues = {}
         for name, value in values.items():
@@ -740,10 +739,10 @@ class TargetWriter:
         self,
         person: PersonWrite,
         values: FieldValues,
-        stamps: dict[str, Stamp],
+        stamps: Mapping[str, Stamp],
         state: Mapping[str, Stamp] | None = None,
         held_values: Mapping[str, Any] | None = None,
-    ) -> tuple[FieldValues, dict[str, Stamp], dict[str, int]]:
+    ) -> tuple[FieldValues, Mapping[str, Stamp], dict[str, int]]:
         """``values`` plus the withdrawal of each grant a deleted event made that the
         deletion's entity no longer mentions (an earlier version of the event granted it),
         stamped with the deletion, as its own withdrawals are:
@@ -757,8 +756,11 @@ class TargetWriter:
         keeps an event id's first 64 characters (non-ASCII shown as ``?``), so two ids alike
         there are taken for one: a withdrawal too many at worst, never a grant. Returns the
         values, their stamps, and the fields undone with the batch index of the deletion that
-        undid each (the report counts them as that event's).
+        undid each (the report counts them as that event's): without a deleted event in the
+        batch, ``values`` and ``stamps`` as they are.
         """
+        if not person.deleted_events:
+            return values, stamps, {}
         state = state or {}
         held_values = held_values or {}
         undone: dict[str, Step] = {}
@@ -786,15 +788,14 @@ class TargetWriter:
                     undone[name] = step
         if not undone:
             return values, stamps, {}
-        values, stamps = dict(values), dict(stamps)
+        values, withdrawn = dict(values), dict(stamps)
         by: dict[str, int] = {}
         for name, step in undone.items():
-            if (mine := stamps.get(name)) is None or mine < step.stamp:
-                # No consent: a preference is cleared, a purpose or value is false.
-                values[name] = None if self._choice_of[name].startswith("preferences.") else False
-                stamps[name] = step.stamp
+            if (mine := withdrawn.get(name)) is None or mine < step.stamp:
+                values[name] = self._no_consent[name]
+                withdrawn[name] = step.stamp
                 by[name] = step.index
-        return values, stamps, by
+        return values, withdrawn, by
 
     def _create_write(
         self,
@@ -805,13 +806,12 @@ class TargetWriter:
         """A create with the batch's choices (``chosen``: less the grants that records of
         other targets hold newer, :meth:`_newest_across`)."""
         mapping, sobject = self._plan.mapping, self.sobject
+        stamps: Mapping[str, Stamp]
         if chosen is not None:
             values, stamps = chosen
         else:
             values, stamps = person.fields[sobject], person.stamps.get(sobject, {})
-        undone: dict[str, int] = {}
-        if person.deleted_events:
-            values, stamps, undone = self._undo(person, values, dict(stamps))
+        values, stamps, undone = self._undo(person, values, stamps)
         values, refused = self._valid(values)
         extra: dict[str, Any] = dict(mapping.create_defaults)
         extra[mapping.match_field] = person.email
@@ -840,12 +840,10 @@ class TargetWriter:
         mapping = self._plan.mapping
         ext = mapping.external_id_field
         assert ext is not None
-        values = person.fields[self.sobject]
-        stamps = person.stamps.get(self.sobject, {})
-        undone: dict[str, int] = {}
-        if person.deleted_events:
-            # No record read: only the deleted event's grants in the batch are withdrawn.
-            values, stamps, undone = self._undo(person, values, dict(stamps))
+        # No record read: only the deleted event's grants in the batch are withdrawn.
+        values, stamps, undone = self._undo(
+            person, person.fields[self.sobject], person.stamps.get(self.sobject, {})
+        )
         values, refused = self._valid(values)
         extra: dict[str, Any] = {ext: person.email}
         if defaults is not None:
@@ -867,11 +865,11 @@ class TargetWriter:
         self, errors: Sequence[SalesforceErrorInfo], sent: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         """The create_defaults a second pass sends for these errors: those they name and the
-        write did not send (a
-        field Salesforce requires of a new record, LastName say, is one an existing record
-        holds already), all of them when no field is named, None when a named field has no
-        default (a second pass could not succeed: an existing record's own rule, most
-        likely, and one that must not be answered by renaming the record)."""
+        write did not send (a field Salesforce requires of a new record, LastName say, is one
+        an existing record holds already), all of them when no field is named, none when only
+        the match field or external id is named (the pass sends those), None when a named
+        field has no default (a second pass could not succeed: an existing record's own rule,
+        most likely, and one that must not be answered by renaming the record)."""
         mapping = self._plan.mapping
         defaults = mapping.create_defaults
         # The pass always sends the match field (and the external id): never missing then.

@@ -61,7 +61,7 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
     out: dict[str, FieldValues] = {}
     if change.withdraw_all:
         for plan in plans:
-            out[plan.sobject] = withdrawn(plan)
+            out[plan.sobject] = plan.mapping.withdrawn()
         return out
     now = choices(change.purposes)
     before_choices = (
@@ -77,16 +77,6 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
             # A deleted event reaches every target keeping a sync state, mapped or not:
             # records there may hold what an earlier version of it granted.
             out[plan.sobject] = values
-    return out
-
-
-def withdrawn(plan: TargetPlan) -> FieldValues:
-    """Every mapped field of a target at "no consent"."""
-    mapping = plan.mapping
-    out: FieldValues = dict.fromkeys(mapping.purposes.values(), False)
-    out.update(dict.fromkeys(mapping.preferences.values()))
-    for value_fields in mapping.preference_values.values():
-        out.update(dict.fromkeys(value_fields.values(), False))
     return out
 
 
