@@ -145,6 +145,16 @@ class TargetMapping(BaseModel):
             for value, name in values.items():
                 yield f"preference_values.{pref}.{value}", name
 
+    def choice_keys(self) -> dict[str, str]:
+        """Field -> the choice its stamp dates, the same on every target: ``purposes.P``, or
+        ``preferences.P`` for a preference's field and each of its values' fields (an event
+        mentioning the preference sets them all, so they are chosen together)."""
+        keys = {name: f"purposes.{p}" for p, name in self.purposes.items()}
+        keys.update({name: f"preferences.{p}" for p, name in self.preferences.items()})
+        for p, values in self.preference_values.items():
+            keys.update(dict.fromkeys(values.values(), f"preferences.{p}"))
+        return keys
+
     def withdrawn(self) -> FieldValues:
         """Every mapped field at "no consent": purposes and preference values false,
         preferences cleared (a new dict on each call)."""

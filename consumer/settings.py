@@ -171,6 +171,14 @@ class Settings(BaseSettings):
     #: either, partitions are paused until work drains.
     sync_max_pending_events: PositiveInt = 20_000
     sync_max_pending_bytes: PositiveInt = 64 * 1024 * 1024
+    #: How long the service remembers, per person, the choices of a finished batch (newest
+    #: stamp per choice, in memory): a late grant older than one of them is written nowhere,
+    #: also where no record holds a stamp of the newer choice (a record made since, a person
+    #: not found then). Didomi retries for minutes. 0 turns it off.
+    sync_recent_choices_seconds: Annotated[float, Field(ge=0)] = 3_600.0
+    #: ...for at most this many people (about 250 bytes each), the least recently taken in
+    #: forgotten first.
+    sync_recent_choices_people: Annotated[int, Field(ge=0)] = 100_000
 
     # --- Operations ----------------------------------------------------------------------
     metrics_host: str = "0.0.0.0"

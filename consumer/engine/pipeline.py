@@ -37,6 +37,7 @@ from consumer.engine.lanes import Lane, Lanes
 from consumer.engine.partitions import PartitionRegistry, PartitionState
 from consumer.engine.ports import ConsumerPort
 from consumer.engine.publisher import Publisher
+from consumer.engine.recent import RecentChoices
 from consumer.errors import RetryBudgetExhaustedError
 from consumer.mapping import TargetPlan
 from consumer.model.changes import (
@@ -101,6 +102,10 @@ class EngineConfig:
     #: Messages not yet done (not fetched yet, plus held) from which writers are told the
     #: service is behind.
     backlog_messages: int = 5_000
+    #: Per person, the choices of finished batches are kept this long, for this many people
+    #: (engine.recent); 0 keeps none.
+    recent_choices_seconds: float = 3_600.0
+    recent_choices_people: int = 100_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -117,6 +122,8 @@ class EngineConfig:
             max_pending_events=s.sync_max_pending_events,
             max_pending_bytes=s.sync_max_pending_bytes,
             backlog_messages=s.salesforce_composite_backlog,
+            recent_choices_seconds=s.sync_recent_choices_seconds,
+            recent_choices_people=s.sync_recent_choices_people,
         )
 
 
@@ -185,6 +192,16 @@ class Pipeline:
         self._clock = clock
         self._wall = wall
         self._parts = PartitionRegistry()
+        #: What finished batches chose, per person: gates a late grant where no record holds
+        #: the newer choice (only targets with a sync state are gated).
+        self._recent = RecentChoices(
+            {p.sobject: p.mapping.choice_keys() for p in self._plans},
+            seconds=config.recent_choices_seconds
+            if any(p.mapping.sync_state_field for p in self._plans)
+            else 0,
+            people=config.recent_choices_people,
+            clock=clock,
+        )
         self._lanes: Lanes[Fetched] = Lanes(config.concurrency, self._make_buffer)
         self._inflight: dict[asyncio.Task[None], Batch] = {}
         self._seq = 0
@@ -459,6 +476,9 @@ class Pipeline:
             merged = self._clock()
             phase.labels("merge").observe(merged - batch.started)
             results = await self._write(people)
+            # Before the lane's next batch can start (below): it may hold the same people.
+            self._recent.record(people.values())
+            self._metrics.recent_people.set(len(self._recent))
             written = self._clock()
             phase.labels("salesforce").observe(written - merged)
             publications, dead = assemble(
@@ -501,6 +521,8 @@ class Pipeline:
         # The targets tell each other what the person's records hold: a grant older than a
         # choice any of them holds is written to none (a record made meanwhile holds none).
         held = HeldChoices(w.sobject for w in writers)
+        # ...and so do the choices finished batches took in, which no record may hold.
+        self._recent.seed(held, todo)
         answers = await gather_or_cancel(
             *(self._write_target(w, todo, backlog, len(writers), held) for w in writers)
         )

@@ -41,6 +41,17 @@ class HeldChoices:
         if not self._waiting:
             self._settled.set()
 
+    def seed(
+        self,
+        held: Mapping[str, Mapping[str, Stamp]],
+        deleted: Mapping[str, Mapping[str, Stamp]],
+    ) -> None:
+        """Add what no record holds but the service took in for these people in earlier
+        batches (the engine's ``RecentChoices``): it gates like a record's stamps, and
+        nobody waits for it."""
+        _merge_newest(self._held, held)
+        _merge_newest(self._deleted, deleted)
+
     def alone(self, sobject: str) -> bool:
         """Whether no other target writes this batch (then there is nothing to exchange)."""
         return self._sobjects <= {sobject}

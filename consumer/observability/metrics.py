@@ -125,6 +125,12 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.recent_people = Gauge(
+            "recent_choices_people",
+            "People whose latest choices the service remembers in memory (SYNC_RECENT_CHOICES_*).",
+            namespace=ns,
+            registry=r,
+        )
         self.batch_events = Histogram(
             "batch_events",
             "Input messages per batch.",

@@ -32,6 +32,8 @@ what any of them holds, on this target (a second Contact, a converted Lead) or o
 target of the batch (the writers exchange their stamps per choice through
 :class:`HeldChoices` before planning), is written to none and creates none. A record made
 after a withdrawal holds no stamp of it; without this, a late older grant would land there.
+What the engine remembers of the person's recent batches (``engine/recent.py``) comes in
+through the same exchange and gates alike, also for a writer alone.
 An ``event.deleted`` also withdraws what earlier versions of the event granted (``_undo``),
 and while a record remembers the deletion (its stamps in the deletions' sort position) a late
 version of the deleted event grants nothing (``_without_revoked``).
@@ -210,7 +212,7 @@ class TargetWriter:
         #: The choice a field's stamp says was made, for the exchange: a preference's values
         #: are chosen together with it (an event mentioning the preference sets them all), so
         #: a Lead mapping the selection as text is gated by a Contact's per-value fields.
-        self._gate_key = _gate_keys(mapping)
+        self._gate_key = mapping.choice_keys()
         self._gated: dict[str, list[str]] = {}
         for name, key in self._gate_key.items():
             self._gated.setdefault(key, []).append(name)
@@ -376,13 +378,7 @@ class TargetWriter:
         else:
             matches = await self.find(todo.values())
             tombs = _tombstones(matches) if self._state_field else {}
-            if held is not None and held.alone(self.sobject):
-                # Alone, there is nobody to wait for; the deletions found in earlier rounds
-                # and attempts of the batch still count (a round may have replaced the only
-                # stamp remembering one).
-                held.post(self.sobject, {}, tombs)
-                tombs = {k: dict(d) for k in todo if (d := held.deleted_of(k))}
-            elif held is not None:
+            if held is not None:
                 elsewhere, tombs = await self._exchange(todo, matches, held, tombs)
             for key, person in todo.items():
                 if key in tombs:
@@ -445,10 +441,16 @@ class TargetWriter:
         """Post the newest stamp per choice this target's records hold, and the deleted
         events they remember, wait for the batch's other targets, and return per person what
         any target holds for this target's fields (as a read-only record that gates like a
-        converted Lead) and the deleted events any target's records remember."""
+        converted Lead) and the deleted events any target's records remember.
+
+        What ``held`` was seeded with (the choices the service took in lately) counts as
+        held. A writer alone waits for nobody; the deletions found in earlier rounds and
+        attempts of the batch still count (a round may have replaced the only stamp
+        remembering one)."""
         choice_of, gated = self._gate_key, self._gated
         mine: dict[str, dict[str, Stamp]] = {}
-        for key, found in matches.items():
+        alone = held.alone(self.sobject)
+        for key, found in {} if alone else matches.items():
             newest: dict[str, Stamp] = {}
             for match in found:
                 for name, stamp in match.state.items():
@@ -528,8 +530,11 @@ class TargetWriter:
                 return [], PersonResult("unchanged", ids, note=note)
             if self._state_field:
                 holders = f"every matching {sobject} holds"
-                if others:  # the batch's other targets' records count too
-                    holders = f"the person's records ({sobject}s or another target's) hold"
+                if others:  # other targets' records, and choices taken in lately, count too
+                    holders = (
+                        f"the person's records ({sobject}s or another target's), or choices "
+                        "the service took in lately, hold"
+                    )
                 note = f"{holders} a newer choice for each field ({self._state_field})"
                 result = PersonResult("stale", [m.id for m in live], note=note)
             else:
@@ -560,7 +565,8 @@ class TargetWriter:
             # made now would hold none of them, and no stamp to keep the next one out.
             note = (
                 f"no {sobject} has this {mapping.lookup_field}, and the person's other "
-                "records hold a newer choice for each field: none is created"
+                "records, or choices the service took in lately, hold a newer choice for "
+                "each field: none is created"
             )
             return [], self._finish(person, [], PersonResult("stale", note=note), siblings=gates)
         if mapping.upsert_mode:
@@ -1473,16 +1479,6 @@ def _with_revoked(
         if set(step.fields.get(sobject, {})) <= set(older):
             result.stale_indexes.add(step.index)
     return result
-
-
-def _gate_keys(mapping: TargetMapping) -> dict[str, str]:
-    """Field -> the choice its stamp dates: ``purposes.P``, or ``preferences.P`` for a
-    preference's field and each of its values' fields."""
-    keys = {name: f"purposes.{p}" for p, name in mapping.purposes.items()}
-    keys.update({name: f"preferences.{p}" for p, name in mapping.preferences.items()})
-    for p, values in mapping.preference_values.items():
-        keys.update(dict.fromkeys(values.values(), f"preferences.{p}"))
-    return keys
 
 
 def _grants(value: Any) -> bool:

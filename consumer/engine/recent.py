@@ -1,0 +1,169 @@
+"""The choices the service took in lately, per person: what no Salesforce record may hold.
+
+The sync state lives on the records, so it gates only what a record holds. A person with no
+record when they withdrew (match mode: ``not_found``), a record made afterwards (a web form, a
+sales rep), a record a clean-up job deleted and a target the batch did not read (a choice only
+the Lead maps) hold no stamp of the withdrawal; a grant made before it and delivered after it
+(Didomi retries for minutes) would then be written there: a consent nobody gave.
+
+:class:`RecentChoices` keeps, per person (email key) and choice (``purposes.x``,
+``preferences.y``, as :meth:`TargetMapping.choice_keys` names them), the newest stamp of every
+batch the service finished, and the deleted events it saw; the engine seeds each batch's
+:class:`HeldChoices` with them, where they gate a grant exactly like a record's stamps.
+
+Only stamps are kept, never values: a grant older than a kept stamp is written nowhere,
+whatever that newer choice was (the sibling records' rule), and older withdrawals still go
+through. Every stamp is a choice the person made (an event the service accepted and
+finished: written, refused or failed), so it can only keep out what is older.
+
+In memory and bounded: ``SYNC_RECENT_CHOICES_SECONDS`` after the batch that took it in (a
+person taken in again is kept from then on) and at most ``SYNC_RECENT_CHOICES_PEOPLE``
+people, the least recently taken in going first. A restart, or a partition moved to another
+replica, starts without it: it narrows the window in which only the records remember, it
+does not replace them. The stamps are packed (22 bytes a choice), not kept as objects: about
+250 bytes a person with the key and the entry.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from consumer.model import sync_state
+from consumer.model.changes import PersonWrite, Stamp
+from consumer.model.held import HeldChoices
+
+#: One choice: its index among the choices seen, time (ms), partition and offset.
+_PACK = struct.Struct("<HqIq")
+
+
+@dataclass(slots=True)
+class _Person:
+    taken_at: float
+    #: The packed (choice, stamp) pairs.
+    choices: bytes
+    #: Deleted events (id as the sync state shows it) -> the deletion's stamp; rare.
+    deleted: dict[str, Stamp] | None
+
+
+class RecentChoices:
+    """Per person and choice, the newest stamp taken in lately (see the module's text).
+
+    ``choice_keys``: per target sObject, field -> choice (:meth:`TargetMapping.choice_keys`).
+    ``clock``: seconds, monotonic (the event loop's time in the service).
+    """
+
+    def __init__(
+        self,
+        choice_keys: Mapping[str, Mapping[str, str]],
+        *,
+        seconds: float,
+        people: int,
+        clock: Callable[[], float],
+    ) -> None:
+        #: The choices by index (what the packed stamps name), and per sObject field ->
+        #: index.
+        self._names = sorted({c for keys in choice_keys.values() for c in keys.values()})
+        index = {name: i for i, name in enumerate(self._names)}
+        self._keys = {
+            sobject: {name: index[c] for name, c in keys.items()}
+            for sobject, keys in choice_keys.items()
+        }
+        self._seconds = seconds
+        self._limit = people
+        self._clock = clock
+        #: In the order they were last taken in: the oldest first.
+        self._people: dict[str, _Person] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is kept at all (a window and a bound above zero)."""
+        return self._seconds > 0 and self._limit > 0
+
+    def __len__(self) -> int:
+        return len(self._people)
+
+    def record(self, people: Iterable[PersonWrite]) -> None:
+        """Keep the newest stamp per choice of a finished batch's people, and its deleted
+        events."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        pack, unpack = _PACK.pack, _PACK.iter_unpack
+        for person in people:
+            # Compared as plain (time, partition, offset) tuples: a Stamp's own comparison
+            # costs several times as much.
+            newest: dict[int, tuple[int, int, int]] = {}
+            for sobject, stamps in person.stamps.items():
+                keys = self._keys.get(sobject)
+                if not keys:
+                    continue
+                for name, stamp in stamps.items():
+                    i = keys.get(name)
+                    if i is not None:
+                        at = (stamp.time_ms, stamp.partition, stamp.offset)
+                        if (old := newest.get(i)) is None or old < at:
+                            newest[i] = at
+            deleted = {sync_state.shown(s.stamp.event_id): s.stamp for s in person.deleted_events}
+            if not (newest or deleted):
+                continue
+            key = person.email_key
+            kept = self._people.pop(key, None)
+            if kept is not None:
+                for i, t, p, o in unpack(kept.choices):
+                    at = (t, p, o)
+                    if (mine := newest.get(i)) is None or mine < at:
+                        newest[i] = at
+                for event_id, stamp in (kept.deleted or {}).items():
+                    if (was := deleted.get(event_id)) is None or was < stamp:
+                        deleted[event_id] = stamp
+            packed = b"".join([pack(i, *at) for i, at in newest.items()])
+            self._people[key] = _Person(now, packed, deleted or None)
+        self._expire(now)
+
+    def seed(self, held: HeldChoices, people: Iterable[PersonWrite]) -> None:
+        """Add to ``held`` what is kept for those of ``people`` whose batch grants something
+        (only grants are gated, and only grants of deleted events revoked)."""
+        if not self._people:
+            return
+        horizon = self._clock() - self._seconds
+        choices: dict[str, dict[str, Stamp]] = {}
+        deleted: dict[str, dict[str, Stamp]] = {}
+        for person in people:
+            key = person.email_key
+            kept = self._people.get(key)
+            if kept is None or kept.taken_at < horizon or not _grants_any(person):
+                continue
+            choices[key] = self._unpack(kept.choices)
+            if kept.deleted:
+                deleted[key] = kept.deleted
+        if choices or deleted:
+            held.seed(choices, deleted)
+
+    def _expire(self, now: float) -> None:
+        """Drop the people taken in before the window, and the oldest beyond the bound."""
+        people = self._people
+        horizon = now - self._seconds
+        over = len(people) - self._limit
+        drop = []
+        for key, kept in people.items():  # the least recently taken in first
+            if over <= 0 and kept.taken_at >= horizon:
+                break
+            drop.append(key)
+            over -= 1
+        for key in drop:
+            del people[key]
+
+    def _unpack(self, packed: bytes) -> dict[str, Stamp]:
+        names = self._names
+        return {names[i]: Stamp(t, p, o) for i, t, p, o in _PACK.iter_unpack(packed)}
+
+
+def _grants_any(person: PersonWrite) -> bool:
+    """Whether the person's batch grants anything (a consent, a selection) on any target."""
+    return any(
+        v is True or (v.__class__ is str and v != "")
+        for values in person.fields.values()
+        for v in values.values()
+    )

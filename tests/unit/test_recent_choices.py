@@ -1,0 +1,133 @@
+"""RecentChoices: per person and choice, the newest stamp of finished batches, within a
+window and a bound (plain values and an injected clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.engine.recent import RecentChoices
+from consumer.model.changes import (
+    DELETION_OFFSET,
+    DELETION_PARTITION,
+    PersonWrite,
+    Stamp,
+    Step,
+)
+from consumer.model.held import HeldChoices
+from tests.unit.helpers import T0, example_mapping
+
+KEYS = {t.sobject: t.choice_keys() for t in example_mapping().targets}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def person(key: str, **stamps: Stamp) -> PersonWrite:
+    """``key``'s write holding ``stamps`` by Contact field."""
+    return PersonWrite(key, key, fields={"Contact": {}}, stamps={"Contact": dict(stamps)})
+
+
+def seeded(recent: RecentChoices, *keys: str) -> HeldChoices:
+    """What ``recent`` seeds for a batch granting the newsletter to ``keys``."""
+    held = HeldChoices(["Contact"])
+    grant = {"Newsletter_Consent__c": True}
+    recent.seed(held, [PersonWrite(k, k, {"Contact": dict(grant)}) for k in keys])
+    return held
+
+
+def make(clock: Clock, seconds: float = 60, people: int = 10) -> RecentChoices:
+    return RecentChoices(KEYS, seconds=seconds, people=people, clock=clock)
+
+
+def test_the_newest_stamp_per_choice_is_kept_across_targets_and_batches() -> None:
+    recent = make(Clock())
+    old, new, newer = Stamp(1, 0, 5, "a"), Stamp(2, 0, 1, "b"), Stamp(2, 1, 0, "c")
+    # A preference's value fields date the preference (one choice).
+    recent.record(
+        [person("p", Newsletter_Consent__c=new, Topic_Offers__c=old, Newsletter_Topics__c=new)]
+    )
+    lead = PersonWrite("p", "p", {"Lead": {}}, {"Lead": {"Newsletter_Consent__c": old}})
+    recent.record([lead, person("q", Analytics_Consent__c=newer)])
+    held = seeded(recent, "p", "q", "nobody")
+    # Packed without the event id: only the order counts.
+    assert held.of("p") == {"purposes.newsletter": new, "preferences.topics": new}
+    assert held.of("q") == {"purposes.analytics": newer}
+    assert held.of("nobody") == {}
+    recent.record([person("p", Newsletter_Consent__c=newer)])
+    assert seeded(recent, "p").of("p")["purposes.newsletter"] == newer
+
+
+def test_a_deletions_stamp_survives_packing() -> None:
+    recent = make(Clock())
+    deletion = Stamp(7, DELETION_PARTITION, DELETION_OFFSET, "E")
+    step = Step(T0, 0, {"Contact": {"Newsletter_Consent__c": False}}, deletion)
+    write = person("p", Newsletter_Consent__c=deletion)
+    write.steps, write.deleted_events = [step], [step]
+    recent.record([write])
+    held = seeded(recent, "p")
+    assert held.of("p") == {"purposes.newsletter": deletion}
+    assert held.deleted_of("p") == {"E": deletion}
+    # Kept when the person is taken in again without it.
+    recent.record([person("p", Analytics_Consent__c=Stamp(9, 0, 0))])
+    assert seeded(recent, "p").deleted_of("p") == {"E": deletion}
+
+
+def test_people_are_forgotten_after_the_window_counted_from_their_last_batch() -> None:
+    clock = Clock()
+    recent = make(clock, seconds=60)
+    recent.record([person("p", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    clock.now += 40
+    recent.record([person("q", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    clock.now += 30  # p was taken in 70 s ago, q 30 s ago
+    assert seeded(recent, "p").of("p") == {}  # not seeded, though not dropped yet
+    assert seeded(recent, "q").of("q") != {}
+    recent.record([person("r", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    assert len(recent) == 2  # p dropped when something was recorded
+    recent.record([person("q", Analytics_Consent__c=Stamp(2, 0, 0))])
+    clock.now += 59  # q's window starts over at its last batch
+    assert set(seeded(recent, "q").of("q")) == {"purposes.newsletter", "purposes.analytics"}
+
+
+def test_beyond_the_bound_the_least_recently_taken_in_go_first() -> None:
+    clock = Clock()
+    recent = make(clock, people=2)
+    for key in ("a", "b"):
+        recent.record([person(key, Newsletter_Consent__c=Stamp(1, 0, 0))])
+        clock.now += 1
+    recent.record([person("a", Analytics_Consent__c=Stamp(2, 0, 0))])  # a is now the newest
+    recent.record([person("c", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    assert len(recent) == 2
+    held = seeded(recent, "a", "b", "c")
+    assert held.of("b") == {} and held.of("a") and held.of("c")
+
+
+@pytest.mark.parametrize(("seconds", "people"), [(0, 10), (60, 0)])
+def test_nothing_is_kept_when_turned_off(seconds: float, people: int) -> None:
+    recent = make(Clock(), seconds=seconds, people=people)
+    assert not recent.enabled
+    recent.record([person("p", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    assert len(recent) == 0 and seeded(recent, "p").of("p") == {}
+
+
+def test_a_batch_granting_nothing_is_not_seeded() -> None:
+    # Only grants are gated (and only grants of deleted events revoked).
+    recent = make(Clock())
+    recent.record([person("p", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    for values in ({"Newsletter_Consent__c": False}, {"Newsletter_Topics__c": ""}, {}):
+        held = HeldChoices(["Contact"])
+        recent.seed(held, [PersonWrite("p", "p", {"Contact": dict(values)})])
+        assert held.of("p") == {}, values
+    held = HeldChoices(["Contact"])
+    recent.seed(held, [PersonWrite("p", "p", {"Contact": {"Newsletter_Topics__c": "offers"}})])
+    assert held.of("p") != {}
+
+
+def test_people_without_a_mapped_choice_are_not_kept() -> None:
+    recent = make(Clock())
+    recent.record([PersonWrite("p", "p"), person("q", Unmapped__c=Stamp(1, 0, 0))])
+    assert len(recent) == 0
