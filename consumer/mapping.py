@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from consumer.errors import MappingError
 from consumer.model import sync_state
-from consumer.model.changes import FieldValues
+from consumer.model.changes import ChoiceKey, FieldValues
 
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 ApiName = Annotated[str, Field(pattern=_API_NAME.pattern, max_length=80)]
@@ -145,15 +145,47 @@ class TargetMapping(BaseModel):
             for value, name in values.items():
                 yield f"preference_values.{pref}.{value}", name
 
-    def choice_keys(self) -> dict[str, str]:
-        """Field -> the choice its stamp dates, the same on every target: ``purposes.P``, or
-        ``preferences.P`` for a preference's field and each of its values' fields (an event
-        mentioning the preference sets them all, so they are chosen together)."""
-        keys = {name: f"purposes.{p}" for p, name in self.purposes.items()}
-        keys.update({name: f"preferences.{p}" for p, name in self.preferences.items()})
+    def choice_keys(self) -> dict[str, ChoiceKey]:
+        """Field -> the choice its stamp dates, named the same on every target.
+
+        A purpose's field dates ``("purposes", P)``; a preference value's field dates
+        ``("preference_values", P, V)``: a ``user.updated`` stamps only the values that
+        changed, so a value's stamp says nothing of the others. A preference's text field
+        dates ``("preferences", P)`` where it is the target's only record of the selection,
+        and ``("preference_text", P)`` where the target maps the values too (their own stamps
+        then say when each was chosen; the text's would hold back a value left unchanged).
+        """
+        keys: dict[str, ChoiceKey] = {n: ("purposes", p) for p, n in self.purposes.items()}
+        for p, name in self.preferences.items():
+            keys[name] = (
+                ("preference_text", p)
+                if self.preference_values.get(p)
+                else (
+                    "preferences",
+                    p,
+                )
+            )
         for p, values in self.preference_values.items():
-            keys.update(dict.fromkeys(values.values(), f"preferences.{p}"))
+            keys.update({name: ("preference_values", p, v) for v, name in values.items()})
         return keys
+
+    def gated_by(self, choice: ChoiceKey) -> tuple[str, ...]:
+        """This target's fields whose grants a newer stamp of ``choice`` (from any target's
+        :meth:`choice_keys`) holds back: a value's field by the value's stamps and by a
+        selection text that is some target's only record of the selection; the text field by
+        any stamp of its preference (a value chosen later changed the selection)."""
+        kind, pref = choice[0], choice[1]
+        if kind == "purposes":
+            name = self.purposes.get(pref)
+            return (name,) if name else ()
+        text = self.preferences.get(pref)
+        out = [text] if text else []
+        values = self.preference_values.get(pref, {})
+        if kind == "preferences":
+            out.extend(values.values())
+        elif kind == "preference_values" and (name := values.get(choice[2])):
+            out.append(name)
+        return tuple(out)
 
     def withdrawn(self) -> FieldValues:
         """Every mapped field at "no consent": purposes and preference values false,

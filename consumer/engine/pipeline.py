@@ -477,7 +477,8 @@ class Pipeline:
             phase.labels("merge").observe(merged - batch.started)
             results = await self._write(people)
             # Before the lane's next batch can start (below): it may hold the same people.
-            self._recent.record(people.values())
+            if early := self._recent.record(people.values(), results):
+                self._metrics.recent_forgotten_early.inc(early)
             self._metrics.recent_people.set(len(self._recent))
             written = self._clock()
             phase.labels("salesforce").observe(written - merged)

@@ -6,8 +6,8 @@ sales rep), a record a clean-up job deleted and a target the batch did not read 
 the Lead maps) hold no stamp of the withdrawal; a grant made before it and delivered after it
 (Didomi retries for minutes) would then be written there: a consent nobody gave.
 
-:class:`RecentChoices` keeps, per person (email key) and choice (``purposes.x``,
-``preferences.y``, as :meth:`TargetMapping.choice_keys` names them), the newest stamp of every
+:class:`RecentChoices` keeps, per person (email key) and choice (as
+:meth:`TargetMapping.choice_keys` names them), the newest stamp of every
 batch the service finished, and the deleted events it saw; the engine seeds each batch's
 :class:`HeldChoices` with them, where they gate a grant exactly like a record's stamps.
 
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from consumer.model import sync_state
-from consumer.model.changes import PersonWrite, Stamp
+from consumer.model.changes import ChoiceKey, PersonResult, PersonWrite, Stamp
 from consumer.model.held import HeldChoices
 
 #: One choice: its index among the choices seen, time (ms), partition and offset.
@@ -56,7 +56,7 @@ class RecentChoices:
 
     def __init__(
         self,
-        choice_keys: Mapping[str, Mapping[str, str]],
+        choice_keys: Mapping[str, Mapping[str, ChoiceKey]],
         *,
         seconds: float,
         people: int,
@@ -84,31 +84,29 @@ class RecentChoices:
     def __len__(self) -> int:
         return len(self._people)
 
-    def record(self, people: Iterable[PersonWrite]) -> None:
+    def record(
+        self,
+        people: Iterable[PersonWrite],
+        results: Mapping[str, Mapping[str, PersonResult]] | None = None,
+    ) -> int:
         """Keep the newest stamp per choice of a finished batch's people, and its deleted
-        events."""
+        events. ``results`` (sObject -> email key -> result): the grants a writer revoked
+        (a late version of a deleted event) are no choice and are not kept.
+
+        Returns how many people the bound made forget before their window was over (if
+        that is not rare, the bound is what decides how long choices are remembered).
+        """
         if not self.enabled:
-            return
+            return 0
         now = self._clock()
         pack, unpack = _PACK.pack, _PACK.iter_unpack
         for person in people:
-            # Compared as plain (time, partition, offset) tuples: a Stamp's own comparison
-            # costs several times as much.
-            newest: dict[int, tuple[int, int, int]] = {}
-            for sobject, stamps in person.stamps.items():
-                keys = self._keys.get(sobject)
-                if not keys:
-                    continue
-                for name, stamp in stamps.items():
-                    i = keys.get(name)
-                    if i is not None:
-                        at = (stamp.time_ms, stamp.partition, stamp.offset)
-                        if (old := newest.get(i)) is None or old < at:
-                            newest[i] = at
+            key = person.email_key
+            gone = _revoked(key, results) if results else None
+            newest = self._newest(person, gone)
             deleted = {sync_state.shown(s.stamp.event_id): s.stamp for s in person.deleted_events}
             if not (newest or deleted):
                 continue
-            key = person.email_key
             kept = self._people.pop(key, None)
             if kept is not None:
                 for i, t, p, o in unpack(kept.choices):
@@ -120,7 +118,38 @@ class RecentChoices:
                         deleted[event_id] = stamp
             packed = b"".join([pack(i, *at) for i, at in newest.items()])
             self._people[key] = _Person(now, packed, deleted or None)
-        self._expire(now)
+        return self._expire(now)
+
+    def _newest(
+        self, person: PersonWrite, gone: set[tuple[str, int, str]] | None
+    ) -> dict[int, tuple[int, int, int]]:
+        """Per choice index, the person's newest (time, partition, offset) in the batch."""
+        # Compared as plain tuples: a Stamp's own comparison costs several times as much.
+        newest: dict[int, tuple[int, int, int]] = {}
+        if not gone:  # the merged stamps: each field's newest
+            pairs = (
+                (sobject, stamp, name)
+                for sobject, stamps in person.stamps.items()
+                for name, stamp in stamps.items()
+            )
+        else:  # step by step, without the revoked grants
+            pairs = (
+                (sobject, step.stamp, name)
+                for step in person.steps
+                for sobject, values in step.fields.items()
+                for name in values
+                if (sobject, step.index, name) not in gone
+            )
+        keys: Mapping[str, int] | None = None
+        last = ""
+        for sobject, stamp, name in pairs:
+            if sobject != last:
+                keys, last = self._keys.get(sobject), sobject
+            if keys is not None and (i := keys.get(name)) is not None:
+                at = (stamp.time_ms, stamp.partition, stamp.offset)
+                if (old := newest.get(i)) is None or old < at:
+                    newest[i] = at
+        return newest
 
     def seed(self, held: HeldChoices, people: Iterable[PersonWrite]) -> None:
         """Add to ``held`` what is kept for those of ``people`` whose batch grants something
@@ -128,7 +157,7 @@ class RecentChoices:
         if not self._people:
             return
         horizon = self._clock() - self._seconds
-        choices: dict[str, dict[str, Stamp]] = {}
+        choices: dict[str, dict[ChoiceKey, Stamp]] = {}
         deleted: dict[str, dict[str, Stamp]] = {}
         for person in people:
             key = person.email_key
@@ -141,21 +170,25 @@ class RecentChoices:
         if choices or deleted:
             held.seed(choices, deleted)
 
-    def _expire(self, now: float) -> None:
-        """Drop the people taken in before the window, and the oldest beyond the bound."""
+    def _expire(self, now: float) -> int:
+        """Drop the people taken in before the window, and the oldest beyond the bound;
+        returns how many of them were still within their window."""
         people = self._people
         horizon = now - self._seconds
         over = len(people) - self._limit
         drop = []
+        early = 0
         for key, kept in people.items():  # the least recently taken in first
             if over <= 0 and kept.taken_at >= horizon:
                 break
             drop.append(key)
+            early += kept.taken_at >= horizon
             over -= 1
         for key in drop:
             del people[key]
+        return early
 
-    def _unpack(self, packed: bytes) -> dict[str, Stamp]:
+    def _unpack(self, packed: bytes) -> dict[ChoiceKey, Stamp]:
         names = self._names
         return {names[i]: Stamp(t, p, o) for i, t, p, o in _PACK.iter_unpack(packed)}
 
@@ -167,3 +200,16 @@ def _grants_any(person: PersonWrite) -> bool:
         for values in person.fields.values()
         for v in values.values()
     )
+
+
+def _revoked(
+    key: str, results: Mapping[str, Mapping[str, PersonResult]]
+) -> set[tuple[str, int, str]] | None:
+    """The (sObject, batch index, field) grants the writers revoked for the person."""
+    gone: set[tuple[str, int, str]] | None = None
+    for sobject, answers in results.items():
+        result = answers.get(key)
+        if result is not None and result.revoked:
+            gone = gone or set()
+            gone.update((sobject, i, n) for i, names in result.revoked.items() for n in names)
+    return gone

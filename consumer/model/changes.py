@@ -22,6 +22,10 @@ from consumer.model.outcomes import SalesforceErrorInfo
 
 FieldValue = bool | str | None
 FieldValues = dict[str, FieldValue]
+#: A choice a field's stamp dates, the same on every target (``TargetMapping.choice_keys``):
+#: ``("purposes", P)``, ``("preferences", P)``, ``("preference_text", P)`` or
+#: ``("preference_values", P, V)``.
+ChoiceKey = tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -213,3 +217,6 @@ class PersonResult:
     #: Batch index of a deleted event -> the fields it withdrew on some record beyond its
     #: own (what an earlier version of the event granted; the report counts them as its).
     undone: dict[int, set[str]] = field(default_factory=dict)
+    #: Batch index -> the grants of that event left out as those of a late version of a
+    #: deleted event (also in ``older``): no choice, as if the version had never come.
+    revoked: dict[int, list[str]] = field(default_factory=dict)

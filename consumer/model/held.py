@@ -4,7 +4,7 @@ The sync state lives on each record, so a record holds only what the service wro
 Lead made (by a web form, by hand) after a person's withdrawal was written to their Contact
 holds none of it, and a grant made before the withdrawal but delivered after it (a Didomi
 retry, a replay, a redrive) would be written there: a wrong consent. The stamps the other
-targets' records hold for the same choice (``purposes.x``, ``preferences.y`` ...) close that:
+targets' records hold for the same choice (``("purposes", P)`` ..., ``ChoiceKey``) close that:
 each stateful writer posts, per person and choice, the newest stamp its records hold, and
 waits for the batch's other stateful writers to post theirs before it plans a write.
 """
@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
-from consumer.model.changes import Stamp
+from consumer.model.changes import ChoiceKey, Stamp
+
+#: A choice (held stamps) or a deleted event's id (tombstones).
+_K = TypeVar("_K", str, ChoiceKey)
 
 
 class HeldChoices:
@@ -33,7 +37,7 @@ class HeldChoices:
     def __init__(self, sobjects: Iterable[str]) -> None:
         self._sobjects = frozenset(sobjects)
         self._waiting = set(self._sobjects)
-        self._held: dict[str, dict[str, Stamp]] = {}
+        self._held: dict[str, dict[ChoiceKey, Stamp]] = {}
         #: Per person, the deleted events any target's records remember (event id as the
         #: sync state shows it -> the deletion's stamp).
         self._deleted: dict[str, dict[str, Stamp]] = {}
@@ -43,7 +47,7 @@ class HeldChoices:
 
     def seed(
         self,
-        held: Mapping[str, Mapping[str, Stamp]],
+        held: Mapping[str, Mapping[ChoiceKey, Stamp]],
         deleted: Mapping[str, Mapping[str, Stamp]],
     ) -> None:
         """Add what no record holds but the service took in for these people in earlier
@@ -59,7 +63,7 @@ class HeldChoices:
     def post(
         self,
         sobject: str,
-        held: Mapping[str, Mapping[str, Stamp]],
+        held: Mapping[str, Mapping[ChoiceKey, Stamp]],
         deleted: Mapping[str, Mapping[str, Stamp]] | None = None,
     ) -> None:
         """Add what ``sobject``'s records hold: email key -> choice -> newest stamp, and
@@ -78,7 +82,7 @@ class HeldChoices:
         """Return once every writer of the batch has posted or left."""
         await self._settled.wait()
 
-    def of(self, key: str) -> Mapping[str, Stamp]:
+    def of(self, key: str) -> Mapping[ChoiceKey, Stamp]:
         """The newest stamp per choice the person's records hold, across the targets."""
         return self._held.get(key, {})
 
@@ -87,9 +91,7 @@ class HeldChoices:
         return self._deleted.get(key, {})
 
 
-def _merge_newest(
-    into: dict[str, dict[str, Stamp]], more: Mapping[str, Mapping[str, Stamp]]
-) -> None:
+def _merge_newest(into: dict[str, dict[_K, Stamp]], more: Mapping[str, Mapping[_K, Stamp]]) -> None:
     for key, stamps in more.items():
         have = into.setdefault(key, {})
         for name, stamp in stamps.items():

@@ -131,6 +131,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.recent_forgotten_early = Counter(
+            "recent_choices_forgotten_early_total",
+            "People forgotten by SYNC_RECENT_CHOICES_PEOPLE before SYNC_RECENT_CHOICES_SECONDS "
+            "was over (the bound, not the window, decides how long choices are remembered).",
+            namespace=ns,
+            registry=r,
+        )
         self.batch_events = Histogram(
             "batch_events",
             "Input messages per batch.",

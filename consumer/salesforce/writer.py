@@ -73,6 +73,7 @@ from consumer.mapping import FieldInfo, TargetMapping, TargetPlan, describe_fiel
 from consumer.model import sync_state
 from consumer.model.changes import (
     DELETION_PARTITION,
+    ChoiceKey,
     FieldValue,
     FieldValues,
     PersonResult,
@@ -213,9 +214,9 @@ class TargetWriter:
         #: are chosen together with it (an event mentioning the preference sets them all), so
         #: a Lead mapping the selection as text is gated by a Contact's per-value fields.
         self._gate_key = mapping.choice_keys()
-        self._gated: dict[str, list[str]] = {}
-        for name, key in self._gate_key.items():
-            self._gated.setdefault(key, []).append(name)
+        #: Choice -> this target's fields a newer stamp of it holds back (any target's
+        #: choices, so filled as they come).
+        self._gated: dict[ChoiceKey, tuple[str, ...]] = {}
         #: What the state field holds at least (the mapping check refuses a shorter one).
         self._state_room = sync_state.capacity(self._mapped)
         #: Upsert by the external id without reading first (no state to compare with).
@@ -447,11 +448,11 @@ class TargetWriter:
         held. A writer alone waits for nobody; the deletions found in earlier rounds and
         attempts of the batch still count (a round may have replaced the only stamp
         remembering one)."""
-        choice_of, gated = self._gate_key, self._gated
-        mine: dict[str, dict[str, Stamp]] = {}
+        choice_of = self._gate_key
+        mine: dict[str, dict[ChoiceKey, Stamp]] = {}
         alone = held.alone(self.sobject)
         for key, found in {} if alone else matches.items():
-            newest: dict[str, Stamp] = {}
+            newest: dict[ChoiceKey, Stamp] = {}
             for match in found:
                 for name, stamp in match.state.items():
                     choice = choice_of.get(name)
@@ -463,17 +464,22 @@ class TargetWriter:
         sobject = self.sobject
         if not any(_grants(v) for p in todo.values() for v in p.fields[sobject].values()):
             # Only grants are gated: a batch that grants nothing here (withdrawals only)
-            # never waits for the other targets, however long one of them cannot read.
-            return {}, tombs
+            # never waits for the other targets, however long one of them cannot read. The
+            # deletions known so far still say which of its events' grants were revoked.
+            return {}, {k: dict(d) for k in todo if (d := held.deleted_of(k))}
         await held.settled()
         elsewhere: dict[str, Match] = {}
         everywhere: dict[str, dict[str, Stamp]] = {}
+        gated, gated_by = self._gated, self._plan.mapping.gated_by
         for key in todo:
-            state = {
-                name: stamp
-                for choice, stamp in held.of(key).items()
-                for name in gated.get(choice, ())
-            }
+            state: dict[str, Stamp] = {}
+            for choice, stamp in held.of(key).items():
+                names = gated.get(choice)
+                if names is None:
+                    names = gated[choice] = gated_by(choice)
+                for name in names:
+                    if (old := state.get(name)) is None or old < stamp:
+                        state[name] = stamp
             if state:
                 elsewhere[key] = Match("", state=state, converted=True)
             if deleted := held.deleted_of(key):
@@ -1476,6 +1482,7 @@ def _with_revoked(
             continue
         older = sorted({*result.older.get(step.index, ()), *names})
         result.older[step.index] = older
+        result.revoked[step.index] = list(names)
         if set(step.fields.get(sobject, {})) <= set(older):
             result.stale_indexes.add(step.index)
     return result

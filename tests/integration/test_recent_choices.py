@@ -174,3 +174,92 @@ async def test_a_late_version_of_an_event_deleted_before_its_record_existed_gran
     assert record["Analytics_Consent__c"] is not True, late
     assert record["Newsletter_Consent__c"] is not True, late
     assert late["status"] == "stale", late
+
+
+#: Contact with a preference's values only (no text): each value is a choice of its own.
+VALUES = """\
+regulations: [gdpr]
+targets:
+  - sobject: Contact
+    match_field: Email
+    sync_state_field: Didomi_Sync_State__c
+    purposes:
+      newsletter: Newsletter_Consent__c
+    preference_values:
+      topics:
+        product_news: Topic_Product_News__c
+        offers: Topic_Offers__c
+"""
+
+
+def topics(*values: str) -> dict[str, Any]:
+    return {"id": "newsletter", "values": {"topics": {"value": ",".join(values)}}}
+
+
+def user_updated(minutes: int, old: list[Any], new: list[Any]) -> bytes:
+    def user(purposes: list[Any], at: int) -> dict[str, Any]:
+        return {
+            "id": "u1",
+            "organization_user_id": EMAIL,
+            "created_at": iso(T0),
+            "updated_at": iso(T0 + timedelta(minutes=at)),
+            "consents": {"purposes": purposes},
+        }
+
+    when = iso(T0 + timedelta(minutes=minutes))
+    parameters = {
+        "source": {"id": f"src-{minutes}", "created_at": when},
+        "old_entity": user(old, 0),
+        "new_entity": user(new, minutes),
+    }
+    return orjson.dumps({"type": "user.updated", "parameters": parameters})
+
+
+@pytest.mark.parametrize("lead", [False, True], ids=["contact-alone", "contact-and-lead"])
+async def test_a_value_left_unchanged_by_a_user_update_still_takes_its_late_grant(
+    lead: bool,
+) -> None:
+    # Minute 3: product_news selected (delivered late). Minute 5: a user.updated adds offers;
+    # product_news was and stays selected, so only Topic_Offers__c is stamped. The late
+    # grant is product_news's newest choice (Didomi's state at minute 5 has it): a stamp of
+    # another value (remembered, or the Lead's) must not hold it back.
+    mapping = VALUES + (
+        "  - sobject: Lead\n    match_field: Email\n    sync_state_field: Didomi_Sync_State__c\n"
+        "    purposes:\n      newsletter: Newsletter_Consent__c\n"
+        if lead
+        else ""
+    )
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        if lead:
+            emulator.seed("Lead", {"Email": EMAIL, "LastName": "L", "Company": "C"})
+        async with running(emulator, parse_mapping(mapping)) as run:
+            added = topics("product_news", "offers")
+            update = await deliver(run, user_updated(5, [topics("product_news")], [added]))
+            assert target(update, "Contact")["status"] == "updated", update
+            late = await deliver(run, event("late", 3, {**topics("product_news"), "enabled": True}))
+        record = emulator.get("Contact", contact)
+    assert record is not None and record["Topic_Offers__c"] is True
+    assert record["Topic_Product_News__c"] is True, late
+
+
+async def test_a_revoked_late_version_is_not_remembered_as_a_choice() -> None:
+    # W (minute 1) withdraws analytics. E's last version (minute 4) grants the newsletter;
+    # E is deleted. E's first version (minute 3: newsletter and analytics) arrives late and
+    # is revoked (the record remembers the deletion): as if it had never come. G (minute 2)
+    # grants analytics, delivered late: without E, G is the newest analytics choice.
+    mapping = match_only(example_mapping(), lead=False).model_copy(
+        update={"on_event_deleted": "withdraw"}
+    )
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, mapping) as run:
+            await deliver(run, event("w", 1, {"id": "analytics", "enabled": False}))
+            await deliver(run, event("E", 4, *grants("newsletter")))
+            await deliver(run, event("E", 4, *grants("newsletter"), kind="deleted"))
+            first = await deliver(run, event("E", 3, *grants("newsletter", "analytics")))
+            assert first["status"] == "stale", first
+            late = await deliver(run, event("g", 2, *grants("analytics")))
+        record = emulator.get("Contact", contact)
+    assert record is not None and record["Newsletter_Consent__c"] is False
+    assert record["Analytics_Consent__c"] is True, late

@@ -12,7 +12,8 @@ from consumer.model.held import HeldChoices
 
 pytestmark = pytest.mark.asyncio
 
-NEWSLETTER = "purposes.newsletter"
+NEWSLETTER = ("purposes", "newsletter")
+ANALYTICS = ("purposes", "analytics")
 
 
 async def test_a_writer_waits_until_every_other_posted_or_left() -> None:
@@ -36,11 +37,11 @@ async def test_posting_again_only_adds_newer_stamps_and_leaving_twice_is_harmles
     held = HeldChoices(["Contact"])
     assert held.alone("Contact") and not HeldChoices(["Contact", "Lead"]).alone("Contact")
     held.post("Contact", {"p": {NEWSLETTER: Stamp(5, 0, 1)}})
-    held.post("Contact", {"p": {NEWSLETTER: Stamp(4, 1, 1), "purposes.analytics": Stamp(2, 0, 0)}})
+    held.post("Contact", {"p": {NEWSLETTER: Stamp(4, 1, 1), ANALYTICS: Stamp(2, 0, 0)}})
     held.leave("Contact")
     held.leave("Contact")
     await asyncio.wait_for(held.settled(), 1)
-    assert held.of("p") == {NEWSLETTER: Stamp(5, 0, 1), "purposes.analytics": Stamp(2, 0, 0)}
+    assert held.of("p") == {NEWSLETTER: Stamp(5, 0, 1), ANALYTICS: Stamp(2, 0, 0)}
 
 
 async def test_no_writer_means_nothing_to_wait_for() -> None:

@@ -9,6 +9,8 @@ from consumer.engine.recent import RecentChoices
 from consumer.model.changes import (
     DELETION_OFFSET,
     DELETION_PARTITION,
+    FieldValues,
+    PersonResult,
     PersonWrite,
     Stamp,
     Step,
@@ -17,6 +19,8 @@ from consumer.model.held import HeldChoices
 from tests.unit.helpers import T0, example_mapping
 
 KEYS = {t.sobject: t.choice_keys() for t in example_mapping().targets}
+NEWSLETTER, ANALYTICS = ("purposes", "newsletter"), ("purposes", "analytics")
+TEXT, OFFERS = ("preference_text", "topics"), ("preference_values", "topics", "offers")
 
 
 class Clock:
@@ -47,7 +51,8 @@ def make(clock: Clock, seconds: float = 60, people: int = 10) -> RecentChoices:
 def test_the_newest_stamp_per_choice_is_kept_across_targets_and_batches() -> None:
     recent = make(Clock())
     old, new, newer = Stamp(1, 0, 5, "a"), Stamp(2, 0, 1, "b"), Stamp(2, 1, 0, "c")
-    # A preference's value fields date the preference (one choice).
+    # Each preference value is a choice of its own (a user.updated stamps only those that
+    # changed), and so is the text beside them.
     recent.record(
         [person("p", Newsletter_Consent__c=new, Topic_Offers__c=old, Newsletter_Topics__c=new)]
     )
@@ -55,11 +60,11 @@ def test_the_newest_stamp_per_choice_is_kept_across_targets_and_batches() -> Non
     recent.record([lead, person("q", Analytics_Consent__c=newer)])
     held = seeded(recent, "p", "q", "nobody")
     # Packed without the event id: only the order counts.
-    assert held.of("p") == {"purposes.newsletter": new, "preferences.topics": new}
-    assert held.of("q") == {"purposes.analytics": newer}
+    assert held.of("p") == {NEWSLETTER: new, TEXT: new, OFFERS: old}
+    assert held.of("q") == {ANALYTICS: newer}
     assert held.of("nobody") == {}
     recent.record([person("p", Newsletter_Consent__c=newer)])
-    assert seeded(recent, "p").of("p")["purposes.newsletter"] == newer
+    assert seeded(recent, "p").of("p")[NEWSLETTER] == newer
 
 
 def test_a_deletions_stamp_survives_packing() -> None:
@@ -70,7 +75,7 @@ def test_a_deletions_stamp_survives_packing() -> None:
     write.steps, write.deleted_events = [step], [step]
     recent.record([write])
     held = seeded(recent, "p")
-    assert held.of("p") == {"purposes.newsletter": deletion}
+    assert held.of("p") == {NEWSLETTER: deletion}
     assert held.deleted_of("p") == {"E": deletion}
     # Kept when the person is taken in again without it.
     recent.record([person("p", Analytics_Consent__c=Stamp(9, 0, 0))])
@@ -86,11 +91,11 @@ def test_people_are_forgotten_after_the_window_counted_from_their_last_batch() -
     clock.now += 30  # p was taken in 70 s ago, q 30 s ago
     assert seeded(recent, "p").of("p") == {}  # not seeded, though not dropped yet
     assert seeded(recent, "q").of("q") != {}
-    recent.record([person("r", Newsletter_Consent__c=Stamp(1, 0, 0))])
-    assert len(recent) == 2  # p dropped when something was recorded
+    early = recent.record([person("r", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    assert len(recent) == 2 and early == 0  # p dropped when something was recorded
     recent.record([person("q", Analytics_Consent__c=Stamp(2, 0, 0))])
     clock.now += 59  # q's window starts over at its last batch
-    assert set(seeded(recent, "q").of("q")) == {"purposes.newsletter", "purposes.analytics"}
+    assert set(seeded(recent, "q").of("q")) == {NEWSLETTER, ANALYTICS}
 
 
 def test_beyond_the_bound_the_least_recently_taken_in_go_first() -> None:
@@ -100,8 +105,8 @@ def test_beyond_the_bound_the_least_recently_taken_in_go_first() -> None:
         recent.record([person(key, Newsletter_Consent__c=Stamp(1, 0, 0))])
         clock.now += 1
     recent.record([person("a", Analytics_Consent__c=Stamp(2, 0, 0))])  # a is now the newest
-    recent.record([person("c", Newsletter_Consent__c=Stamp(1, 0, 0))])
-    assert len(recent) == 2
+    early = recent.record([person("c", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    assert len(recent) == 2 and early == 1  # b was still within its window
     held = seeded(recent, "a", "b", "c")
     assert held.of("b") == {} and held.of("a") and held.of("c")
 
@@ -131,3 +136,19 @@ def test_people_without_a_mapped_choice_are_not_kept() -> None:
     recent = make(Clock())
     recent.record([PersonWrite("p", "p"), person("q", Unmapped__c=Stamp(1, 0, 0))])
     assert len(recent) == 0
+
+
+def test_grants_a_writer_revoked_are_no_choice() -> None:
+    # A late version (index 1) of a deleted event granted analytics at minute 3: revoked,
+    # as if it had never come. What is kept is the batch's other choices.
+    recent = make(Clock())
+    first = Step(T0, 0, {"Contact": {"Analytics_Consent__c": False}}, Stamp(1, 0, 0, "w"))
+    late = Stamp(3, 0, 1, "E")
+    grant: FieldValues = {"Newsletter_Consent__c": True, "Analytics_Consent__c": True}
+    revoked = Step(T0, 1, {"Contact": grant}, late)
+    write = person("p", Newsletter_Consent__c=late, Analytics_Consent__c=late)
+    write.steps = [first, revoked]
+    result = PersonResult("stale", revoked={1: ["Analytics_Consent__c"]})
+    recent.record([write], {"Contact": {"p": result}})
+    held = seeded(recent, "p")
+    assert held.of("p") == {NEWSLETTER: Stamp(3, 0, 1), ANALYTICS: Stamp(1, 0, 0)}
