@@ -19,9 +19,10 @@ from aiokafka.errors import KafkaError
 from consumer.engine.gate import GatePolicy, WriteGate
 from consumer.engine.health import Health
 from consumer.engine.pipeline import EngineConfig, Pipeline, Writer
-from consumer.engine.ports import ConsumerPort, ProducerPort
+from consumer.engine.ports import ChoicesLogPort, ConsumerPort, ProducerPort
 from consumer.engine.publisher import Publisher
 from consumer.errors import Reaction, SalesforceError
+from consumer.kafka.choices import ChoicesLog
 from consumer.kafka.clients import make_consumer, make_producer
 from consumer.mapping import MappingConfig, TargetPlan
 from consumer.observability.metrics import Metrics
@@ -107,11 +108,20 @@ class Service:
         s = self.settings
         writers = [TargetWriter(self.client, plan, s) for plan in report.plans]
         producer = make_producer(s)
-        consumer = make_consumer(s)
+        remembers = s.sync_recent_choices_seconds > 0 and s.sync_recent_choices_people > 0
+        log = ChoicesLog(s, s.kafka_choices_topic) if s.kafka_choices_topic and remembers else None
         if not await _start_with_retries(producer.start, stop, "producer"):
             await producer.stop()
             return EXIT_OK
         try:
+            if log is not None:
+                if not await _start_with_retries(log.start, stop, "choices reader"):
+                    return EXIT_OK
+                problem = await _choices_topic_problem(log, producer, s.kafka_input_topic)
+                if problem is not None:
+                    logger.error("KAFKA_CHOICES_TOPIC: %s", problem)
+                    return EXIT_CONFIG
+            consumer = make_consumer(s)
             pipeline = build_pipeline(
                 s,
                 self.mapping,
@@ -121,6 +131,7 @@ class Service:
                 producer,
                 self.metrics,
                 self.health,
+                choices=log,
             )
             self.pipeline = pipeline
             consumer.subscribe([s.kafka_input_topic], listener=pipeline.listener())
@@ -135,6 +146,8 @@ class Service:
             finally:
                 await _close_consumer(consumer, joined=joined)
         finally:
+            if log is not None:
+                await log.stop()
             await producer.stop()
         return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
 
@@ -175,8 +188,11 @@ def build_pipeline(
     health: Health,
     *,
     clock: Callable[[], float] = time.monotonic,
+    choices: ChoicesLogPort | None = None,
 ) -> Pipeline:
-    """The engine with its gate and publisher, from the settings (one place for the wiring)."""
+    """The engine with its gate and publisher, from the settings (one place for the wiring).
+
+    ``choices``: the choices topic's reader (``KAFKA_CHOICES_TOPIC``), when set."""
     gate = WriteGate(
         GatePolicy(
             pause_seconds={
@@ -199,6 +215,7 @@ def build_pipeline(
         dlq_topic=s.kafka_dlq_topic,
         metrics=metrics,
         max_record_bytes=s.kafka_producer_max_request_bytes,
+        choices_topic=s.kafka_choices_topic if choices is not None else None,
     )
     return Pipeline(
         EngineConfig.from_settings(s),
@@ -217,7 +234,29 @@ def build_pipeline(
         metrics,
         health,
         clock=clock,
+        choices=choices,
     )
+
+
+async def _choices_topic_problem(
+    log: ChoicesLog, producer: ProducerPort, input_topic: str
+) -> str | None:
+    """Why the choices topic cannot serve (None: it can): it must exist with the input's
+    partitions, since a person's entry goes to the partition of the input they come from and
+    is read back by whoever is assigned that input partition."""
+    theirs = await log.partitions()
+    if not theirs:
+        return (
+            f"topic {log.topic!r} does not exist (create it compacted, with as many "
+            "partitions as the input)"
+        )
+    mine = await producer.partitions_for(input_topic)
+    if theirs != mine:
+        return (
+            f"topic {log.topic!r} has {len(theirs)} partitions and the input {len(mine)}: "
+            "they must be the same"
+        )
+    return None
 
 
 #: How long closing waits when the consumer never joined: its JoinGroup may be held by the

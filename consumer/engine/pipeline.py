@@ -35,7 +35,7 @@ from consumer.engine.gate import Verdict, WriteGate
 from consumer.engine.health import Health
 from consumer.engine.lanes import Lane, Lanes
 from consumer.engine.partitions import PartitionRegistry, PartitionState
-from consumer.engine.ports import ConsumerPort
+from consumer.engine.ports import ChoicesLogPort, ConsumerPort
 from consumer.engine.publisher import Publisher
 from consumer.engine.recent import RecentChoices
 from consumer.errors import RetryBudgetExhaustedError
@@ -47,6 +47,7 @@ from consumer.model.changes import (
     PersonResult,
     PersonWrite,
     Sourced,
+    epoch_ms,
 )
 from consumer.model.held import HeldChoices
 from consumer.model.messages import InputMessage
@@ -106,6 +107,9 @@ class EngineConfig:
     #: (engine.recent); 0 keeps none.
     recent_choices_seconds: float = 3_600.0
     recent_choices_people: int = 100_000
+    #: How long an assignment waits for the choices topic to be read back (then goes on
+    #: with what was read).
+    choices_restore_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -124,6 +128,7 @@ class EngineConfig:
             backlog_messages=s.salesforce_composite_backlog,
             recent_choices_seconds=s.sync_recent_choices_seconds,
             recent_choices_people=s.sync_recent_choices_people,
+            choices_restore_seconds=s.kafka_choices_restore_seconds,
         )
 
 
@@ -179,6 +184,7 @@ class Pipeline:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        choices: ChoicesLogPort | None = None,
     ) -> None:
         self._cfg = config
         self._rules = rules
@@ -202,6 +208,12 @@ class Pipeline:
             people=config.recent_choices_people,
             clock=clock,
         )
+        #: Where the remembered choices are kept across restarts and replicas (None: in
+        #: this process only), and per partition the offset to read it from next.
+        self._choices = choices if self._recent.enabled else None
+        self._choices_read: dict[int, int] = {}
+        #: Partitions of it read back in full for the current assignment.
+        self._choices_whole: set[int] = set()
         self._lanes: Lanes[Fetched] = Lanes(config.concurrency, self._make_buffer)
         self._inflight: dict[asyncio.Task[None], Batch] = {}
         self._seq = 0
@@ -480,6 +492,7 @@ class Pipeline:
             if early := self._recent.record(people.values(), results):
                 self._metrics.recent_forgotten_early.inc(early)
             self._metrics.recent_people.set(len(self._recent))
+            choices = self._choices_out(batch.items) if self._choices is not None else []
             written = self._clock()
             phase.labels("salesforce").observe(written - merged)
             publications, dead = assemble(
@@ -495,7 +508,7 @@ class Pipeline:
                 raise LaneBroken(batch.lane)
             ordered = self._clock()
             phase.labels("order").observe(ordered - built)
-            await self._publisher.publish(publications, dead)
+            await self._publisher.publish(publications, dead, choices)
             for item in batch.items:
                 self._parts.done(item.part, item.message.offset, item.size)
             now = self._clock()
@@ -511,6 +524,21 @@ class Pipeline:
             # Nothing after a batch that could not publish may publish: outcomes would run
             # ahead of what is committed, and the service is stopping anyway.
             published.set_result(ok)
+
+    def _choices_out(self, items: Sequence[Fetched]) -> list[tuple[int, bytes, bytes]]:
+        """Each person's remembered choices, for the choices topic: in the partition of the
+        input each of their messages came from (one, when the input is keyed by person)."""
+        where: dict[str, set[int]] = {}
+        for item in items:
+            if isinstance(item.parsed, Accepted):
+                where.setdefault(item.parsed.change.email_key, set()).add(item.message.partition)
+        out: list[tuple[int, bytes, bytes]] = []
+        for key, partitions in where.items():
+            value = self._recent.export(key)
+            if value is not None:
+                raw = key.encode()
+                out.extend((p, raw, value) for p in sorted(partitions))
+        return out
 
     async def _write(self, people: Mapping[str, PersonWrite]) -> dict[str, dict[str, PersonResult]]:
         """Write every target that has something to write, the targets concurrently."""
@@ -627,6 +655,7 @@ class Pipeline:
                 extra={"batches": len(abandoned)},
             )
         await self.commit(only=revoked)
+        await self._choices_end(revoked)
         # A partition kept by this member whose messages were in an abandoned batch is read
         # again from its first unfinished offset, or its commits would stall for good.
         kept = {tp for b in abandoned for tp in b.partitions} - revoked
@@ -635,6 +664,69 @@ class Pipeline:
         logger.info(
             "partitions revoked",
             extra={"partitions": sorted(f"{tp.topic}-{tp.partition}" for tp in revoked)},
+        )
+
+    async def _choices_end(self, revoked: set[TopicPartition]) -> None:
+        """Note where the choices topic ends for partitions leaving this member: up to there
+        it holds nothing this member does not remember (it was their only writer), so if
+        they come back only what came after is read."""
+        log = self._choices
+        partitions = {tp.partition for tp in revoked} & self._choices_whole
+        self._choices_whole -= partitions
+        if log is None or not partitions:
+            # Not read in full (cut short: the next read goes on from where it stopped).
+            return
+        try:
+            async with asyncio.timeout(self._cfg.choices_restore_seconds):
+                self._choices_read.update(await log.ends(partitions))
+        except (TimeoutError, KafkaError) as exc:
+            # Read from the beginning next time: slower, never short.
+            for p in partitions:
+                self._choices_read.pop(p, None)
+            logger.warning("the choices topic's ends are unknown", extra={"error": repr(exc)})
+
+    async def restore(self, assigned: set[TopicPartition]) -> None:
+        """Before an assignment's messages are fetched (aiokafka awaits the listener first):
+        read back the same partitions of the choices topic, from where this member last
+        left them (their beginning the first time), into what is remembered."""
+        log = self._choices
+        if log is None or not assigned:
+            return
+        since = {tp.partition: self._choices_read.get(tp.partition) for tp in assigned}
+        now_ms = epoch_ms(self._wall())
+        started = self._clock()
+        records = bad = 0
+        problems = self._metrics.recent_restore_problems
+        try:
+            async with asyncio.timeout(self._cfg.choices_restore_seconds):
+                async for partition, chunk in log.read(since):
+                    bad += self._recent.restore(
+                        ((r.key, r.value, r.timestamp) for r in chunk), now_ms
+                    )
+                    self._choices_read[partition] = chunk[-1].offset + 1
+                    records += len(chunk)
+            self._choices_whole |= set(since)
+        except (TimeoutError, KafkaError) as exc:
+            # Reading on would hold the partitions' messages back for good; without the rest,
+            # late grants are gated by what the records hold (and what was read).
+            problems.labels("read_failed").inc()
+            logger.error(
+                "the choices topic could not be read back in full; going on with what was read",
+                extra={"error": repr(exc), "records": records},
+            )
+        finally:
+            self._recent.restored()
+            self._metrics.recent_people.set(len(self._recent))
+        if bad:
+            problems.labels("unreadable_entry").inc(bad)
+            logger.warning("unreadable entries in the choices topic", extra={"entries": bad})
+        logger.info(
+            "choices read back",
+            extra={
+                "records": records,
+                "people": len(self._recent),
+                "seconds": round(self._clock() - started, 3),
+            },
         )
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -713,3 +805,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._pipeline.on_assigned(set(assigned))
+        await self._pipeline.restore(set(assigned))

@@ -8,7 +8,7 @@ with an injected clock while the real-broker tests stay focused on what only a b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -88,3 +88,16 @@ class ProducerPort(Protocol):
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]: ...
+
+
+class ChoicesLogPort(Protocol):
+    """The choices topic (``engine/recent.py``), read back by partition without a group."""
+
+    async def ends(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The next offset of each partition (what a read from there finds nothing after)."""
+        ...
+
+    def read(self, since: Mapping[int, int | None]) -> AsyncIterator[tuple[int, Sequence[Record]]]:
+        """Each partition's records from its offset (None: its beginning) to the end it had
+        when the read began, a chunk at a time."""
+        ...

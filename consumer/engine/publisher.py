@@ -47,7 +47,7 @@ PUBLISH_SLICE = 2_000
 class _Record:
     """One record to send, and how it can still be shrunk."""
 
-    what: str  # "outcome" | "dead letter"
+    what: str  # "outcome" | "dead letter" | "choices"
     topic: str
     key: bytes | None
     value: bytes | None
@@ -58,6 +58,8 @@ class _Record:
     #: Sent on its own (not in a batch with others): its batch was refused for size, and
     #: only this record's own answer tells whether it is the one too large.
     alone: bool = False
+    #: The partition it must go to (None: by its key, as the producer's partitioner would).
+    partition: int | None = None
 
     def smaller(self) -> _Record | None:
         """The next smaller form of this record, or None when nothing is left to cut."""
@@ -90,10 +92,12 @@ class Publisher:
         retry_initial_seconds: float = 0.5,
         retry_max_seconds: float = 10.0,
         max_record_bytes: int = 16 * 1024 * 1024,
+        choices_topic: str | None = None,
     ) -> None:
         self._producer = producer
         self._results = results_topic
         self._dlq = dlq_topic
+        self._choices = choices_topic
         self._metrics = metrics
         self._initial = retry_initial_seconds
         self._max = retry_max_seconds
@@ -103,12 +107,22 @@ class Publisher:
         self._max_record = max_record_bytes
 
     async def publish(
-        self, publications: Sequence[Publication], dead: Sequence[DeadLetterOut]
+        self,
+        publications: Sequence[Publication],
+        dead: Sequence[DeadLetterOut],
+        choices: Sequence[tuple[int, bytes, bytes]] = (),
     ) -> None:
-        """Send dead letters, then outcomes; return once the broker acknowledged all of them.
+        """Send the people's remembered choices (partition, key, value: to the choices
+        topic), dead letters, then outcomes; return once the broker acknowledged all of them.
 
         Raises :class:`PublishError` when a record can never be published.
         """
+        if choices and self._choices is not None:
+            # First: a restart after the commit must find what this batch chose.
+            topic = self._choices
+            await self._deliver(
+                [_Record("choices", topic, k, v, (), partition=p) for p, k, v in choices]
+            )
         # Dead letters first: whoever reads an outcome saying "dead-lettered" finds it there.
         await self._deliver([self._dead_letter(d) for d in dead])
         # Outcomes in slices, in order: a batch of many events never holds all its outcome
@@ -211,6 +225,7 @@ class Publisher:
                             record.topic,
                             value=record.value,
                             key=record.key,
+                            partition=record.partition,
                             headers=list(record.headers),
                         )
                     )
@@ -225,7 +240,9 @@ class Publisher:
                 known = partitions[record.topic] = sorted(
                     await self._producer.partitions_for(record.topic)
                 )
-            partition = self._partitioner(record.key, known, known)
+            partition = record.partition
+            if partition is None:
+                partition = self._partitioner(record.key, known, known)
             groups.setdefault((record.topic, partition), []).append(i)
         for (topic, partition), indexes in groups.items():
             batch = self._producer.create_batch()

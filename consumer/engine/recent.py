@@ -29,6 +29,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from consumer.model import sync_state
 from consumer.model.changes import ChoiceKey, PersonResult, PersonWrite, Stamp
@@ -65,7 +68,7 @@ class RecentChoices:
         #: The choices by index (what the packed stamps name), and per sObject field ->
         #: index.
         self._names = sorted({c for keys in choice_keys.values() for c in keys.values()})
-        index = {name: i for i, name in enumerate(self._names)}
+        self._index = index = {name: i for i, name in enumerate(self._names)}
         self._keys = {
             sobject: {name: index[c] for name, c in keys.items()}
             for sobject, keys in choice_keys.items()
@@ -73,8 +76,10 @@ class RecentChoices:
         self._seconds = seconds
         self._limit = people
         self._clock = clock
-        #: In the order they were last taken in: the oldest first.
+        #: In the order they were last taken in: the oldest first (once sorted again after
+        #: a restore: ``_disordered``).
         self._people: dict[str, _Person] = {}
+        self._disordered = False
 
     @property
     def enabled(self) -> bool:
@@ -99,26 +104,78 @@ class RecentChoices:
         if not self.enabled:
             return 0
         now = self._clock()
-        pack, unpack = _PACK.pack, _PACK.iter_unpack
         for person in people:
             key = person.email_key
             gone = _revoked(key, results) if results else None
             newest = self._newest(person, gone)
             deleted = {sync_state.shown(s.stamp.event_id): s.stamp for s in person.deleted_events}
-            if not (newest or deleted):
-                continue
-            kept = self._people.pop(key, None)
-            if kept is not None:
-                for i, t, p, o in unpack(kept.choices):
-                    at = (t, p, o)
-                    if (mine := newest.get(i)) is None or mine < at:
-                        newest[i] = at
-                for event_id, stamp in (kept.deleted or {}).items():
-                    if (was := deleted.get(event_id)) is None or was < stamp:
-                        deleted[event_id] = stamp
-            packed = b"".join([pack(i, *at) for i, at in newest.items()])
-            self._people[key] = _Person(now, packed, deleted or None)
+            if newest or deleted:
+                self._keep(key, newest, deleted, now)
         return self._expire(now)
+
+    def _keep(
+        self,
+        key: str,
+        newest: dict[int, tuple[int, int, int]],
+        deleted: dict[str, Stamp],
+        taken_at: float,
+    ) -> None:
+        """Merge into what is kept for ``key`` (the newest of each), last taken in now."""
+        kept = self._people.pop(key, None)
+        if kept is not None:
+            for i, t, p, o in _PACK.iter_unpack(kept.choices):
+                at = (t, p, o)
+                if (mine := newest.get(i)) is None or mine < at:
+                    newest[i] = at
+            for event_id, stamp in (kept.deleted or {}).items():
+                if (was := deleted.get(event_id)) is None or was < stamp:
+                    deleted[event_id] = stamp
+            taken_at = max(taken_at, kept.taken_at)
+        pack = _PACK.pack
+        packed = b"".join([pack(i, *at) for i, at in newest.items()])
+        self._people[key] = _Person(taken_at, packed, deleted or None)
+
+    def export(self, key: str) -> bytes | None:
+        """What is kept for ``key`` as the choices topic holds it (None: nothing)."""
+        kept = self._people.get(key)
+        if kept is None:
+            return None
+        names = self._names
+        doc: dict[str, Any] = {
+            "v": 1,
+            "c": [[names[i], t, p, o] for i, t, p, o in _PACK.iter_unpack(kept.choices)],
+        }
+        if kept.deleted:
+            doc["d"] = [[e, s.time_ms, s.partition, s.offset] for e, s in kept.deleted.items()]
+        return orjson.dumps(doc)
+
+    def restore(
+        self, entries: Iterable[tuple[bytes | None, bytes | None, int]], now_ms: int
+    ) -> int:
+        """Merge what the choices topic holds: (key, value, record timestamp in ms) against
+        the wall clock ``now_ms``. An entry older than the window is skipped; so is one that
+        cannot be read, and those are counted (returned). A choice this mapping does not
+        know is left out (it gates no field here)."""
+        if not self.enabled:
+            return 0
+        now = self._clock()
+        bad = 0
+        for key, value, timestamp in entries:
+            age = max(0.0, (now_ms - timestamp) / 1000)
+            if age > self._seconds:
+                continue
+            read = _decode(key, value, self._index)
+            if read is None:
+                bad += 1
+            elif read[1] or read[2]:
+                self._keep(read[0], read[1], read[2], now - age)
+                self._disordered = True
+        return bad
+
+    def restored(self) -> None:
+        """After :meth:`restore` calls: put the people back in the order they were taken in
+        (what is forgotten first goes by it) and apply the window and the bound."""
+        self._expire(self._clock())
 
     def _newest(
         self, person: PersonWrite, gone: set[tuple[str, int, str]] | None
@@ -173,6 +230,9 @@ class RecentChoices:
     def _expire(self, now: float) -> int:
         """Drop the people taken in before the window, and the oldest beyond the bound;
         returns how many of them were still within their window."""
+        if self._disordered:
+            self._people = dict(sorted(self._people.items(), key=lambda item: item[1].taken_at))
+            self._disordered = False
         people = self._people
         horizon = now - self._seconds
         over = len(people) - self._limit
@@ -213,3 +273,47 @@ def _revoked(
             gone = gone or set()
             gone.update((sobject, i, n) for i, names in result.revoked.items() for n in names)
     return gone
+
+
+_MAX_INT = (2**63, 2**32, 2**63)
+
+
+def _decode(
+    key: bytes | None, value: bytes | None, index: Mapping[ChoiceKey, int]
+) -> tuple[str, dict[int, tuple[int, int, int]], dict[str, Stamp]] | None:
+    """An entry of the choices topic (:meth:`RecentChoices.export`), or None if unreadable."""
+    try:
+        doc = orjson.loads(value or b"")
+        person = (key or b"").decode("utf-8")
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not (person and isinstance(doc, dict) and doc.get("v") == 1):
+        return None
+    newest: dict[int, tuple[int, int, int]] = {}
+    deleted: dict[str, Stamp] = {}
+    try:
+        for choice, *at in doc.get("c", ()):
+            stamp = _stamp(at)
+            if not (isinstance(choice, list) and all(isinstance(c, str) for c in choice)):
+                return None
+            if stamp is not None and (i := index.get(tuple(choice))) is not None:
+                newest[i] = stamp
+            elif stamp is None:
+                return None
+        for event_id, *at in doc.get("d", ()):
+            stamp = _stamp(at)
+            if stamp is None or not isinstance(event_id, str):
+                return None
+            deleted[event_id] = Stamp(*stamp, event_id)
+    except (TypeError, ValueError):  # not a list, or not of the expected length
+        return None
+    return person, newest, deleted
+
+
+def _stamp(at: list[Any]) -> tuple[int, int, int] | None:
+    """(time, partition, offset) if ``at`` is three ints in range."""
+    if len(at) != 3 or not all(
+        type(n) is int and 0 <= n < top for n, top in zip(at, _MAX_INT, strict=True)
+    ):
+        return None
+    return at[0], at[1], at[2]

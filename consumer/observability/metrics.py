@@ -138,6 +138,14 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.recent_restore_problems = Counter(
+            "recent_choices_restore_problems_total",
+            "Reading the choices topic back: read_failed (cut short by an error or "
+            "KAFKA_CHOICES_RESTORE_SECONDS), unreadable_entry.",
+            ["problem"],
+            namespace=ns,
+            registry=r,
+        )
         self.batch_events = Histogram(
             "batch_events",
             "Input messages per batch.",

@@ -44,7 +44,7 @@ from consumer.service import build_pipeline
 from consumer.settings import Settings
 from tests.integration.scenario import T0, TOPICS, Choice
 from tests.integration.support import CLIENT_ID, CLIENT_SECRET, example_mapping, make_emulator
-from tests.unit.fakes import MemoryConsumer, MemoryProducer
+from tests.unit.fakes import MemoryChoicesLog, MemoryConsumer, MemoryProducer
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +178,8 @@ class Run:
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.plans = [w._plan for w in writers]
+        #: The choices topic's reader (None: the memory lives in the pipeline only).
+        self.choices: MemoryChoicesLog | None = None
 
     async def start(self) -> None:
         metrics = Metrics(CollectorRegistry())
@@ -190,6 +192,7 @@ class Run:
             self.producer,
             metrics,
             Health(),
+            choices=self.choices,
         )
         self.consumer.listener = self.pipeline.listener()
         # A (re)start reads each partition from its committed offset, like a new member.

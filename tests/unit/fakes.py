@@ -8,8 +8,9 @@ milliseconds; what only a real broker shows stays in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,9 @@ class Sent:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    partition: int = 0
+    #: When it was delivered (ms since the epoch), as a broker's log-append time.
+    timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 class MemoryBatch:
@@ -214,7 +218,7 @@ class MemoryProducer:
         self.batches += 1
         self.attempts += len(batch.records)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        sent = [Sent(topic, k, v, h) for k, v, h in batch.records]
+        sent = [Sent(topic, k, v, h, partition) for k, v, h in batch.records]
         faults = self.fail_delivery.get(topic)
         error: BaseException | None = faults.pop(0) if faults else None
         limit = self.max_value_bytes
@@ -246,6 +250,43 @@ class MemoryProducer:
         batch = self.create_batch()
         batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers or [])
         return await self.send_batch(batch, topic, partition=partition or 0)
+
+
+class MemoryChoicesLog:
+    """The choices topic as a :class:`MemoryProducer` holds it (offsets: each partition's
+    records in the order they were delivered)."""
+
+    def __init__(self, producer: MemoryProducer, topic: str = "choices") -> None:
+        self.producer = producer
+        self.topic = topic
+        #: The ``since`` of each read, in order.
+        self.reads: list[dict[int, int | None]] = []
+        #: Raised by the next read or ends, when set.
+        self.fail: BaseException | None = None
+
+    def _log(self, partition: int) -> list[Sent]:
+        return [s for s in self.producer.topics[self.topic] if s.partition == partition]
+
+    async def ends(self, partitions: Iterable[int]) -> dict[int, int]:
+        if self.fail is not None:
+            raise self.fail
+        return {p: len(self._log(p)) for p in partitions}
+
+    async def read(
+        self, since: Mapping[int, int | None]
+    ) -> AsyncIterator[tuple[int, Sequence[Record]]]:
+        self.reads.append(dict(since))
+        if self.fail is not None:
+            raise self.fail
+        for partition, start in since.items():
+            log = self._log(partition)
+            records = [
+                Record(self.topic, partition, n, s.timestamp, s.key, s.value)
+                for n, s in enumerate(log)
+                if n >= (start or 0)
+            ]
+            if records:
+                yield partition, records
 
 
 @dataclass

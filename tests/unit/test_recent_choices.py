@@ -152,3 +152,55 @@ def test_grants_a_writer_revoked_are_no_choice() -> None:
     recent.record([write], {"Contact": {"p": result}})
     held = seeded(recent, "p")
     assert held.of("p") == {NEWSLETTER: Stamp(3, 0, 1), ANALYTICS: Stamp(1, 0, 0)}
+
+
+def test_what_is_kept_reads_back_from_the_choices_topic() -> None:
+    # Exported per person (the topic's value), restored by another process: the same
+    # stamps, deletions included, and taken in when the record was written.
+    clock = Clock()
+    recent = make(clock, seconds=60)
+    deletion = Stamp(7, DELETION_PARTITION, DELETION_OFFSET, "E")
+    step = Step(T0, 0, {"Contact": {"Newsletter_Consent__c": False}}, deletion)
+    write = person("p", Newsletter_Consent__c=deletion, Topic_Offers__c=Stamp(3, 1, 2))
+    write.steps, write.deleted_events = [step], [step]
+    recent.record([write])
+    value = recent.export("p")
+    assert value is not None and recent.export("nobody") is None
+    other = make(clock, seconds=60)
+    now_ms = 5_000_000
+    bad = other.restore(
+        [
+            (b"p", value, now_ms - 10_000),  # written 10 s ago
+            (b"q", value, now_ms - 61_000),  # before the window: skipped
+            (b"r", b"not json", now_ms),
+            (b"s", b'{"v":1,"c":[[["purposes","newsletter"],1,-1,0]]}', now_ms),
+            (None, value, now_ms),
+        ],
+        now_ms,
+    )
+    other.restored()
+    assert bad == 3 and len(other) == 1
+    held = seeded(other, "p")
+    assert held.of("p") == {NEWSLETTER: deletion, OFFERS: Stamp(3, 1, 2)}
+    assert held.deleted_of("p") == {"E": deletion}
+    clock.now += 49
+    assert seeded(other, "p").of("p") != {}
+    clock.now += 2  # 61 s since it was written
+    assert seeded(other, "p").of("p") == {}
+
+
+def test_a_restored_entry_merges_with_what_is_kept_and_forgets_in_taken_in_order() -> None:
+    clock = Clock()
+    recent = make(clock, seconds=60, people=2)
+    recent.record([person("a", Newsletter_Consent__c=Stamp(5, 0, 0))])
+    source = make(clock)
+    source.record([person("a", Newsletter_Consent__c=Stamp(4, 0, 0))])
+    source.record([person("b", Analytics_Consent__c=Stamp(4, 0, 0))])
+    now_ms = 1_000_000
+    entries = [(k.encode(), source.export(k), now_ms - 30_000) for k in ("a", "b")]
+    assert recent.restore(entries, now_ms) == 0
+    recent.restored()
+    # The newer stamp stays; b, taken in 30 s ago, is now the first to go.
+    assert seeded(recent, "a").of("a") == {NEWSLETTER: Stamp(5, 0, 0)}
+    recent.record([person("c", Newsletter_Consent__c=Stamp(1, 0, 0))])
+    assert seeded(recent, "a", "b", "c").of("b") == {} and len(recent) == 2

@@ -1,0 +1,176 @@
+"""The remembered choices outlive the process: ``KAFKA_CHOICES_TOPIC`` keeps each person's
+entry, and whoever is assigned a partition reads it back before fetching its messages.
+
+A withdrawal that found no record (match mode) is remembered only by the service; after a
+restart (a deploy, a crash, a partition moved to another replica), a record made meanwhile and
+a late older grant would otherwise meet with nothing to keep the grant out. On the real broker
+with the service itself, and on in-memory Kafka with the pipeline restarted mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
+
+from consumer.devkit.broker import create_topics
+from consumer.mapping import parse_mapping
+from consumer.service import EXIT_CONFIG
+from tests.integration.support import (
+    Topics,
+    collect,
+    example_mapping,
+    make_emulator,
+    make_topics,
+    produce,
+    running_service,
+    settings_for,
+    wait_for,
+)
+from tests.integration.test_consent_order import running
+from tests.integration.test_recent_choices import (
+    EMAIL,
+    deliver,
+    event,
+    form_contact,
+    grants,
+    match_only,
+)
+from tests.unit.fakes import MemoryChoicesLog
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
+
+#: Contact only, match mode (no record is created), with the sync state.
+MATCH = """\
+regulations: [gdpr]
+targets:
+  - sobject: Contact
+    match_field: Email
+    sync_state_field: Didomi_Sync_State__c
+    purposes:
+      newsletter: Newsletter_Consent__c
+"""
+
+
+async def entries(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, Any]]:
+    """(partition, key, value) of every record of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[tuple[int, Any]] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                out.extend((tp.partition, (r.key, orjson.loads(r.value))) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_a_restarted_service_still_keeps_a_late_grant_off_a_record_made_since(
+    kafka_bootstrap: str,
+) -> None:
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 2)
+    choices = f"choices-{topics.group}"
+    await create_topics(kafka_bootstrap, [choices], partitions=2)
+    key = EMAIL.encode()
+    async with make_emulator() as emulator:
+        settings = settings_for(kafka_bootstrap, topics, emulator.url, kafka_choices_topic=choices)
+        mapping = parse_mapping(MATCH)
+        async with collect(kafka_bootstrap, topics.results) as results:
+            async with running_service(settings, mapping) as first:
+                withdrawal = event("w", 5, {"id": "newsletter", "enabled": False})
+                await produce(kafka_bootstrap, topics.input, [(key, withdrawal)])
+                await wait_for(lambda: len(results.records) >= 1, 30, "the withdrawal")
+                assert await first.finish() == 0
+            # The entry went to the partition of the input the person came from.
+            kept = await entries(kafka_bootstrap, choices, 2)
+            [(partition, (entry_key, entry))] = kept
+            [withdrawn] = results.values()
+            assert withdrawn["status"] == "not_found"
+            assert partition == withdrawn["source"]["partition"]
+            assert entry_key == key and entry["c"][0][0] == ["purposes", "newsletter"]
+            contact = form_contact(emulator)  # a web form, while no service runs
+            async with running_service(settings, mapping) as second:
+                await produce(
+                    kafka_bootstrap, topics.input, [(key, event("late", 3, *grants("newsletter")))]
+                )
+                await wait_for(lambda: len(results.records) >= 2, 30, "the late grant")
+                assert await second.finish() == 0
+            late = results.values()[1]
+        record = emulator.get("Contact", contact)
+    assert record is not None and record["Newsletter_Consent__c"] is not True, late
+    assert late["status"] == "stale", late
+
+
+@pytest.mark.parametrize("partitions", [0, 1], ids=["missing", "other-partitions"])
+async def test_a_choices_topic_that_cannot_serve_stops_the_start(
+    kafka_bootstrap: str, partitions: int
+) -> None:
+    topics = Topics.fresh()
+    await make_topics(kafka_bootstrap, topics, 2)
+    choices = f"choices-{topics.group}"
+    if partitions:
+        await create_topics(kafka_bootstrap, [choices], partitions=partitions)
+    async with make_emulator() as emulator:
+        settings = settings_for(kafka_bootstrap, topics, emulator.url, kafka_choices_topic=choices)
+        async with running_service(settings, parse_mapping(MATCH)) as service:
+            # It ends by itself, before it joins the group.
+            assert await asyncio.wait_for(service.task, 30) == EXIT_CONFIG
+
+
+async def test_the_pipeline_reads_back_what_it_remembered_after_a_restart() -> None:
+    # In-memory Kafka: the withdrawal (no record) is remembered, the pipeline restarts with
+    # an empty memory and reads the choices topic back on assignment; the record made
+    # meanwhile does not take the late grant. Then only what came after is read again.
+    mapping = match_only(example_mapping(), lead=False)
+    async with make_emulator() as emulator, running(emulator, mapping) as run:
+        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
+        log = run.choices = MemoryChoicesLog(run.producer)
+        await run.restart()
+        await deliver(run, event("w", 5, {"id": "newsletter", "enabled": False}))
+        assert len(run.producer.topics["choices"]) == 1
+        await run.restart()
+        contact = form_contact(emulator)
+        late = await deliver(run, event("late", 3, *grants("newsletter")))
+        # Each new pipeline reads from the beginning.
+        assert log.reads == [{0: None, 1: None}, {0: None, 1: None}]
+        # A rebalance that keeps the partitions here reads only what came after.
+        await run.consumer.rebalance(set(run.consumer.logs))
+        ends = await log.ends([0, 1])
+        assert log.reads[2] == ends and sum(ends.values()) == 2
+        record = emulator.get("Contact", contact)
+    assert record is not None and record["Newsletter_Consent__c"] is not True, late
+    assert late["status"] == "stale", late
+
+
+async def test_a_choices_topic_that_cannot_be_read_holds_nothing_back() -> None:
+    # Reading back fails (a broker error): the assignment goes on with what was read, says so
+    # in a metric, and the next assignment tries again from where it stood.
+    mapping = match_only(example_mapping(), lead=False)
+    async with make_emulator() as emulator, running(emulator, mapping) as run:
+        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
+        log = run.choices = MemoryChoicesLog(run.producer)
+        log.fail = KafkaConnectionError()
+        await run.restart()
+        contact = form_contact(emulator)
+        outcome = await deliver(run, event("g", 3, *grants("newsletter")))
+        assert outcome["status"] == "updated", outcome
+        assert run.pipeline is not None
+        problems = run.pipeline._metrics.registry.get_sample_value(
+            "consent_sync_recent_choices_restore_problems_total", {"problem": "read_failed"}
+        )
+        assert problems == 1
+        log.fail = None
+        await run.consumer.rebalance(set(run.consumer.logs))
+        assert log.reads[-1] == {0: None, 1: None}  # never read in full: from the start again
+        record = emulator.get("Contact", contact)
+    assert record is not None and record["Newsletter_Consent__c"] is True
