@@ -306,7 +306,10 @@ async def main() -> int:
                 "didomi.consent-results",
                 "didomi.consent-events.dlq",
             )
-            await create_topics(broker.bootstrap, [topics[0]], partitions=3)
+            # What the service remembers of each person's recent choices: partitioned as the
+            # input (compaction is the broker's business; the embedded one keeps all).
+            choices = "didomi.consent-sync.choices"
+            await create_topics(broker.bootstrap, [topics[0], choices], partitions=3)
             await create_topics(broker.bootstrap, list(topics[1:]), partitions=1)
             events = demo_events()
             await _produce(broker.bootstrap, topics[0], [v for _, v in events])
@@ -321,6 +324,7 @@ async def main() -> int:
                 "KAFKA_INPUT_TOPIC": topics[0],
                 "KAFKA_RESULTS_TOPIC": topics[1],
                 "KAFKA_DLQ_TOPIC": topics[2],
+                "KAFKA_CHOICES_TOPIC": choices,
                 "KAFKA_GROUP_ID": "demo-sync",
                 "SALESFORCE_TOKEN_URL": emulator.url,
                 "SALESFORCE_CLIENT_ID": CLIENT_ID,
