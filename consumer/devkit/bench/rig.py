@@ -104,18 +104,21 @@ class Topics:
     results: str
     dlq: str
     group: str
+    #: What the service remembers of people's recent choices (KAFKA_CHOICES_TOPIC), set
+    #: as the deployment sets it.
+    choices: str
 
     @classmethod
     def fresh(cls, label: str) -> Topics:
         """Unique names (runs sharing a broker never meet)."""
         tag = f"{label}-{uuid.uuid4().hex[:6]}"
-        return cls(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
+        return cls(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}", f"choices-{tag}")
 
 
 async def make_topics(bootstrap: str, topics: Topics, partitions: int) -> None:
-    """The input topic with ``partitions``; results and dead letters with one each (as the
-    demo and the deployment have them)."""
-    await create_topics(bootstrap, [topics.input], partitions=partitions)
+    """The input topic and the choices topic with ``partitions``; results and dead letters
+    with one each (as the demo and the deployment have them)."""
+    await create_topics(bootstrap, [topics.input, topics.choices], partitions=partitions)
     await create_topics(bootstrap, [topics.results, topics.dlq], partitions=1)
 
 
@@ -229,6 +232,7 @@ def service_env(
         "KAFKA_INPUT_TOPIC": topics.input,
         "KAFKA_RESULTS_TOPIC": topics.results,
         "KAFKA_DLQ_TOPIC": topics.dlq,
+        "KAFKA_CHOICES_TOPIC": topics.choices,
         "KAFKA_GROUP_ID": topics.group,
         "SALESFORCE_TOKEN_URL": emulator.url,
         "SALESFORCE_CLIENT_ID": CLIENT_ID,

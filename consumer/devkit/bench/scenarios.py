@@ -232,7 +232,7 @@ async def _passthrough(rig: Rig, topics: Topics, count: int, label: str, timeout
         "KAFKA_RESULTS_TOPIC": own.results,
         "KAFKA_GROUP_ID": own.group,
     }
-    run = Topics(topics.input, own.results, own.dlq, own.group)
+    run = Topics(topics.input, own.results, own.dlq, own.group, own.choices)
     return await rig.drain(label, PASSTHROUGH, env, run, count, timeout=timeout)
 
 
@@ -363,8 +363,9 @@ async def _plain_run(
     emu = rig.emulator(0)
     await _seed_population(emu, bench.options.people, bench.options)
     fresh = Topics.fresh("a-plain")
-    again = Topics(topics.input, fresh.results, fresh.dlq, fresh.group)
+    again = Topics(topics.input, fresh.results, fresh.dlq, fresh.group, fresh.choices)
     await create_topics(rig.bootstrap, [again.results, again.dlq], partitions=1)
+    await create_topics(rig.bootstrap, [again.choices], partitions=bench.options.partitions)
     drain = await _service(
         rig, "service-plain", emu, again, mapping, count, timeout, SALESFORCE_COMPOSITE="off"
     )
