@@ -151,29 +151,23 @@ class TargetMapping(BaseModel):
         A purpose's field dates ``("purposes", P)``; a preference value's field dates
         ``("preference_values", P, V)``: a ``user.updated`` stamps only the values that
         changed, so a value's stamp says nothing of the others. A preference's text field
-        dates ``("preferences", P)`` where it is the target's only record of the selection,
-        and ``("preference_text", P)`` where the target maps the values too (their own stamps
-        then say when each was chosen; the text's would hold back a value left unchanged).
+        dates ``("preferences", P, *values)``, naming the values its target maps as fields
+        too: their own stamps say when each was chosen, so the text speaks only for the
+        others (for every value when the target maps none).
         """
         keys: dict[str, ChoiceKey] = {n: ("purposes", p) for p, n in self.purposes.items()}
         for p, name in self.preferences.items():
-            keys[name] = (
-                ("preference_text", p)
-                if self.preference_values.get(p)
-                else (
-                    "preferences",
-                    p,
-                )
-            )
+            keys[name] = ("preferences", p, *sorted(self.preference_values.get(p, {})))
         for p, values in self.preference_values.items():
             keys.update({name: ("preference_values", p, v) for v, name in values.items()})
         return keys
 
     def gated_by(self, choice: ChoiceKey) -> tuple[str, ...]:
         """This target's fields whose grants a newer stamp of ``choice`` (from any target's
-        :meth:`choice_keys`) holds back: a value's field by the value's stamps and by a
-        selection text that is some target's only record of the selection; the text field by
-        any stamp of its preference (a value chosen later changed the selection)."""
+        :meth:`choice_keys`) holds back: the text field by any stamp of its preference (a
+        value chosen later changed the selection); a value's field by the value's stamps and
+        by a text whose target does not map that value (the text is its only record
+        there)."""
         kind, pref = choice[0], choice[1]
         if kind == "purposes":
             name = self.purposes.get(pref)
@@ -182,7 +176,8 @@ class TargetMapping(BaseModel):
         out = [text] if text else []
         values = self.preference_values.get(pref, {})
         if kind == "preferences":
-            out.extend(values.values())
+            covered = set(choice[2:])
+            out.extend(name for value, name in values.items() if value not in covered)
         elif kind == "preference_values" and (name := values.get(choice[2])):
             out.append(name)
         return tuple(out)

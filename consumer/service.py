@@ -146,9 +146,11 @@ class Service:
             finally:
                 await _close_consumer(consumer, joined=joined)
         finally:
-            if log is not None:
-                await log.stop()
-            await producer.stop()
+            try:
+                if log is not None:
+                    await log.stop()
+            finally:
+                await producer.stop()
         return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
 
 

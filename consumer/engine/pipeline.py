@@ -212,8 +212,11 @@ class Pipeline:
         #: this process only), and per partition the offset to read it from next.
         self._choices = choices if self._recent.enabled else None
         self._choices_read: dict[int, int] = {}
-        #: Partitions of it read back in full for the current assignment.
-        self._choices_whole: set[int] = set()
+        #: Assigned partitions held paused until the choices topic is read back, and the task
+        #: reading it (outside the rebalance listener: aiokafka sends no heartbeat while a
+        #: listener runs, and hands out the new partitions' records before it calls it).
+        self._restoring: set[TopicPartition] = set()
+        self._restore_task: asyncio.Task[None] | None = None
         self._lanes: Lanes[Fetched] = Lanes(config.concurrency, self._make_buffer)
         self._inflight: dict[asyncio.Task[None], Batch] = {}
         self._seq = 0
@@ -370,7 +373,7 @@ class Pipeline:
                 for tp in fresh:
                     self._parts.state(tp).paused = True
         elif paused:
-            resume = paused & assigned
+            resume = (paused & assigned) - self._restoring
             if resume:
                 self._consumer.resume(*resume)
             for tp in paused:
@@ -646,6 +649,7 @@ class Pipeline:
                 self._revoking = False
 
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
+        await self._stop_restoring()
         self._lanes.drop(revoked)
         touching = [t for t, b in self._inflight.items() if b.partitions & revoked]
         abandoned = await self._settle(touching, self._cfg.rebalance_timeout_seconds)
@@ -655,7 +659,6 @@ class Pipeline:
                 extra={"batches": len(abandoned)},
             )
         await self.commit(only=revoked)
-        await self._choices_end(revoked)
         # A partition kept by this member whose messages were in an abandoned batch is read
         # again from its first unfinished offset, or its commits would stall for good.
         kept = {tp for b in abandoned for tp in b.partitions} - revoked
@@ -666,32 +669,12 @@ class Pipeline:
             extra={"partitions": sorted(f"{tp.topic}-{tp.partition}" for tp in revoked)},
         )
 
-    async def _choices_end(self, revoked: set[TopicPartition]) -> None:
-        """Note where the choices topic ends for partitions leaving this member: up to there
-        it holds nothing this member does not remember (it was their only writer), so if
-        they come back only what came after is read."""
+    async def _restore(self, assigned: set[TopicPartition]) -> None:
+        """Read back the choices topic's partitions of the numbers just assigned, from where
+        this member last read them (their beginning the first time), into what is
+        remembered; then let the partitions' messages be fetched."""
         log = self._choices
-        partitions = {tp.partition for tp in revoked} & self._choices_whole
-        self._choices_whole -= partitions
-        if log is None or not partitions:
-            # Not read in full (cut short: the next read goes on from where it stopped).
-            return
-        try:
-            async with asyncio.timeout(self._cfg.choices_restore_seconds):
-                self._choices_read.update(await log.ends(partitions))
-        except (TimeoutError, KafkaError) as exc:
-            # Read from the beginning next time: slower, never short.
-            for p in partitions:
-                self._choices_read.pop(p, None)
-            logger.warning("the choices topic's ends are unknown", extra={"error": repr(exc)})
-
-    async def restore(self, assigned: set[TopicPartition]) -> None:
-        """Before an assignment's messages are fetched (aiokafka awaits the listener first):
-        read back the same partitions of the choices topic, from where this member last
-        left them (their beginning the first time), into what is remembered."""
-        log = self._choices
-        if log is None or not assigned:
-            return
+        assert log is not None
         since = {tp.partition: self._choices_read.get(tp.partition) for tp in assigned}
         now_ms = epoch_ms(self._wall())
         started = self._clock()
@@ -699,21 +682,35 @@ class Pipeline:
         problems = self._metrics.recent_restore_problems
         try:
             async with asyncio.timeout(self._cfg.choices_restore_seconds):
+                missing = set(since) - await log.partitions()
+                if missing:
+                    # Input partitions added, not the choices topic's: the start-up check
+                    # refuses that, but not while running.
+                    problems.labels("read_failed").inc()
+                    logger.error(
+                        "the choices topic lacks partitions of the input: give it as many",
+                        extra={"partitions": sorted(missing)},
+                    )
+                    since = {p: o for p, o in since.items() if p not in missing}
                 async for partition, chunk in log.read(since):
                     bad += self._recent.restore(
                         ((r.key, r.value, r.timestamp) for r in chunk), now_ms
                     )
                     self._choices_read[partition] = chunk[-1].offset + 1
                     records += len(chunk)
-            self._choices_whole |= set(since)
         except (TimeoutError, KafkaError) as exc:
-            # Reading on would hold the partitions' messages back for good; without the rest,
-            # late grants are gated by what the records hold (and what was read).
+            # Waiting on would hold the partitions' messages back for good; without the rest,
+            # late grants are gated by what the records hold (and what was read). The next
+            # assignment reads on from where this stopped.
             problems.labels("read_failed").inc()
             logger.error(
                 "the choices topic could not be read back in full; going on with what was read",
                 extra={"error": repr(exc), "records": records},
             )
+        except Exception as exc:
+            # Nobody classified it: the partitions would stay paused, silently. Stop loudly.
+            self._fail(exc, "reading the choices topic back failed unexpectedly")
+            return
         finally:
             self._recent.restored()
             self._metrics.recent_people.set(len(self._recent))
@@ -728,10 +725,33 @@ class Pipeline:
                 "seconds": round(self._clock() - started, 3),
             },
         )
+        self._restoring -= assigned
+        # Unless the pending bound holds them (_backpressure resumes those).
+        ready = (assigned & self._consumer.assignment()) - self._parts.paused()
+        if ready:
+            self._consumer.resume(*ready)
+
+    async def _stop_restoring(self) -> None:
+        """Cancel a read-back in progress (a rebalance, a shutdown); what it read is kept
+        and the next read goes on from there."""
+        task, self._restore_task = self._restore_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._restoring.clear()
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Note the new assignment."""
+        """Note the new assignment; with a choices topic, hold the partitions paused while
+        it is read back (before this returns, so none of their records is handed out)."""
         self._health.joined = True
+        if self._choices is not None and assigned:
+            if self._restore_task is not None:
+                self._restore_task.cancel()  # never: a revocation stops it first
+            self._restoring = set(assigned)
+            self._consumer.pause(*assigned)
+            self._restore_task = asyncio.create_task(self._restore(set(assigned)))
         logger.info(
             "partitions assigned",
             extra={"partitions": sorted(f"{tp.topic}-{tp.partition}" for tp in assigned)},
@@ -770,6 +790,7 @@ class Pipeline:
         """Shutdown: write what was fetched (not after a failure), wait for in-flight batches
         (bounded by ``SYNC_SHUTDOWN_TIMEOUT_SECONDS``), commit the done prefix."""
         deadline = self._clock() + self._cfg.shutdown_timeout_seconds
+        await self._stop_restoring()
         self._flushing = True
         self._dispatch_ready()
         while self._inflight and self._clock() < deadline:
@@ -805,4 +826,3 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._pipeline.on_assigned(set(assigned))
-        await self._pipeline.restore(set(assigned))

@@ -8,7 +8,7 @@ with an injected clock while the real-broker tests stay focused on what only a b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -93,8 +93,8 @@ class ProducerPort(Protocol):
 class ChoicesLogPort(Protocol):
     """The choices topic (``engine/recent.py``), read back by partition without a group."""
 
-    async def ends(self, partitions: Iterable[int]) -> dict[int, int]:
-        """The next offset of each partition (what a read from there finds nothing after)."""
+    async def partitions(self) -> set[int]:
+        """The topic's partitions."""
         ...
 
     def read(self, since: Mapping[int, int | None]) -> AsyncIterator[tuple[int, Sequence[Record]]]:

@@ -184,7 +184,7 @@ class Publisher:
                 elif isinstance(answer, KafkaError) and _retriable(answer):
                     again.append(record)
                     transient = answer
-                elif isinstance(answer, asyncio.CancelledError):
+                elif isinstance(answer, asyncio.CancelledError | PublishError):
                     raise answer
                 else:
                     raise PublishError(
@@ -243,6 +243,14 @@ class Publisher:
             partition = record.partition
             if partition is None:
                 partition = self._partitioner(record.key, known, known)
+            elif partition not in known:
+                # Input partitions were added and not this topic's (the producer would
+                # refuse it with a bare assertion).
+                answers[i] = PublishError(
+                    f"{record.topic} has no partition {partition}: give it as many partitions "
+                    "as the input"
+                )
+                continue
             groups.setdefault((record.topic, partition), []).append(i)
         for (topic, partition), indexes in groups.items():
             batch = self._producer.create_batch()

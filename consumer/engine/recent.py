@@ -68,6 +68,7 @@ class RecentChoices:
         #: The choices by index (what the packed stamps name), and per sObject field ->
         #: index.
         self._names = sorted({c for keys in choice_keys.values() for c in keys.values()})
+        #: Grows with choices of other mappings read back (``_index_of``).
         self._index = index = {name: i for i, name in enumerate(self._names)}
         self._keys = {
             sobject: {name: index[c] for name, c in keys.items()}
@@ -164,13 +165,23 @@ class RecentChoices:
             age = max(0.0, (now_ms - timestamp) / 1000)
             if age > self._seconds:
                 continue
-            read = _decode(key, value, self._index)
+            read = _decode(key, value, self._index_of)
             if read is None:
                 bad += 1
             elif read[1] or read[2]:
                 self._keep(read[0], read[1], read[2], now - age)
                 self._disordered = True
         return bad
+
+    def _index_of(self, choice: ChoiceKey) -> int | None:
+        """The index packed for ``choice``, made on first sight: an entry written by a
+        replica on another mapping keeps its choices (they may gate fields here, and are
+        written back with the person's entry); None past what an index can count."""
+        i = self._index.get(choice)
+        if i is None and len(self._names) < _MAX_CHOICES:
+            i = self._index[choice] = len(self._names)
+            self._names.append(choice)
+        return i
 
     def restored(self) -> None:
         """After :meth:`restore` calls: put the people back in the order they were taken in
@@ -183,29 +194,36 @@ class RecentChoices:
         """Per choice index, the person's newest (time, partition, offset) in the batch."""
         # Compared as plain tuples: a Stamp's own comparison costs several times as much.
         newest: dict[int, tuple[int, int, int]] = {}
+        keys_of = self._keys
         if not gone:  # the merged stamps: each field's newest
-            pairs = (
-                (sobject, stamp, name)
-                for sobject, stamps in person.stamps.items()
-                for name, stamp in stamps.items()
-            )
-        else:  # step by step, without the revoked grants
-            pairs = (
-                (sobject, step.stamp, name)
-                for step in person.steps
-                for sobject, values in step.fields.items()
-                for name in values
-                if (sobject, step.index, name) not in gone
-            )
-        keys: Mapping[str, int] | None = None
-        last = ""
-        for sobject, stamp, name in pairs:
-            if sobject != last:
-                keys, last = self._keys.get(sobject), sobject
-            if keys is not None and (i := keys.get(name)) is not None:
-                at = (stamp.time_ms, stamp.partition, stamp.offset)
-                if (old := newest.get(i)) is None or old < at:
-                    newest[i] = at
+            for sobject, stamps in person.stamps.items():
+                keys = keys_of.get(sobject)
+                if keys:
+                    for name, stamp in stamps.items():
+                        if (i := keys.get(name)) is not None:
+                            at = (stamp.time_ms, stamp.partition, stamp.offset)
+                            if (old := newest.get(i)) is None or old < at:
+                                newest[i] = at
+            return newest
+        # Step by step, without the revoked grants: a choice revoked on one target is no
+        # choice on any (a target without a sync state revokes nothing of its own).
+        revoked = {
+            (index, i)
+            for sobject, index, name in gone
+            if (i := keys_of.get(sobject, {}).get(name)) is not None
+        }
+        for step in person.steps:
+            for sobject, values in step.fields.items():
+                keys = keys_of.get(sobject)
+                if not keys:
+                    continue
+                for name in values:
+                    i = keys.get(name)
+                    if i is None or (step.index, i) in revoked:
+                        continue
+                    at = (step.stamp.time_ms, step.stamp.partition, step.stamp.offset)
+                    if (old := newest.get(i)) is None or old < at:
+                        newest[i] = at
         return newest
 
     def seed(self, held: HeldChoices, people: Iterable[PersonWrite]) -> None:
@@ -276,10 +294,12 @@ def _revoked(
 
 
 _MAX_INT = (2**63, 2**32, 2**63)
+#: Choices an index can name (the packed "H").
+_MAX_CHOICES = 2**16
 
 
 def _decode(
-    key: bytes | None, value: bytes | None, index: Mapping[ChoiceKey, int]
+    key: bytes | None, value: bytes | None, index_of: Callable[[ChoiceKey], int | None]
 ) -> tuple[str, dict[int, tuple[int, int, int]], dict[str, Stamp]] | None:
     """An entry of the choices topic (:meth:`RecentChoices.export`), or None if unreadable."""
     try:
@@ -294,12 +314,16 @@ def _decode(
     try:
         for choice, *at in doc.get("c", ()):
             stamp = _stamp(at)
-            if not (isinstance(choice, list) and all(isinstance(c, str) for c in choice)):
+            if not (
+                isinstance(choice, list)
+                and len(choice) >= 2
+                and all(type(c) is str for c in choice)
+            ):
                 return None
-            if stamp is not None and (i := index.get(tuple(choice))) is not None:
+            if stamp is None:
+                return None
+            if (i := index_of(tuple(choice))) is not None:
                 newest[i] = stamp
-            elif stamp is None:
-                return None
         for event_id, *at in doc.get("d", ()):
             stamp = _stamp(at)
             if stamp is None or not isinstance(event_id, str):

@@ -23,8 +23,8 @@ from consumer.model.outcomes import SalesforceErrorInfo
 FieldValue = bool | str | None
 FieldValues = dict[str, FieldValue]
 #: A choice a field's stamp dates, the same on every target (``TargetMapping.choice_keys``):
-#: ``("purposes", P)``, ``("preferences", P)``, ``("preference_text", P)`` or
-#: ``("preference_values", P, V)``.
+#: ``("purposes", P)``, ``("preference_values", P, V)``, or ``("preferences", P, *values)``
+#: for a selection text (the values its target maps as fields of their own).
 ChoiceKey = tuple[str, ...]
 
 

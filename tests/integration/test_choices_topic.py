@@ -10,6 +10,7 @@ with the service itself, and on in-memory Kafka with the pipeline restarted mid-
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from consumer.devkit.broker import create_topics
 from consumer.mapping import parse_mapping
+from consumer.model.changes import epoch_ms
 from consumer.service import EXIT_CONFIG
 from tests.integration.support import (
     Topics,
@@ -40,7 +42,8 @@ from tests.integration.test_recent_choices import (
     grants,
     match_only,
 )
-from tests.unit.fakes import MemoryChoicesLog
+from tests.unit.fakes import MemoryChoicesLog, Sent
+from tests.unit.helpers import T0
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -143,10 +146,11 @@ async def test_the_pipeline_reads_back_what_it_remembered_after_a_restart() -> N
         late = await deliver(run, event("late", 3, *grants("newsletter")))
         # Each new pipeline reads from the beginning.
         assert log.reads == [{0: None, 1: None}, {0: None, 1: None}]
-        # A rebalance that keeps the partitions here reads only what came after.
+        # A rebalance that keeps the partitions here reads on from what it read last: the
+        # entry the late grant's batch wrote.
         await run.consumer.rebalance(set(run.consumer.logs))
-        ends = await log.ends([0, 1])
-        assert log.reads[2] == ends and sum(ends.values()) == 2
+        await run.until(lambda: len(log.reads) == 3, "the read-back")
+        assert log.reads[2] == {0: 1, 1: None}
         record = emulator.get("Contact", contact)
     assert record is not None and record["Newsletter_Consent__c"] is not True, late
     assert late["status"] == "stale", late
@@ -174,3 +178,52 @@ async def test_a_choices_topic_that_cannot_be_read_holds_nothing_back() -> None:
         assert log.reads[-1] == {0: None, 1: None}  # never read in full: from the start again
         record = emulator.get("Contact", contact)
     assert record is not None and record["Newsletter_Consent__c"] is True
+
+
+async def test_no_message_of_a_partition_is_taken_in_before_its_choices_are_read_back() -> None:
+    # A late grant waits in the input when the service starts; reading the choices topic
+    # back is slow. aiokafka hands out a new assignment's records before it calls the
+    # listener: the partition is held paused until the read-back is done.
+    mapping = match_only(example_mapping(), lead=False)
+    async with make_emulator() as emulator, running(emulator, mapping) as run:
+        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
+        log = run.choices = MemoryChoicesLog(run.producer)
+        await run.restart()
+        await deliver(run, event("w", 5, {"id": "newsletter", "enabled": False}))
+        await run.finish()
+        contact = form_contact(emulator)
+        run.consumer.append(0, event("late", 3, *grants("newsletter")), EMAIL.encode())
+        log.hold = asyncio.Event()
+        await run.start()
+        await run.until(lambda: len(log.reads) == 2, "the read-back to begin")
+        assert TopicPartition("in", 0) in run.consumer.paused_partitions
+        assert len(run.outcomes()) == 1  # held: the grant was not taken in
+        log.hold.set()
+        await run.until(lambda: len(run.outcomes()) == 2, "the late grant")
+        late = run.outcomes()[1]
+        record = emulator.get("Contact", contact)
+    assert record is not None and record["Newsletter_Consent__c"] is not True, late
+    assert late["status"] == "stale", late
+
+
+async def test_what_another_member_wrote_meanwhile_is_read_when_the_partition_comes_back() -> None:
+    # This member read partition 0 back, then (evicted unawares, say) another member owned
+    # it and wrote the person's withdrawal there. When partition 0 comes back, the read goes
+    # on from what this member last read, not from an end it noted when it lost it.
+    mapping = match_only(example_mapping(), lead=False)
+    async with make_emulator() as emulator, running(emulator, mapping) as run:
+        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
+        log = run.choices = MemoryChoicesLog(run.producer)
+        await run.restart()
+        await run.until(lambda: len(log.reads) == 1, "the first read-back")
+        at = epoch_ms(T0 + timedelta(minutes=5))
+        entry = {"v": 1, "c": [[["purposes", "newsletter"], at, 0, 7]]}
+        theirs = Sent("choices", EMAIL.encode(), orjson.dumps(entry), [], 0)
+        run.producer.topics["choices"].append(theirs)
+        await run.consumer.rebalance(set(run.consumer.logs))
+        await run.until(lambda: len(log.reads) == 2, "the read-back")
+        contact = form_contact(emulator)
+        late = await deliver(run, event("late", 3, *grants("newsletter")))
+        record = emulator.get("Contact", contact)
+    assert record is not None and record["Newsletter_Consent__c"] is not True, late
+    assert late["status"] == "stale", late

@@ -242,3 +242,49 @@ async def test_a_withdrawal_never_waits_for_a_target_that_cannot_read() -> None:
             assert (await asyncio.wait_for(waiting, 5))[EMAIL].status == "updated"
         record = emulator.get("Lead", lead)
     assert record is not None and record["Newsletter_Consent__c"] is True
+
+
+#: The Contact keeps the selection as text beside one value's field; the Lead keeps another
+#: value, which only the Contact's text speaks for.
+TEXT_BESIDE_A_VALUE = """
+regulations: [gdpr]
+targets:
+  - sobject: Contact
+    match_field: Email
+    sync_state_field: Didomi_Sync_State__c
+    preferences: {topics: Newsletter_Topics__c}
+    preference_values: {topics: {offers: Topic_Offers__c}}
+  - sobject: Lead
+    match_field: Email
+    sync_state_field: Didomi_Sync_State__c
+    preference_values: {topics: {product_news: Newsletter_Consent__c}}
+"""
+
+
+async def test_a_text_speaks_for_the_values_its_target_does_not_map() -> None:
+    # The Contact took "no topics" at minute 5 (text and offers stamped); a Lead is made; a
+    # minute-2 selection of product_news comes late. The Contact maps product_news only
+    # through its text: that stamp keeps the late selection off the Lead's box.
+    five = Stamp(epoch_ms(T0 + timedelta(minutes=5)), 0, 1, "w")
+    async with make_emulator() as emulator:
+        emulator.seed(
+            "Contact",
+            {
+                "Email": EMAIL,
+                "LastName": "C",
+                "Didomi_Sync_State__c": sync_state.encode(
+                    {"Newsletter_Topics__c": five, "Topic_Offers__c": five}
+                ),
+            },
+        )
+        lead = emulator.seed("Lead", {"Email": EMAIL, "LastName": "L", "Company": "C"})
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, parse_mapping(TEXT_BESIDE_A_VALUE))
+            assert report.ok, report.render()
+            writers = [TargetWriter(client, p, s) for p in report.plans]
+            late = change(EMAIL, purpose("newsletter", None, topics="product_news"), minutes=2)
+            results = await write_both(writers, [late])
+        held = emulator.get("Lead", lead)
+    assert held is not None and held["Newsletter_Consent__c"] is False, results
+    assert results["Lead"].status == "stale", results

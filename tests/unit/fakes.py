@@ -261,21 +261,28 @@ class MemoryChoicesLog:
         self.topic = topic
         #: The ``since`` of each read, in order.
         self.reads: list[dict[int, int | None]] = []
-        #: Raised by the next read or ends, when set.
+        #: Raised by every read while set.
         self.fail: BaseException | None = None
+        #: The topic's partitions.
+        self.count = 2
+        #: While set and not yet set free, reads wait for it (a slow read-back).
+        self.hold: asyncio.Event | None = None
 
     def _log(self, partition: int) -> list[Sent]:
         return [s for s in self.producer.topics[self.topic] if s.partition == partition]
 
     async def ends(self, partitions: Iterable[int]) -> dict[int, int]:
-        if self.fail is not None:
-            raise self.fail
         return {p: len(self._log(p)) for p in partitions}
+
+    async def partitions(self) -> set[int]:
+        return set(range(self.count))
 
     async def read(
         self, since: Mapping[int, int | None]
     ) -> AsyncIterator[tuple[int, Sequence[Record]]]:
         self.reads.append(dict(since))
+        if self.hold is not None:
+            await self.hold.wait()
         if self.fail is not None:
             raise self.fail
         for partition, start in since.items():

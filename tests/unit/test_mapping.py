@@ -219,9 +219,9 @@ def test_a_create_default_that_cannot_be_set_on_create_is_a_problem() -> None:
 
 def test_choices_a_field_dates_and_the_fields_a_choice_holds_back() -> None:
     # Values are choices of their own (a user.updated stamps only those that changed); a
-    # selection text is the selection's only record where its target maps no value, and then
-    # holds back every value; beside the values it holds back only the text.
-    both, text_only, values_only = (
+    # selection text speaks for the values its target does not map as fields (for all of
+    # them when it maps none) and holds those back; any stamp of its preference holds it back.
+    both, text_only, values_only, text_and_one = (
         parse_mapping(
             "targets:\n  - sobject: Contact\n    match_field: Email\n"
             "    sync_state_field: S__c\n" + extra
@@ -230,21 +230,24 @@ def test_choices_a_field_dates_and_the_fields_a_choice_holds_back() -> None:
             "    purposes: {newsletter: N__c}\n    preferences: {topics: T__c}\n"
             "    preference_values: {topics: {offers: O__c, news: P__c}}\n",
             "    preferences: {topics: T__c}\n",
-            "    preference_values: {topics: {offers: O__c}}\n",
+            "    preference_values: {topics: {offers: O__c, news: P__c}}\n",
+            "    preferences: {topics: T__c}\n    preference_values: {topics: {offers: O__c}}\n",
         )
     )
     assert both.choice_keys() == {
         "N__c": ("purposes", "newsletter"),
-        "T__c": ("preference_text", "topics"),
+        "T__c": ("preferences", "topics", "news", "offers"),
         "O__c": ("preference_values", "topics", "offers"),
         "P__c": ("preference_values", "topics", "news"),
     }
     assert text_only.choice_keys() == {"T__c": ("preferences", "topics")}
+    assert text_and_one.choice_keys()["T__c"] == ("preferences", "topics", "offers")
     assert both.gated_by(("purposes", "newsletter")) == ("N__c",)
     assert both.gated_by(("purposes", "analytics")) == ()
     assert set(both.gated_by(("preferences", "topics"))) == {"T__c", "O__c", "P__c"}
-    assert both.gated_by(("preference_text", "topics")) == ("T__c",)
+    assert both.gated_by(("preferences", "topics", "news", "offers")) == ("T__c",)
     assert set(both.gated_by(("preference_values", "topics", "offers"))) == {"T__c", "O__c"}
-    assert values_only.gated_by(("preference_values", "topics", "news")) == ()
-    assert values_only.gated_by(("preference_text", "topics")) == ()
+    # A text beside the offers field still speaks for "news" (a review found it did not).
+    assert set(values_only.gated_by(text_and_one.choice_keys()["T__c"])) == {"P__c"}
+    assert values_only.gated_by(("preferences", "topics", "news", "offers")) == ()
     assert text_only.gated_by(("preference_values", "topics", "news")) == ("T__c",)

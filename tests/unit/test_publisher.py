@@ -217,3 +217,17 @@ async def test_a_large_batch_is_published_slice_by_slice_in_order() -> None:
     await asyncio.gather(*producer.tasks)
     sent = [orjson.loads(s.value or b"")["event_id"] for s in producer.topics["results"]]
     assert sent == [f"ev-{n}" for n in range(total)]
+
+
+async def test_choices_go_first_to_their_own_partitions_and_a_missing_one_stops() -> None:
+    producer = MemoryProducer(partitions=3)
+    metrics = Metrics(CollectorRegistry())
+    pub = Publisher(
+        producer, results_topic="results", dlq_topic="dlq", metrics=metrics, choices_topic="ch"
+    )
+    await pub.publish([outcome(1)], [], [(2, b"a", b"{}"), (0, b"b", b"{}")])
+    assert [(s.partition, s.key) for s in producer.topics["ch"]] == [(2, b"a"), (0, b"b")]
+    # Input partitions added, not the choices topic's: a clear stop, not a bare assertion.
+    with pytest.raises(PublishError, match="ch has no partition 3"):
+        await pub.publish([outcome(2)], [], [(3, b"c", b"{}")])
+    assert len(producer.topics["results"]) == 1  # nothing after it went out

@@ -3,6 +3,7 @@ window and a bound (plain values and an injected clock)."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from consumer.engine.recent import RecentChoices
@@ -20,7 +21,8 @@ from tests.unit.helpers import T0, example_mapping
 
 KEYS = {t.sobject: t.choice_keys() for t in example_mapping().targets}
 NEWSLETTER, ANALYTICS = ("purposes", "newsletter"), ("purposes", "analytics")
-TEXT, OFFERS = ("preference_text", "topics"), ("preference_values", "topics", "offers")
+TEXT = ("preferences", "topics", "offers", "product_news")
+OFFERS = ("preference_values", "topics", "offers")
 
 
 class Clock:
@@ -204,3 +206,23 @@ def test_a_restored_entry_merges_with_what_is_kept_and_forgets_in_taken_in_order
     assert seeded(recent, "a").of("a") == {NEWSLETTER: Stamp(5, 0, 0)}
     recent.record([person("c", Newsletter_Consent__c=Stamp(1, 0, 0))])
     assert seeded(recent, "a", "b", "c").of("b") == {} and len(recent) == 2
+
+
+def test_choices_another_mapping_wrote_are_kept_and_written_back() -> None:
+    # A replica on an older mapping kept the text alone (it gated every value there): read
+    # back here, it is kept (it still gates fields here) and goes back out with the entry.
+    clock = Clock()
+    recent = make(clock)
+    older = {"v": 1, "c": [[["preferences", "topics"], 4, 0, 1], [["purposes", "x"], 2, 0, 0]]}
+    assert recent.restore([(b"p", orjson.dumps(older), 1_000)], 1_000) == 0
+    recent.restored()
+    assert seeded(recent, "p").of("p") == {
+        ("preferences", "topics"): Stamp(4, 0, 1),
+        ("purposes", "x"): Stamp(2, 0, 0),
+    }
+    value = recent.export("p")
+    assert value is not None
+    assert {tuple(c[0]) for c in orjson.loads(value)["c"]} == {
+        ("preferences", "topics"),
+        ("purposes", "x"),
+    }
