@@ -10,6 +10,8 @@ with the service itself, and on in-memory Kafka with the pipeline restarted mid-
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from consumer.devkit.broker import create_topics
-from consumer.mapping import parse_mapping
+from consumer.devkit.emulator import SalesforceEmulator
 from consumer.model.changes import epoch_ms
 from consumer.service import EXIT_CONFIG
 from tests.integration.support import (
@@ -33,7 +35,7 @@ from tests.integration.support import (
     settings_for,
     wait_for,
 )
-from tests.integration.test_consent_order import running
+from tests.integration.test_consent_order import Run, running
 from tests.integration.test_recent_choices import (
     EMAIL,
     deliver,
@@ -47,16 +49,17 @@ from tests.unit.helpers import T0
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
-#: Contact only, match mode (no record is created), with the sync state.
-MATCH = """\
-regulations: [gdpr]
-targets:
-  - sobject: Contact
-    match_field: Email
-    sync_state_field: Didomi_Sync_State__c
-    purposes:
-      newsletter: Newsletter_Consent__c
-"""
+
+@asynccontextmanager
+async def remembering() -> AsyncIterator[tuple[SalesforceEmulator, Run, MemoryChoicesLog]]:
+    """A running pipeline (match mode, Contact only) keeping its memory in an in-memory
+    choices topic (already read back once, empty)."""
+    mapping = match_only(example_mapping(), lead=False)
+    async with make_emulator() as emulator, running(emulator, mapping) as run:
+        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
+        log = run.choices = MemoryChoicesLog(run.producer)
+        await run.restart()
+        yield emulator, run, log
 
 
 async def entries(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, Any]]:
@@ -87,7 +90,7 @@ async def test_a_restarted_service_still_keeps_a_late_grant_off_a_record_made_si
     key = EMAIL.encode()
     async with make_emulator() as emulator:
         settings = settings_for(kafka_bootstrap, topics, emulator.url, kafka_choices_topic=choices)
-        mapping = parse_mapping(MATCH)
+        mapping = match_only(example_mapping(), lead=False)
         async with collect(kafka_bootstrap, topics.results) as results:
             async with running_service(settings, mapping) as first:
                 withdrawal = event("w", 5, {"id": "newsletter", "enabled": False})
@@ -125,7 +128,7 @@ async def test_a_choices_topic_that_cannot_serve_stops_the_start(
         await create_topics(kafka_bootstrap, [choices], partitions=partitions)
     async with make_emulator() as emulator:
         settings = settings_for(kafka_bootstrap, topics, emulator.url, kafka_choices_topic=choices)
-        async with running_service(settings, parse_mapping(MATCH)) as service:
+        async with running_service(settings, match_only(example_mapping(), lead=False)) as service:
             # It ends by itself, before it joins the group.
             assert await asyncio.wait_for(service.task, 30) == EXIT_CONFIG
 
@@ -134,11 +137,7 @@ async def test_the_pipeline_reads_back_what_it_remembered_after_a_restart() -> N
     # In-memory Kafka: the withdrawal (no record) is remembered, the pipeline restarts with
     # an empty memory and reads the choices topic back on assignment; the record made
     # meanwhile does not take the late grant. Then only what came after is read again.
-    mapping = match_only(example_mapping(), lead=False)
-    async with make_emulator() as emulator, running(emulator, mapping) as run:
-        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
-        log = run.choices = MemoryChoicesLog(run.producer)
-        await run.restart()
+    async with remembering() as (emulator, run, log):
         await deliver(run, event("w", 5, {"id": "newsletter", "enabled": False}))
         assert len(run.producer.topics["choices"]) == 1
         await run.restart()
@@ -159,10 +158,7 @@ async def test_the_pipeline_reads_back_what_it_remembered_after_a_restart() -> N
 async def test_a_choices_topic_that_cannot_be_read_holds_nothing_back() -> None:
     # Reading back fails (a broker error): the assignment goes on with what was read, says so
     # in a metric, and the next assignment tries again from where it stood.
-    mapping = match_only(example_mapping(), lead=False)
-    async with make_emulator() as emulator, running(emulator, mapping) as run:
-        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
-        log = run.choices = MemoryChoicesLog(run.producer)
+    async with remembering() as (emulator, run, log):
         log.fail = KafkaConnectionError()
         await run.restart()
         contact = form_contact(emulator)
@@ -184,11 +180,7 @@ async def test_no_message_of_a_partition_is_taken_in_before_its_choices_are_read
     # A late grant waits in the input when the service starts; reading the choices topic
     # back is slow. aiokafka hands out a new assignment's records before it calls the
     # listener: the partition is held paused until the read-back is done.
-    mapping = match_only(example_mapping(), lead=False)
-    async with make_emulator() as emulator, running(emulator, mapping) as run:
-        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
-        log = run.choices = MemoryChoicesLog(run.producer)
-        await run.restart()
+    async with remembering() as (emulator, run, log):
         await deliver(run, event("w", 5, {"id": "newsletter", "enabled": False}))
         await run.finish()
         contact = form_contact(emulator)
@@ -210,11 +202,7 @@ async def test_what_another_member_wrote_meanwhile_is_read_when_the_partition_co
     # This member read partition 0 back, then (evicted unawares, say) another member owned
     # it and wrote the person's withdrawal there. When partition 0 comes back, the read goes
     # on from what this member last read, not from an end it noted when it lost it.
-    mapping = match_only(example_mapping(), lead=False)
-    async with make_emulator() as emulator, running(emulator, mapping) as run:
-        run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
-        log = run.choices = MemoryChoicesLog(run.producer)
-        await run.restart()
+    async with remembering() as (emulator, run, log):
         await run.until(lambda: len(log.reads) == 1, "the first read-back")
         at = epoch_ms(T0 + timedelta(minutes=5))
         entry = {"v": 1, "c": [[["purposes", "newsletter"], at, 0, 7]]}
