@@ -144,6 +144,7 @@ class Service:
                     return EXIT_OK
                 await pipeline.run(stop)
             finally:
+                await pipeline.close()
                 await _close_consumer(consumer, joined=joined)
         finally:
             try:

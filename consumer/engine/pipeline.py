@@ -735,18 +735,27 @@ class Pipeline:
         """Cancel a read-back in progress (a rebalance, a shutdown); what it read is kept
         and the next read goes on from there."""
         task, self._restore_task = self._restore_task, None
-        if task is not None and not task.done():
-            task.cancel()
         if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()
+            # gather: the task's own cancellation is its result; this caller's is not
+            # swallowed. _restore catches what it can meet; anything else is a bug.
+            (result,) = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(result, Exception):
+                self._fail(result, "reading the choices topic back failed unexpectedly")
         self._restoring.clear()
+
+    async def close(self) -> None:
+        """Stop what may outlive :meth:`run` (a read-back started by an assignment during
+        the drain, or before ``run``: a stop while joining). Idempotent."""
+        self._closed = True
+        await self._stop_restoring()
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Note the new assignment; with a choices topic, hold the partitions paused while
         it is read back (before this returns, so none of their records is handed out)."""
         self._health.joined = True
-        if self._choices is not None and assigned:
+        if self._choices is not None and assigned and not (self._flushing or self._closed):
+            # (While draining nothing more is taken in: no read-back, and nothing to hold.)
             if self._restore_task is not None:
                 self._restore_task.cancel()  # never: a revocation stops it first
             self._restoring = set(assigned)
@@ -800,6 +809,7 @@ class Pipeline:
                 return_when=asyncio.FIRST_COMPLETED,
             )
         self._closed = True
+        await self._stop_restoring()  # one an assignment during the drain started
         abandoned = await self._settle(list(self._inflight), 0.0)
         if abandoned:
             logger.warning(

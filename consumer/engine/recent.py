@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from consumer.model import sync_state
-from consumer.model.changes import ChoiceKey, PersonResult, PersonWrite, Stamp
+from consumer.model.changes import ChoiceKey, PersonResult, PersonWrite, Stamp, grants
 from consumer.model.held import HeldChoices
 
 #: One choice: its index among the choices seen, time (ms), partition and offset.
@@ -205,21 +205,20 @@ class RecentChoices:
                             if (old := newest.get(i)) is None or old < at:
                                 newest[i] = at
             return newest
-        # Step by step, without the revoked grants: a choice revoked on one target is no
-        # choice on any (a target without a sync state revokes nothing of its own).
-        revoked = {
-            (index, i)
-            for sobject, index, name in gone
-            if (i := keys_of.get(sobject, {}).get(name)) is not None
-        }
+        # Step by step, without the revoked events' grants, on every target: the writers
+        # revoke a late version of a deleted event whole ("grants nothing, on any field"),
+        # and a target without a sync state, or keying the selection otherwise, revokes
+        # nothing of its own. Its withdrawals stay (no consent is never the wrong side).
+        revoked = {index for _, index, _ in gone}
         for step in person.steps:
+            late = step.index in revoked
             for sobject, values in step.fields.items():
                 keys = keys_of.get(sobject)
                 if not keys:
                     continue
-                for name in values:
+                for name, value in values.items():
                     i = keys.get(name)
-                    if i is None or (step.index, i) in revoked:
+                    if i is None or (late and grants(value)):
                         continue
                     at = (step.stamp.time_ms, step.stamp.partition, step.stamp.offset)
                     if (old := newest.get(i)) is None or old < at:
@@ -273,11 +272,7 @@ class RecentChoices:
 
 def _grants_any(person: PersonWrite) -> bool:
     """Whether the person's batch grants anything (a consent, a selection) on any target."""
-    return any(
-        v is True or (v.__class__ is str and v != "")
-        for values in person.fields.values()
-        for v in values.values()
-    )
+    return any(grants(v) for values in person.fields.values() for v in values.values())
 
 
 def _revoked(

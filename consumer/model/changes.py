@@ -102,6 +102,12 @@ class Rejected:
 ParseResult = Accepted | Ignored | Rejected
 
 
+def grants(value: object) -> bool:
+    """Whether a field value grants something (a consent, a selection): what the stamps of a
+    newer choice hold back, and what a late version of a deleted event loses."""
+    return value is True or (value.__class__ is str and value != "")
+
+
 def epoch_ms(moment: datetime) -> int:
     """A moment in milliseconds since the epoch (how stamps and Kafka timestamps count)."""
     return int(moment.timestamp() * 1000)

@@ -80,6 +80,7 @@ from consumer.model.changes import (
     PersonWrite,
     Stamp,
     Step,
+    grants,
 )
 from consumer.model.held import HeldChoices
 from consumer.model.messages import email_key
@@ -462,7 +463,7 @@ class TargetWriter:
                 mine[key] = newest
         held.post(self.sobject, mine, tombs)
         sobject = self.sobject
-        if not any(_grants(v) for p in todo.values() for v in p.fields[sobject].values()):
+        if not any(grants(v) for p in todo.values() for v in p.fields[sobject].values()):
             # Only grants are gated: a batch that grants nothing here (withdrawals only)
             # never waits for the other targets, however long one of them cannot read. The
             # deletions known so far still say which of its events' grants were revoked.
@@ -626,7 +627,7 @@ class TargetWriter:
             mine = step.fields.get(sobject)
             if tomb is None or not mine or not step.stamp < tomb:
                 continue
-            names = sorted(n for n, v in mine.items() if _grants(v))
+            names = sorted(n for n, v in mine.items() if grants(v))
             if names:
                 gone[step.index] = names
                 dropped.update((step.index, n) for n in names)
@@ -673,7 +674,7 @@ class TargetWriter:
         for name, value in person.fields[self.sobject].items():
             mine = stamps.get(name)
             if (
-                _grants(value)
+                grants(value)
                 and mine is not None
                 and any((held := m.state.get(name)) is not None and mine < held for m in records)
             ):
@@ -690,7 +691,7 @@ class TargetWriter:
         """The newest value of ``name`` in the batch's events that grants nothing."""
         for step in reversed(person.steps):
             mine = step.fields.get(self.sobject)
-            if mine is not None and name in mine and not _grants(mine[name]):
+            if mine is not None and name in mine and not grants(mine[name]):
                 return mine[name], step.stamp
         return None
 
@@ -788,13 +789,13 @@ class TargetWriter:
                     mine is not None
                     and mine.event_id == event_id
                     and mine < deletion
-                    and _grants(values.get(name))
+                    and grants(values.get(name))
                     and (held is None or held < mine)
                 ) or (
                     held is not None
                     and held.event_id == shown
                     and held < deletion
-                    and _grants(held_values.get(name))
+                    and grants(held_values.get(name))
                     and (mine is None or mine <= held)
                 ):
                     undone[name] = step
@@ -1356,7 +1357,7 @@ class TargetWriter:
                 if not gates:
                     continue
                 top, ours = max(gates), merged.get(name)
-                if _grants(value) and ours is not None and top > ours:
+                if grants(value) and ours is not None and top > ours:
                     ceiling[name] = top
                     fallback = self._withdrawal_in(person, name)
                     # Only when a record took it (it may have been refused, or its record
@@ -1486,12 +1487,6 @@ def _with_revoked(
         if set(step.fields.get(sobject, {})) <= set(older):
             result.stale_indexes.add(step.index)
     return result
-
-
-def _grants(value: Any) -> bool:
-    """Whether a field value grants something (a consent, a selection): what a sibling
-    record's newer stamp keeps out (:meth:`TargetWriter._newest_across`)."""
-    return value is True or (value.__class__ is str and value != "")
 
 
 def _named_missing(errors: Iterable[SalesforceErrorInfo]) -> set[str]:

@@ -156,24 +156,53 @@ async def test_the_pipeline_reads_back_what_it_remembered_after_a_restart() -> N
 
 
 async def test_a_choices_topic_that_cannot_be_read_holds_nothing_back() -> None:
-    # Reading back fails (a broker error): the assignment goes on with what was read, says so
-    # in a metric, and the next assignment tries again from where it stood.
+    # The withdrawal is remembered in the topic. After a restart, reading it back fails (a
+    # broker error): the partitions are not held for good (a newer grant is written), a
+    # metric says so, and the next assignment reads the topic again from its beginning,
+    # after which the withdrawal gates a late grant again.
     async with remembering() as (emulator, run, log):
+        await deliver(run, event("w", 5, {"id": "newsletter", "enabled": False}))
         log.fail = KafkaConnectionError()
         await run.restart()
-        contact = form_contact(emulator)
-        outcome = await deliver(run, event("g", 3, *grants("newsletter")))
-        assert outcome["status"] == "updated", outcome
+        # Not held: another person's event on the same partition goes through.
+        other = event("o", 7, *grants("newsletter")).replace(EMAIL.encode(), b"o@example.com")
+        before = len(run.outcomes())
+        run.consumer.append(0, other, b"o@example.com")
+        await run.until(lambda: len(run.outcomes()) > before, "the other person's outcome")
+        assert run.outcomes()[-1]["organization_user_id"] == "o@example.com"
         assert run.pipeline is not None
         problems = run.pipeline._metrics.registry.get_sample_value(
             "consent_sync_recent_choices_restore_problems_total", {"problem": "read_failed"}
         )
         assert problems == 1
         log.fail = None
+        reads = len(log.reads)
         await run.consumer.rebalance(set(run.consumer.logs))
-        assert log.reads[-1] == {0: None, 1: None}  # never read in full: from the start again
+        await run.until(lambda: len(log.reads) == reads + 1, "the next read-back")
+        assert log.reads[-1] == {0: None, 1: None}  # nothing was read: all of it again
+        contact = form_contact(emulator)
+        late = await deliver(run, event("late", 3, *grants("newsletter")))
         record = emulator.get("Contact", contact)
-    assert record is not None and record["Newsletter_Consent__c"] is True
+    assert record is not None and record["Newsletter_Consent__c"] is not True, late
+    assert late["status"] == "stale", late
+
+
+async def test_an_input_partition_the_choices_topic_lacks_is_not_waited_for() -> None:
+    # Input partitions added while running, not the choices topic's: the read-back of the
+    # others goes on, and the missing one is reported.
+    async with remembering() as (_, run, log):
+        log.count = 1
+        reads = len(log.reads)
+        await run.consumer.rebalance(set(run.consumer.logs))
+        await run.until(lambda: len(log.reads) == reads + 1, "the read-back")
+        assert log.reads[-1] == {0: None}
+        assert run.pipeline is not None
+        problems = run.pipeline._metrics.registry.get_sample_value(
+            "consent_sync_recent_choices_restore_problems_total", {"problem": "read_failed"}
+        )
+        assert problems == 1
+        outcome = await deliver(run, event("g", 3, *grants("newsletter")))
+    assert outcome["status"] == "not_found", outcome
 
 
 async def test_no_message_of_a_partition_is_taken_in_before_its_choices_are_read_back() -> None:

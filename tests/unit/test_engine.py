@@ -26,7 +26,7 @@ from consumer.engine.publisher import Publisher
 from consumer.errors import PublishError, RetryBudgetExhaustedError
 from consumer.observability.metrics import Metrics
 from consumer.stages.parse import ParseRules
-from tests.unit.fakes import MemoryConsumer, MemoryProducer, MemoryWriter, Record
+from tests.unit.fakes import MemoryChoicesLog, MemoryConsumer, MemoryProducer, MemoryWriter, Record
 from tests.unit.helpers import example_plans
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -56,9 +56,11 @@ def event(email: str, seq: int, *, newsletter: bool | None = True) -> bytes:
 class Harness:
     """A pipeline on in-memory ports."""
 
-    def __init__(self, partitions: int = 1, **config: Any) -> None:
+    def __init__(self, partitions: int = 1, *, choices: bool = False, **config: Any) -> None:
         self.consumer = MemoryConsumer(TOPIC, partitions)
         self.producer = MemoryProducer()
+        #: The choices topic (KAFKA_CHOICES_TOPIC), when ``choices``.
+        self.log = MemoryChoicesLog(self.producer) if choices else None
         self.contact = MemoryWriter("Contact")
         self.lead = MemoryWriter("Lead")
         self.metrics = Metrics(CollectorRegistry())
@@ -75,6 +77,7 @@ class Harness:
             dlq_topic="dlq",
             metrics=self.metrics,
             retry_initial_seconds=0.001,
+            choices_topic="choices" if choices else None,
         )
         defaults: dict[str, Any] = {
             "concurrency": 4,
@@ -94,6 +97,7 @@ class Harness:
             self.gate,
             self.metrics,
             self.health,
+            choices=self.log,
         )
         self.consumer.listener = self.pipeline.listener()
         self.stop = asyncio.Event()
@@ -609,3 +613,32 @@ async def test_a_target_that_gives_up_before_reading_lets_the_batchs_others_go_o
     await h.finish()
     targets = {t["sobject"]: t["status"] for t in h.outcomes()[0]["targets"]}
     assert targets == {"Contact": "updated", "Lead": "failed"}, h.outcomes()
+
+
+@pytest.mark.asyncio
+async def test_a_read_back_of_the_choices_topic_never_outlives_the_pipeline() -> None:
+    # Assigned while joining, then stopped before run (a stop during the join): close()
+    # stops the read-back, which would otherwise hold on to a reader being closed.
+    h = Harness(choices=True)
+    assert h.log is not None
+    h.log.hold = asyncio.Event()
+    await h.consumer.rebalance({tp(0)})
+    assert tp(0) in h.consumer.paused_partitions  # held while it reads
+    task = h.pipeline._restore_task
+    assert task is not None and not task.done()
+    await h.pipeline.close()
+    assert task.cancelled() and h.pipeline.failure is None
+    # Closed (or draining): an assignment starts no read-back.
+    h.pipeline.on_assigned({tp(0)})
+    assert h.pipeline._restore_task is None
+    # Running: a read-back under way when the service stops is stopped by the drain.
+    h = Harness(choices=True)
+    assert h.log is not None
+    h.log.hold = asyncio.Event()
+    await h.consumer.rebalance({tp(0)})
+    h.start()
+    task = h.pipeline._restore_task
+    assert task is not None
+    await h.finish()
+    assert task.cancelled() and h.pipeline._restore_task is None
+    assert h.pipeline.failure is None

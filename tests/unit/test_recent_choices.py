@@ -10,6 +10,7 @@ from consumer.engine.recent import RecentChoices
 from consumer.model.changes import (
     DELETION_OFFSET,
     DELETION_PARTITION,
+    ChoiceKey,
     FieldValues,
     PersonResult,
     PersonWrite,
@@ -23,6 +24,7 @@ KEYS = {t.sobject: t.choice_keys() for t in example_mapping().targets}
 NEWSLETTER, ANALYTICS = ("purposes", "newsletter"), ("purposes", "analytics")
 TEXT = ("preferences", "topics", "offers", "product_news")
 OFFERS = ("preference_values", "topics", "offers")
+NEWS = ("preference_values", "topics", "product_news")
 
 
 class Clock:
@@ -141,8 +143,9 @@ def test_people_without_a_mapped_choice_are_not_kept() -> None:
 
 
 def test_grants_a_writer_revoked_are_no_choice() -> None:
-    # A late version (index 1) of a deleted event granted analytics at minute 3: revoked,
-    # as if it had never come. What is kept is the batch's other choices.
+    # A late version (index 1) of a deleted event granted the newsletter and analytics at
+    # minute 3: revoked, as if it had never come (the writer revokes such a version whole).
+    # What is kept is the batch's other choices.
     recent = make(Clock())
     first = Step(T0, 0, {"Contact": {"Analytics_Consent__c": False}}, Stamp(1, 0, 0, "w"))
     late = Stamp(3, 0, 1, "E")
@@ -150,10 +153,10 @@ def test_grants_a_writer_revoked_are_no_choice() -> None:
     revoked = Step(T0, 1, {"Contact": grant}, late)
     write = person("p", Newsletter_Consent__c=late, Analytics_Consent__c=late)
     write.steps = [first, revoked]
-    result = PersonResult("stale", revoked={1: ["Analytics_Consent__c"]})
+    result = PersonResult("stale", revoked={1: ["Analytics_Consent__c", "Newsletter_Consent__c"]})
     recent.record([write], {"Contact": {"p": result}})
     held = seeded(recent, "p")
-    assert held.of("p") == {NEWSLETTER: Stamp(3, 0, 1), ANALYTICS: Stamp(1, 0, 0)}
+    assert held.of("p") == {ANALYTICS: Stamp(1, 0, 0)}
 
 
 def test_what_is_kept_reads_back_from_the_choices_topic() -> None:
@@ -226,3 +229,29 @@ def test_choices_another_mapping_wrote_are_kept_and_written_back() -> None:
         ("preferences", "topics"),
         ("purposes", "x"),
     }
+
+
+def test_a_revoked_event_grants_nothing_on_any_target_however_keyed() -> None:
+    # The Contact revoked a late version (index 1) of a deleted event: its offers grant. The
+    # Lead keeps the selection as text alone (another key, no sync state to revoke with): the
+    # event's grant there is no choice either; its withdrawal on the Contact stays.
+    keys: dict[str, dict[str, ChoiceKey]] = {
+        "Contact": {"Topic_Offers__c": OFFERS, "Topic_Product_News__c": NEWS},
+        "Lead": {"Newsletter_Topics__c": ("preferences", "topics")},
+    }
+    recent = RecentChoices(keys, seconds=60, people=10, clock=Clock())
+    late = Stamp(3, 0, 1, "E")
+    contact: FieldValues = {"Topic_Offers__c": True, "Topic_Product_News__c": False}
+    lead: FieldValues = {"Newsletter_Topics__c": "offers"}
+    step = Step(T0, 1, {"Contact": contact, "Lead": lead}, late)
+    write = PersonWrite(
+        "p",
+        "p",
+        {"Contact": dict(contact), "Lead": dict(lead)},
+        {"Contact": dict.fromkeys(contact, late), "Lead": dict.fromkeys(lead, late)},
+        [1],
+        [step],
+    )
+    revoked = PersonResult("stale", revoked={1: ["Topic_Offers__c"]})
+    recent.record([write], {"Contact": {"p": revoked}, "Lead": {"p": PersonResult("updated")}})
+    assert seeded(recent, "p").of("p") == {NEWS: Stamp(3, 0, 1)}
