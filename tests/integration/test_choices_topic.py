@@ -51,11 +51,14 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
 
 @asynccontextmanager
-async def remembering() -> AsyncIterator[tuple[SalesforceEmulator, Run, MemoryChoicesLog]]:
-    """A running pipeline (match mode, Contact only) keeping its memory in an in-memory
-    choices topic (already read back once, empty)."""
-    mapping = match_only(example_mapping(), lead=False)
-    async with make_emulator() as emulator, running(emulator, mapping) as run:
+async def remembering(
+    **mapping: Any,
+) -> AsyncIterator[tuple[SalesforceEmulator, Run, MemoryChoicesLog]]:
+    """A running pipeline (match mode, Contact only, the mapping's ``mapping`` settings
+    changed) keeping its memory in an in-memory choices topic (already read back once,
+    empty)."""
+    config = match_only(example_mapping(), lead=False).model_copy(update=mapping)
+    async with make_emulator() as emulator, running(emulator, config) as run:
         run.settings = run.settings.model_copy(update={"kafka_choices_topic": "choices"})
         log = run.choices = MemoryChoicesLog(run.producer)
         await run.restart()
