@@ -112,19 +112,19 @@ class Publisher:
         dead: Sequence[DeadLetterOut],
         choices: Sequence[tuple[int, bytes, bytes]] = (),
     ) -> None:
-        """Send the people's remembered choices (partition, key, value: to the choices
-        topic), dead letters, then outcomes; return once the broker acknowledged all of them.
+        """Send dead letters and the people's remembered choices (partition, key, value: to
+        the choices topic), then outcomes; return once the broker acknowledged all of them.
 
         Raises :class:`PublishError` when a record can never be published.
         """
+        first = [self._dead_letter(d) for d in dead]
         if choices and self._choices is not None:
-            # First: a restart after the commit must find what this batch chose.
+            # With the dead letters (one round trip): acknowledged before the messages are
+            # done, so a restart after the commit finds what this batch chose.
             topic = self._choices
-            await self._deliver(
-                [_Record("choices", topic, k, v, (), partition=p) for p, k, v in choices]
-            )
+            first += [_Record("choices", topic, k, v, (), partition=p) for p, k, v in choices]
         # Dead letters first: whoever reads an outcome saying "dead-lettered" finds it there.
-        await self._deliver([self._dead_letter(d) for d in dead])
+        await self._deliver(first)
         # Outcomes in slices, in order: a batch of many events never holds all its outcome
         # bytes and the producer's copies of them at once.
         for start in range(0, len(publications), PUBLISH_SLICE):
