@@ -117,6 +117,16 @@ class Publisher:
 
         Raises :class:`PublishError` when a record can never be published.
         """
+        if choices and self._choices is not None:
+            # Checked before anything goes out (the producer would refuse the record with a
+            # bare assertion): a batch that cannot publish publishes nothing, or its dead
+            # letters would go out again after the restart.
+            have = await self._producer.partitions_for(self._choices)
+            if missing := sorted({p for p, _, _ in choices} - have):
+                raise PublishError(
+                    f"{self._choices} has no partition {missing[0]}: give it as many "
+                    "partitions as the input"
+                )
         first = [self._dead_letter(d) for d in dead]
         if choices and self._choices is not None:
             # With the dead letters (one round trip): acknowledged before the messages are
@@ -184,7 +194,7 @@ class Publisher:
                 elif isinstance(answer, KafkaError) and _retriable(answer):
                     again.append(record)
                     transient = answer
-                elif isinstance(answer, asyncio.CancelledError | PublishError):
+                elif isinstance(answer, asyncio.CancelledError):
                     raise answer
                 else:
                     raise PublishError(
@@ -240,17 +250,9 @@ class Publisher:
                 known = partitions[record.topic] = sorted(
                     await self._producer.partitions_for(record.topic)
                 )
-            partition = record.partition
+            partition = record.partition  # known to exist (publish checks)
             if partition is None:
                 partition = self._partitioner(record.key, known, known)
-            elif partition not in known:
-                # Input partitions were added and not this topic's (the producer would
-                # refuse it with a bare assertion).
-                answers[i] = PublishError(
-                    f"{record.topic} has no partition {partition}: give it as many partitions "
-                    "as the input"
-                )
-                continue
             groups.setdefault((record.topic, partition), []).append(i)
         for (topic, partition), indexes in groups.items():
             batch = self._producer.create_batch()
