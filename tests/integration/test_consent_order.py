@@ -110,6 +110,17 @@ Delivery = tuple[list[tuple[Event, int]], list[int], int, int | None]
 NEW_LEAD = 1
 
 
+def chunk_sizes(draw: st.DrawFn, total: int) -> list[int]:
+    """Random sizes of the chunks ``total`` deliveries are fed in (each at least 1)."""
+    chunks: list[int] = []
+    left = total
+    while left:
+        size = draw(st.integers(1, left))
+        chunks.append(size)
+        left -= size
+    return chunks
+
+
 @st.composite
 def deliveries(draw: st.DrawFn) -> Delivery:
     """Events in a random arrival order with duplicates, each on a random partition; the
@@ -128,12 +139,7 @@ def deliveries(draw: st.DrawFn) -> Delivery:
     repeated = events + draw(st.lists(st.sampled_from(events), max_size=6))
     order = draw(st.permutations(repeated))
     placed = [(e, draw(st.integers(0, 1))) for e in order]
-    chunks: list[int] = []
-    left = len(placed)
-    while left:
-        size = draw(st.integers(1, left))
-        chunks.append(size)
-        left -= size
+    chunks = chunk_sizes(draw, len(placed))
     restart = draw(st.integers(0, len(chunks)))
     lead_made = draw(st.none() | st.integers(0, len(chunks) - 1))
     return placed, chunks, restart, lead_made

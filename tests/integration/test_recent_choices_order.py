@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.test_choices_topic import remembering
-from tests.integration.test_consent_order import Run
+from tests.integration.test_consent_order import Run, chunk_sizes
 from tests.integration.test_recent_choices import EMAIL, event, form_contact, user_deleted
 
 #: (minute, True / False for a newsletter choice, None for a user deletion), the order of
@@ -35,12 +35,7 @@ def cases(draw: st.DrawFn) -> Case:
     delivered = draw(
         st.permutations(choices + draw(st.lists(st.sampled_from(choices), max_size=4)))
     )
-    chunks: list[int] = []
-    left = len(delivered)
-    while left:
-        size = draw(st.integers(1, left))
-        chunks.append(size)
-        left -= size
+    chunks = chunk_sizes(draw, len(delivered))
     restarts = draw(st.sets(st.integers(1, len(chunks) - 1))) if len(chunks) > 1 else set()
     made = draw(st.integers(0, len(chunks) - 1))
     return delivered, chunks, restarts, made
