@@ -144,8 +144,10 @@ class Service:
                     return EXIT_OK
                 await pipeline.run(stop)
             finally:
-                await pipeline.close()
-                await _close_consumer(consumer, joined=joined)
+                try:
+                    await pipeline.close()
+                finally:
+                    await _close_consumer(consumer, joined=joined)
         finally:
             try:
                 if log is not None:

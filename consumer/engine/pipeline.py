@@ -735,14 +735,16 @@ class Pipeline:
         """Cancel a read-back in progress (a rebalance, a shutdown); what it read is kept
         and the next read goes on from there."""
         task, self._restore_task = self._restore_task, None
-        if task is not None:
-            task.cancel()
-            # gather: the task's own cancellation is its result; this caller's is not
-            # swallowed. _restore catches what it can meet; anything else is a bug.
-            (result,) = await asyncio.gather(task, return_exceptions=True)
-            if isinstance(result, Exception):
-                self._fail(result, "reading the choices topic back failed unexpectedly")
-        self._restoring.clear()
+        try:
+            if task is not None:
+                task.cancel()
+                # gather: the task's own cancellation is its result; this caller's is not
+                # swallowed. _restore catches what it can meet; anything else is a bug.
+                (result,) = await asyncio.gather(task, return_exceptions=True)
+                if isinstance(result, Exception):
+                    self._fail(result, "reading the choices topic back failed unexpectedly")
+        finally:
+            self._restoring.clear()
 
     async def close(self) -> None:
         """Stop what may outlive :meth:`run` (a read-back started by an assignment during
