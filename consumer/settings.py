@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     kafka_input_topic: str = "didomi.consent-events"
     kafka_results_topic: str = "didomi.consent-results"
     kafka_dlq_topic: str = "didomi.consent-events.dlq"
+    #: A compacted topic with as many partitions as the input where the service keeps what
+    #: it remembers of each person's recent choices (SYNC_RECENT_CHOICES_*): read back when
+    #: a partition is assigned, so it survives restarts and follows partitions between
+    #: replicas. Unset: remembered in the process only.
+    kafka_choices_topic: str | None = None
+    #: How long an assignment waits for the choices topic to be read back.
+    kafka_choices_restore_seconds: PositiveFloat = 60.0
     kafka_group_id: str = "didomi-salesforce-sync"
     kafka_client_id: str = "didomi-salesforce-sync"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -101,13 +108,6 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: PositiveInt = 100
     #: Idempotent producer (needs broker support; Apache Kafka has it, the embedded broker not).
     kafka_producer_idempotence: bool = False
-    #: A compacted topic with as many partitions as the input where the service keeps what
-    #: it remembers of each person's recent choices (SYNC_RECENT_CHOICES_*): read back when
-    #: a partition is assigned, so it survives restarts and follows partitions between
-    #: replicas. Unset: remembered in the process only.
-    kafka_choices_topic: str | None = None
-    #: How long an assignment waits for the choices topic to be read back.
-    kafka_choices_restore_seconds: PositiveFloat = 60.0
     kafka_producer_linger_ms: Annotated[int, Field(ge=0)] = 5
     #: Largest record the producer sends (a dead letter carries the original value).
     kafka_producer_max_request_bytes: PositiveInt = 16 * 1024 * 1024

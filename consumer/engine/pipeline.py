@@ -801,8 +801,9 @@ class Pipeline:
         """Shutdown: write what was fetched (not after a failure), wait for in-flight batches
         (bounded by ``SYNC_SHUTDOWN_TIMEOUT_SECONDS``), commit the done prefix."""
         deadline = self._clock() + self._cfg.shutdown_timeout_seconds
-        await self._stop_restoring()
+        # Flushing first: an assignment while draining starts no read-back (on_assigned).
         self._flushing = True
+        await self._stop_restoring()
         self._dispatch_ready()
         while self._inflight and self._clock() < deadline:
             await asyncio.wait(
@@ -811,7 +812,6 @@ class Pipeline:
                 return_when=asyncio.FIRST_COMPLETED,
             )
         self._closed = True
-        await self._stop_restoring()  # one an assignment during the drain started
         abandoned = await self._settle(list(self._inflight), 0.0)
         if abandoned:
             logger.warning(

@@ -117,21 +117,19 @@ class Publisher:
 
         Raises :class:`PublishError` when a record can never be published.
         """
-        if choices and self._choices is not None:
+        first = [self._dead_letter(d) for d in dead]
+        if choices and (topic := self._choices) is not None:
             # Checked before anything goes out (the producer would refuse the record with a
             # bare assertion): a batch that cannot publish publishes nothing, or its dead
             # letters would go out again after the restart.
-            have = await self._producer.partitions_for(self._choices)
+            have = await self._producer.partitions_for(topic)
             if missing := sorted({p for p, _, _ in choices} - have):
                 raise PublishError(
-                    f"{self._choices} has no partition {missing[0]}: give it as many "
-                    "partitions as the input"
+                    f"{topic} has no partition {missing[0]}: give it as many partitions as "
+                    "the input"
                 )
-        first = [self._dead_letter(d) for d in dead]
-        if choices and self._choices is not None:
             # With the dead letters (one round trip): acknowledged before the messages are
             # done, so a restart after the commit finds what this batch chose.
-            topic = self._choices
             first += [_Record("choices", topic, k, v, (), partition=p) for p, k, v in choices]
         # Dead letters first: whoever reads an outcome saying "dead-lettered" finds it there.
         await self._deliver(first)

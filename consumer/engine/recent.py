@@ -18,9 +18,11 @@ finished: written, refused or failed), so it can only keep out what is older.
 
 In memory and bounded: ``SYNC_RECENT_CHOICES_SECONDS`` after the batch that took it in (a
 person taken in again is kept from then on) and at most ``SYNC_RECENT_CHOICES_PEOPLE``
-people, the least recently taken in going first. A restart, or a partition moved to another
-replica, starts without it: it narrows the window in which only the records remember, it
-does not replace them. The stamps are packed (22 bytes a choice), not kept as objects: about
+people, the least recently taken in going first. It narrows the window in which only the
+records remember, it does not replace them. Without ``KAFKA_CHOICES_TOPIC`` a restart, or a
+partition moved to another replica, starts without it; with it, the engine writes each
+person's entry there (:meth:`export`) and reads the assigned partitions back
+(:meth:`restore`). The stamps are packed (22 bytes a choice), not kept as objects: about
 250 bytes a person with the key and the entry.
 """
 
@@ -107,8 +109,7 @@ class RecentChoices:
         now = self._clock()
         for person in people:
             key = person.email_key
-            gone = _revoked(key, results) if results else None
-            newest = self._newest(person, gone)
+            newest = self._newest(person, _revoked(key, results) if results else set())
             deleted = {sync_state.shown(s.stamp.event_id): s.stamp for s in person.deleted_events}
             if newest or deleted:
                 self._keep(key, newest, deleted, now)
@@ -156,7 +157,7 @@ class RecentChoices:
         """Merge what the choices topic holds: (key, value, record timestamp in ms) against
         the wall clock ``now_ms``. An entry older than the window is skipped; so is one that
         cannot be read, and those are counted (returned). A choice this mapping does not
-        know is left out (it gates no field here)."""
+        know is kept (``_index_of``)."""
         if not self.enabled:
             return 0
         now = self._clock()
@@ -188,14 +189,12 @@ class RecentChoices:
         (what is forgotten first goes by it) and apply the window and the bound."""
         self._expire(self._clock())
 
-    def _newest(
-        self, person: PersonWrite, gone: set[tuple[str, int, str]] | None
-    ) -> dict[int, tuple[int, int, int]]:
+    def _newest(self, person: PersonWrite, revoked: set[int]) -> dict[int, tuple[int, int, int]]:
         """Per choice index, the person's newest (time, partition, offset) in the batch."""
         # Compared as plain tuples: a Stamp's own comparison costs several times as much.
         newest: dict[int, tuple[int, int, int]] = {}
         keys_of = self._keys
-        if not gone:  # the merged stamps: each field's newest
+        if not revoked:  # the merged stamps: each field's newest
             for sobject, stamps in person.stamps.items():
                 keys = keys_of.get(sobject)
                 if keys:
@@ -209,7 +208,6 @@ class RecentChoices:
         # revoke a late version of a deleted event whole ("grants nothing, on any field"),
         # and a target without a sync state, or keying the selection otherwise, revokes
         # nothing of its own. Its withdrawals stay (no consent is never the wrong side).
-        revoked = {index for _, index, _ in gone}
         for step in person.steps:
             late = step.index in revoked
             for sobject, values in step.fields.items():
@@ -275,17 +273,12 @@ def _grants_any(person: PersonWrite) -> bool:
     return any(grants(v) for values in person.fields.values() for v in values.values())
 
 
-def _revoked(
-    key: str, results: Mapping[str, Mapping[str, PersonResult]]
-) -> set[tuple[str, int, str]] | None:
-    """The (sObject, batch index, field) grants the writers revoked for the person."""
-    gone: set[tuple[str, int, str]] | None = None
-    for sobject, answers in results.items():
-        result = answers.get(key)
-        if result is not None and result.revoked:
-            gone = gone or set()
-            gone.update((sobject, i, n) for i, names in result.revoked.items() for n in names)
-    return gone
+def _revoked(key: str, results: Mapping[str, Mapping[str, PersonResult]]) -> set[int]:
+    """The batch indexes of the person's events a writer revoked (late versions of deleted
+    events, whole)."""
+    return {
+        i for answers in results.values() if (r := answers.get(key)) is not None for i in r.revoked
+    }
 
 
 _MAX_INT = (2**63, 2**32, 2**63)

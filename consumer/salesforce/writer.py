@@ -211,9 +211,8 @@ class TargetWriter:
         #: Field -> its "no consent" value (false, or null for a preference): what undoing
         #: a deleted event's grant writes.
         self._no_consent = mapping.withdrawn()
-        #: The choice a field's stamp says was made, for the exchange: a preference's values
-        #: are chosen together with it (an event mentioning the preference sets them all), so
-        #: a Lead mapping the selection as text is gated by a Contact's per-value fields.
+        #: The choice a field's stamp says was made, for the exchange (the same on every
+        #: target; ``TargetMapping.choice_keys``).
         self._gate_key = mapping.choice_keys()
         #: Choice -> this target's fields a newer stamp of it holds back (any target's
         #: choices, so filled as they come).
