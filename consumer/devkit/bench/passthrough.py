@@ -8,16 +8,23 @@ acks=all, linger, no compression), and for every message fetched produces one sm
 to ``KAFKA_RESULTS_TOPIC``, waits for the acknowledgements of each fetch, and commits every
 ``SYNC_COMMIT_INTERVAL_MS`` (at least once: nothing is committed before its output is
 acknowledged). No parsing, no Salesforce. Stops on SIGTERM or SIGINT after a last commit.
+
+With ``BENCH_PASSTHROUGH_DECODE=orjson`` it also decodes each message with ``orjson.loads``
+and nothing more: the ceiling of any consumer that reads the events, against which (a)'s
+target can be judged (the bench runs it once beside the plain passthrough).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
+import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
@@ -25,8 +32,11 @@ from consumer.kafka.clients import make_consumer, make_producer
 from consumer.settings import Settings
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> int:
-    """Consume, produce one record per message, commit; until ``stop`` is set."""
+async def run(
+    settings: Settings, stop: asyncio.Event, decode: Callable[[bytes], object] | None = None
+) -> int:
+    """Consume, produce one record per message, commit; until ``stop`` is set. ``decode``,
+    when given, is called on each message's value first."""
     consumer = make_consumer(settings)
     producer = make_producer(settings)
     await producer.start()
@@ -44,6 +54,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
                 sends = []
                 for tp, records in fetched.items():
                     for record in records:
+                        if decode is not None:
+                            decode(record.value)
                         # The input's timestamp rides along: the bench measures the Kafka
                         # leg of the latency (input record to output record) from it.
                         value = b'{"status":"passed","partition":%d,"offset":%d,"in_ts":%d}' % (
@@ -78,7 +90,8 @@ async def _main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    return await run(Settings(), stop)
+    decode = orjson.loads if os.environ.get("BENCH_PASSTHROUGH_DECODE") == "orjson" else None
+    return await run(Settings(), stop, decode)
 
 
 if __name__ == "__main__":

@@ -222,8 +222,11 @@ def _check(drain: Drain, section: Section) -> None:
         )
 
 
-async def _passthrough(rig: Rig, topics: Topics, count: int, label: str, timeout: float) -> Drain:
-    """One passthrough run over ``topics.input`` with a group and output topic of its own."""
+async def _passthrough(
+    rig: Rig, topics: Topics, count: int, label: str, timeout: float, decode: bool = False
+) -> Drain:
+    """One passthrough run over ``topics.input`` with a group and output topic of its own;
+    ``decode``: it also decodes each message with ``orjson.loads`` (nothing more)."""
     own = Topics.fresh(label)
     await create_topics(rig.bootstrap, [own.results], partitions=1)
     env = {
@@ -232,6 +235,8 @@ async def _passthrough(rig: Rig, topics: Topics, count: int, label: str, timeout
         "KAFKA_RESULTS_TOPIC": own.results,
         "KAFKA_GROUP_ID": own.group,
     }
+    if decode:
+        env["BENCH_PASSTHROUGH_DECODE"] = "orjson"
     run = Topics(topics.input, own.results, own.dlq, own.group, own.choices)
     return await rig.drain(label, PASSTHROUGH, env, run, count, timeout=timeout)
 
@@ -306,9 +311,13 @@ async def throughput(bench: Bench) -> list[Section]:
         plain = await _plain_run(rig, bench, topics, mapping, count, timeout)
         bench.say(f"    {plain[0].rate:,.0f} events/s; passthrough, second run ...")
         second = await _passthrough(rig, topics, count, "passthrough", timeout)
+        bench.say(f"    {second.rate:,.0f} messages/s; passthrough decoding each event ...")
+        # The ceiling of any consumer that reads the events: the passthrough plus one
+        # orjson.loads per message, and nothing else.
+        reading = await _passthrough(rig, topics, count, "reading", timeout, decode=True)
     baseline = (first.rate + second.rate) / 2
     bench.passthrough_peak_kib = max(first.peak_rss_kib or 0, second.peak_rss_kib or 0) or None
-    for drain in (first, service, second):
+    for drain in (first, service, second, reading):
         a.lines.append("  " + _drain_line(drain))
         _check(drain, a)
     a.lines.append("  " + _where_time_went(service))
@@ -321,6 +330,8 @@ async def throughput(bench: Bench) -> list[Section]:
     ) / 2
     per_event = svc_cpu / max(1, count) * 1e6
     pt_per_event = pt_cpu / max(1, count) * 1e6
+    reading_per_event = reading.cpu.by_process.get("reading", math.nan) / max(1, count) * 1e6
+    ceiling = reading.rate / baseline if baseline > 0 else math.nan
     # At equal CPU the ratio is the inverse ratio of CPU per event: what the figure would be
     # on a machine with a core to spare for each, whatever the other load was during the run.
     at_equal_cpu = pt_per_event / per_event if per_event > 0 else math.nan
@@ -328,6 +339,12 @@ async def throughput(bench: Bench) -> list[Section]:
         f"  CPU per event: service {per_event:,.0f} us, passthrough {pt_per_event:,.0f} us "
         f"(over each run's measured window); at equal CPU the service would run at "
         f"{at_equal_cpu:.2f} x the passthrough, {1e6 / per_event:,.0f} events/s on a full core"
+    )
+    a.lines.append(
+        f"  ceiling: the passthrough decoding each event with orjson.loads and doing nothing "
+        f"else runs at {reading.rate:,.0f} events/s, {ceiling:.2f} x the passthrough "
+        f"({reading_per_event:,.0f} us of CPU per event): no consumer that reads the events "
+        f"can do better on this machine"
     )
     why = ""
     saturated = service.cpu.saturated()
@@ -338,7 +355,9 @@ async def throughput(bench: Bench) -> list[Section]:
         f"{pt_per_event:,.0f} us for the passthrough, so even with a whole core it would do "
         f"{1e6 / per_event:,.0f} events/s ({at_equal_cpu:.2f} x the passthrough at equal "
         f"CPU); the pure-path table above shows how much of that is parsing, mapping and "
-        f"building outcomes. {service.cpu.describe()}. {_where_time_went(service)}."
+        f"building outcomes. {service.cpu.describe()}. {_where_time_went(service)}. "
+        f"A passthrough that only decodes each event (orjson.loads) runs at {ceiling:.2f} x "
+        f"the passthrough: the ceiling of any consumer that reads the events."
     )
     a.rows.append(
         Row(
@@ -349,6 +368,16 @@ async def throughput(bench: Bench) -> list[Section]:
             "passthrough",
             0.7,
             why=why,
+        )
+    )
+    a.rows.append(
+        Row(
+            "(a) ceiling: passthrough + orjson.loads",
+            reading.rate,
+            "events/s",
+            baseline,
+            "passthrough",
+            None,
         )
     )
     b.rows.extend(_calls_rows(b, stats, journal, count, backlog, service))
