@@ -7,6 +7,7 @@ Nothing here knows what is measured; :mod:`consumer.devkit.bench.scenarios` does
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -341,6 +342,8 @@ class Rig:
                 finished = await watcher.wait_for(expected, timeout=timeout, alive=child.alive)
             finally:
                 sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             cpu = meter.stop()
             peak = memory_kib(child.pid)
             metrics = await scrape(metrics_port) if metrics_port is not None else {}

@@ -642,10 +642,22 @@ async def memory(bench: Bench) -> list[Section]:
         section.lines.append("  " + _drain_line(drain))
         marks, growth = rss_profile(drain.rss, drain.expected)
         growths[count] = growth
+        # Where the highest sample was (the peak itself falls between two samples): a
+        # transient, or the end of a climb. The samples are kept with --keep.
+        top = max(drain.rss, key=lambda s: s[1], default=None)
+        at = (
+            f"; highest sample {top[1] / 1024:,.0f} MB at {top[0] / max(1, count):.0%} of the "
+            "outcomes"
+            if top is not None
+            else ""
+        )
+        (bench.workdir / f"rss-{count}.tsv").write_text(
+            "".join(f"{seen}\t{kib}\n" for seen, kib in drain.rss)
+        )
         profiles[count] = (
             f"RSS at 25/50/75/100% of the {count:,} outcomes: "
             + " / ".join(f"{m:,.0f}" for m in marks)
-            + f" MB; {growth:+,.1f} MB per 100,000 events while draining (25% to 90%)"
+            + f" MB; {growth:+,.1f} MB per 100,000 events while draining (25% to 90%){at}"
         )
         section.lines.append("    " + profiles[count])
         _check(drain, section)
