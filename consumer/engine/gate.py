@@ -71,15 +71,24 @@ class WriteGate:
         #: The probe's batch (what its writers share): they go with it.
         self._probe_owner: object | None = None
         self._probe_over = asyncio.Event()
+        #: Writes waiting in :meth:`wait_open` now (the probe among them).
+        self._waiting = 0
 
     def closed(self) -> bool:
         """Whether writing is paused now."""
         return self.state.active(self._clock())
 
     def holding(self) -> bool:
-        """Whether writing is paused or its probe has not succeeded yet (the poll loop keeps
-        partitions paused all along, not only until the pause's timer lapses)."""
-        return self.state.reason is not None
+        """Whether the poll loop keeps partitions paused: writing is paused, or its pause is
+        over and a write waiting at the gate (the probe) has no answer yet.
+
+        Once the pause is over with no write waiting (a rebalance abandoned them all),
+        fetching resumes: the next batch is the probe. Holding on then would wait for good
+        for a probe that nothing fetched could make.
+        """
+        if self.state.reason is None:
+            return False
+        return self.closed() or self._probing or self._waiting > 0
 
     def deliberate(self) -> bool:
         """Whether the current pause is one a healthy process waits through."""
@@ -90,22 +99,26 @@ class WriteGate:
         caller reports its result with :meth:`succeeded`, :meth:`failed` or
         :meth:`abandoned`). Writes of the same ``owner`` (one batch's targets) as the probe
         go with it, not as probes."""
-        while True:
-            if self.state.reason is None:
-                return False
-            remaining = self.state.remaining(self._clock())
-            if remaining > 0:
-                # Polled, not an Event: another batch may extend the pause meanwhile.
-                await asyncio.sleep(min(1.0, remaining))
-                continue
-            if not self._probing:
-                self._probing = True
-                self._probe_owner = owner
-                self._probe_over.clear()
-                return True
-            if owner is not None and owner is self._probe_owner:
-                return False
-            await self._probe_over.wait()
+        self._waiting += 1
+        try:
+            while True:
+                if self.state.reason is None:
+                    return False
+                remaining = self.state.remaining(self._clock())
+                if remaining > 0:
+                    # Polled, not an Event: another batch may extend the pause meanwhile.
+                    await asyncio.sleep(min(1.0, remaining))
+                    continue
+                if not self._probing:
+                    self._probing = True
+                    self._probe_owner = owner
+                    self._probe_over.clear()
+                    return True
+                if owner is not None and owner is self._probe_owner:
+                    return False
+                await self._probe_over.wait()
+        finally:
+            self._waiting -= 1
 
     def _probe_done(self) -> None:
         self._probing = False

@@ -56,7 +56,14 @@ def event(email: str, seq: int, *, newsletter: bool | None = True) -> bytes:
 class Harness:
     """A pipeline on in-memory ports."""
 
-    def __init__(self, partitions: int = 1, *, choices: bool = False, **config: Any) -> None:
+    def __init__(
+        self,
+        partitions: int = 1,
+        *,
+        choices: bool = False,
+        daily_limit_seconds: float = 0.05,
+        **config: Any,
+    ) -> None:
         self.consumer = MemoryConsumer(TOPIC, partitions)
         self.producer = MemoryProducer()
         #: The choices topic (KAFKA_CHOICES_TOPIC), when ``choices``.
@@ -66,7 +73,9 @@ class Harness:
         self.metrics = Metrics(CollectorRegistry())
         self.health = Health()
         self.gate = WriteGate(
-            GatePolicy(pause_seconds={"daily_limit": 0.05}, default_pause_seconds=0.05),
+            GatePolicy(
+                pause_seconds={"daily_limit": daily_limit_seconds}, default_pause_seconds=0.05
+            ),
             self.metrics,
             self.health,
             clock=time.monotonic,
