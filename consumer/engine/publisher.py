@@ -245,13 +245,30 @@ class Publisher:
                 continue
             known = partitions.get(record.topic)
             if known is None:
-                known = partitions[record.topic] = sorted(
-                    await self._producer.partitions_for(record.topic)
-                )
+                try:
+                    known = partitions[record.topic] = sorted(
+                        await self._producer.partitions_for(record.topic)
+                    )
+                except KafkaError as exc:
+                    answers[i] = exc  # no metadata within request_timeout_ms: retried
+                    continue
             partition = record.partition  # known to exist (publish checks)
             if partition is None:
                 partition = self._partitioner(record.key, known, known)
             groups.setdefault((record.topic, partition), []).append(i)
+
+        async def queue(batch: Any, topic: str, partition: int, held: list[int]) -> None:
+            try:
+                futures.append(await self._producer.send_batch(batch, topic, partition=partition))
+            except KafkaError as exc:
+                # send_batch() itself raises KafkaTimeoutError once it waited request_timeout_ms
+                # for the partition's previous batch (the broker unreachable): those records'
+                # answer, retried like a delivery timeout; the rest of the call goes on.
+                for i in held:
+                    answers[i] = exc
+                return
+            members.append(held)
+
         for (topic, partition), indexes in groups.items():
             batch = self._producer.create_batch()
             held: list[int] = []
@@ -261,10 +278,7 @@ class Publisher:
                     key=record.key, value=record.value, timestamp=None, headers=list(record.headers)
                 )
                 if fits is None:
-                    futures.append(
-                        await self._producer.send_batch(batch, topic, partition=partition)
-                    )
-                    members.append(held)
+                    await queue(batch, topic, partition, held)
                     batch, held = self._producer.create_batch(), []
                     batch.append(
                         key=record.key,
@@ -274,8 +288,7 @@ class Publisher:
                     )
                 held.append(i)
             if held:
-                futures.append(await self._producer.send_batch(batch, topic, partition=partition))
-                members.append(held)
+                await queue(batch, topic, partition, held)
         delivered = await asyncio.gather(*futures, return_exceptions=True)
         for held, answer in zip(members, delivered, strict=True):
             if isinstance(answer, MessageSizeTooLargeError) and len(held) > 1:

@@ -232,3 +232,44 @@ async def test_choices_go_first_to_their_own_partitions_and_a_missing_one_stops(
         await pub.publish([outcome(2)], [letter(2)], [(3, b"c", b"{}")])
     # Nothing of that batch went out (its dead letter would go out again after a restart).
     assert len(producer.topics["results"]) == 1 and not producer.topics["dlq"]
+
+
+class RaisesOnQueue(MemoryProducer):
+    """``send_batch()`` and ``partitions_for()`` raise as aiokafka's do when the broker is
+    unreachable: the accumulator waited ``request_timeout_ms`` for the partition's previous
+    batch, or no metadata came within it."""
+
+    def __init__(self, batch_refusals: int = 0, metadata_refusals: int = 0) -> None:
+        super().__init__(batch_bytes=200)  # a record or two a batch: several batches a call
+        self.batch_refusals = batch_refusals
+        self.metadata_refusals = metadata_refusals
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        if self.metadata_refusals:
+            self.metadata_refusals -= 1
+            raise KafkaTimeoutError()
+        return await super().partitions_for(topic)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        if self.batch_refusals and self.batches >= 1:  # the call's second batch
+            self.batch_refusals -= 1
+            raise KafkaTimeoutError()
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+async def test_a_send_batch_that_times_out_is_retried_like_a_delivery_timeout() -> None:
+    # Review finding: the raise escaped the publish, the batch failed "unexpectedly" and the
+    # service exited 1 after any broker outage longer than request_timeout_ms.
+    producer = RaisesOnQueue(batch_refusals=1)
+    pub, _ = publisher(producer)
+    await pub.publish([outcome(n) for n in range(1, 7)], [])
+    keys = [s.key for s in producer.topics["results"]]
+    # Each once: the batch queued before the refusal is not sent again.
+    assert sorted(keys) == sorted(b"k%d" % n for n in range(1, 7))
+
+
+async def test_partitions_unknown_within_the_timeout_are_retried() -> None:
+    producer = RaisesOnQueue(metadata_refusals=1)
+    pub, _ = publisher(producer)
+    await pub.publish([outcome(1), outcome(2)], [])
+    assert sorted(s.key or b"" for s in producer.topics["results"]) == [b"k1", b"k2"]
