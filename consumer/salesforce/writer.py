@@ -681,7 +681,11 @@ class TargetWriter:
                 # separate batches would have written to a record holding nothing newer.
                 fallback = self._withdrawal_in(person, name)
                 if fallback is None:
+                    # Its stamp goes too: a choice written nowhere must not count as what
+                    # the batch holds for the field (it kept _undo from withdrawing what an
+                    # earlier version of a deleted event granted here).
                     del values[name]
+                    del stamps[name]
                 else:
                     values[name], stamps[name] = fallback
         return values, stamps

@@ -329,3 +329,56 @@ async def test_a_revoked_grant_is_not_failed_for_the_value_that_took_its_place()
     statuses = [o.outcome.status for o in outcomes]
     assert statuses == ["failed", "stale"], (statuses, result)
     assert len(dead) == 1
+
+
+@pytest.mark.parametrize("late_grant", [False, True], ids=["deletion-alone", "with-late-grant"])
+async def test_a_gated_late_grant_does_not_keep_a_deleted_events_grant(late_grant: bool) -> None:
+    # Review finding. Minute 1: event E (its first version) granted the newsletter; the
+    # Contact holds it, stamped E. Minute 6: the person withdrew (W); the Lead holds it (the
+    # Contact did not take it: a validation rule refused it then, W waits in the dead
+    # letters). E's last version no longer mentions the newsletter and E is deleted (minute
+    # 2, withdraw): the Contact's E grant is withdrawn. In the same batch a grant G of minute
+    # 4 arrives late: older than the Lead's W, it is written nowhere, and it must not save
+    # E's grant either (its stamp was kept as what the batch held for the field).
+    def at(minutes: int) -> int:
+        return epoch_ms(T0 + timedelta(minutes=minutes))
+
+    email = "undo@example.com"
+    async with make_emulator() as emulator:
+        contact = emulator.seed(
+            "Contact",
+            {
+                "Email": email,
+                "LastName": "C",
+                "Newsletter_Consent__c": True,
+                "Didomi_Sync_State__c": sync_state.encode(
+                    {"Newsletter_Consent__c": Stamp(at(1), 0, 1, "E")}
+                ),
+            },
+        )
+        lead = emulator.seed(
+            "Lead",
+            {
+                "Email": email,
+                "LastName": "L",
+                "Company": "Co",
+                "Newsletter_Consent__c": False,
+                "Didomi_Sync_State__c": sync_state.encode(
+                    {"Newsletter_Consent__c": Stamp(at(6), 0, 9, "W")}
+                ),
+            },
+        )
+        s = emulator_settings(emulator)
+        async with SalesforceClient(s, Metrics(CollectorRegistry())) as client:
+            report = await check_mapping(client, example_mapping())
+            writers = [TargetWriter(client, p, s) for p in report.plans]
+            deletion = change(email, minutes=2, event_id="E")  # its last version: nothing
+            deletion.event_type = "event.deleted"
+            changes = [deletion]
+            if late_grant:
+                changes.append(change(email, purpose("newsletter", True), minutes=4, event_id="G"))
+            results = await write_both(writers, changes, email)
+        held_contact, held_lead = emulator.get("Contact", contact), emulator.get("Lead", lead)
+    assert held_lead is not None and held_lead["Newsletter_Consent__c"] is False
+    assert held_contact is not None
+    assert held_contact["Newsletter_Consent__c"] is False, (results, held_contact)
