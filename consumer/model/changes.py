@@ -42,8 +42,8 @@ class ConsentChange:
     purposes: tuple[Purpose, ...]
     #: True for user entities (whole state), False for events (only what changed).
     full_state: bool
-    #: ``user.updated``: the state before the change (``old_entity``). Only the fields whose
-    #: values differ between the two are applied; None applies the whole state.
+    #: ``user.updated``, ``event.updated``: what ``old_entity`` applied. Only the fields
+    #: whose values differ between the two are applied; None applies the whole new version.
     previous_purposes: tuple[Purpose, ...] | None = None
     #: A deleted user whose every mapped field goes to "no consent" (``on_user_deleted``).
     withdraw_all: bool = False

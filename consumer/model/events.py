@@ -103,10 +103,12 @@ class EventCreatedParams(TypedDict):
 
 
 class EventUpdatedParams(TypedDict):
-    """``parameters`` of ``event.updated``; only ``new_entity`` is applied (``old_entity`` is
-    not read, so a malformed one does not reject the message)."""
+    """``parameters`` of ``event.updated``: the choices that differ between ``old_entity``
+    and ``new_entity`` are applied (all of ``new_entity``'s when ``old_entity`` is absent,
+    unreadable or was never applied, so a malformed one does not reject the message)."""
 
     source: NotRequired[Source | None]
+    old_entity: NotRequired[dict[str, Any] | None]
     new_entity: ConsentEvent
 
 

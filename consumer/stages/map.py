@@ -6,8 +6,8 @@ Pure. Rules (Didomi's Salesforce integration):
   Didomi's comma list for text; nothing selected writes null (clears the field);
 - preference value -> Boolean field: true when selected, false when the preference is present
   and the value is not; a preference absent from the event writes nothing;
-- ``user.updated``: only the fields whose values changed between ``old_entity`` and
-  ``new_entity``;
+- ``user.updated`` and ``event.updated``: only the fields whose values changed between
+  ``old_entity`` and ``new_entity`` (when the old one was applied and can be read);
 - a deleted user with ``on_user_deleted: withdraw``: every mapped field to "no consent"
   (purposes and preference values false, preferences null).
 """
@@ -54,9 +54,10 @@ def choices(purposes: Iterable[Purpose]) -> list[Choice]:
 def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, FieldValues]:
     """What one change writes to each target (targets with nothing to write are left out).
 
-    A ``user.updated`` with a readable ``old_entity`` writes only the fields whose values
-    differ between the old and the new state: a user aggregate re-asserting an old choice
-    must not overwrite a later choice made under another Didomi user of the same person.
+    A ``user.updated`` or ``event.updated`` with a readable ``old_entity`` writes only the
+    fields whose values differ between the old and the new version: a user aggregate
+    re-asserting an old choice must not overwrite a later choice made under another Didomi
+    user of the same person, nor an event's update (a proof attached) one made since.
     """
     out: dict[str, FieldValues] = {}
     if change.withdraw_all:

@@ -180,9 +180,12 @@ def _rejected(value: bytes, invalid: ValidationError) -> Rejected:
 def _interpret(envelope: Any, rules: ParseRules, record_time_ms: int | None) -> ParseResult:
     kind: str = envelope["type"]
     params = envelope["parameters"]
-    if kind == "event.created" or kind == "event.updated":
-        entity: ConsentEvent = params["entity"] if kind == "event.created" else params["new_entity"]
-        return _from_event(kind, entity, rules)
+    if kind == "event.created":
+        return _from_event(kind, params["entity"], rules)
+    if kind == "event.updated":
+        entity: ConsentEvent = params["new_entity"]
+        before = _applied_before(params.get("old_entity"), entity, rules)
+        return _from_event(kind, entity, rules, before)
     if kind == "user.created" or kind == "user.updated":
         previous: tuple[Purpose, ...] | None = None
         if kind == "user.created":
@@ -258,10 +261,21 @@ def _deletion_ignored(kind: str, entity: ConsentEvent | User, org_user_id: str) 
     )
 
 
-def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> ParseResult:
+def _from_event(
+    event_type: str,
+    entity: ConsentEvent,
+    rules: ParseRules,
+    previous: tuple[Purpose, ...] | None = None,
+) -> ParseResult:
+    """An event's choices. Dated by ``created_at``, its place in Didomi's order ("events
+    are re-applied in order of their dates"): an update of the event (its approval, a proof
+    attached, an edit) does not move its choices after the person's later choices made in
+    other events. ``previous``: what the event's earlier version applied (``event.updated``);
+    only what differs from it is applied. A deleted event is dated by its deletion."""
     org_user_id = entity["user"]["organization_user_id"]
-    when = _event_time(entity)
     event_id = entity["id"]
+    deleted = event_type == "event.deleted"
+    when = _event_time(entity) if deleted else _utc(entity["created_at"])
     if entity.get("status") == "pending_approval":
         return _ignored(
             "status is pending_approval: applied only once approved",
@@ -284,7 +298,7 @@ def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> Par
     if bad is not None:
         return bad
     purposes = tuple(entity.get("consents", {}).get("purposes", ()))
-    if event_type == "event.deleted":
+    if deleted:
         # Even one granting nothing now: an earlier version of it may have granted what a
         # record still holds under its id (the writer withdraws that).
         purposes = _granted_withdrawn(purposes)
@@ -298,8 +312,33 @@ def _from_event(event_type: str, entity: ConsentEvent, rules: ParseRules) -> Par
             regulation=regulation,
             purposes=purposes,
             full_state=False,
+            previous_purposes=previous,
         )
     )
+
+
+def _applied_before(
+    old: dict[str, Any] | None, new: ConsentEvent, rules: ParseRules
+) -> tuple[Purpose, ...] | None:
+    """The purposes an ``event.updated``'s ``old_entity`` applied, or None (apply the whole
+    new version) when there is none, it cannot be read, it is another person's, or it was
+    never applied (pending approval, a regulation not synced): an approval applies the
+    event whole."""
+    if not isinstance(old, dict) or old.get("status") == "pending_approval":
+        return None
+    user = old.get("user")
+    old_id = user.get("organization_user_id") if isinstance(user, dict) else None
+    if not isinstance(old_id, str) or email_key(old_id) != email_key(
+        new["user"]["organization_user_id"]
+    ):
+        return None
+    if old.get("regulation", "gdpr") not in rules.regulations:
+        return None
+    try:
+        consents = _CONSENTS.validate_python(old.get("consents", {}))
+    except ValidationError:
+        return None
+    return tuple(consents.get("purposes", ()))
 
 
 def _granted_withdrawn(purposes: tuple[Purpose, ...]) -> tuple[Purpose, ...]:

@@ -440,7 +440,10 @@ def test_valid_events_are_accepted_or_ignored_by_rule(case: tuple[dict[str, Any]
     assert change.full_state is doc["type"].startswith("user.")
     source_id = (params.get("source") or {}).get("id") if doc["type"] == "user.updated" else None
     assert change.event_id == (source_id or entity["id"])
-    stamp = datetime.fromisoformat(entity.get("updated_at") or entity["created_at"])
+    # Events are dated by their creation (their place in Didomi's order), users by their
+    # last update.
+    dated = entity["created_at"] if doc["type"].startswith("event.") else None
+    stamp = datetime.fromisoformat(dated or entity.get("updated_at") or entity["created_at"])
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     # Kept to the millisecond, like Salesforce and the sync state.

@@ -5,9 +5,9 @@ Pure and seeded (no I/O, no clock): the same arguments give the same bytes, so r
 The mix is what a Didomi webhook feed looks like for a newsletter and an analytics purpose:
 mostly ``event.created`` with a partial consent (the newsletter enabled with a topics and a
 frequency preference, or disabled; analytics on or off; one or both purposes), some
-``user.updated`` carrying the whole old and new state, some ``event.updated``, and a few that
-the service ignores (pending approval, a CPRA event). Emails are valid and keyed as producers
-must key them (lower-cased); event times only increase.
+``user.updated`` carrying the whole old and new state, some ``event.updated`` (approvals), and
+a few that the service ignores (pending approval, a CPRA event). Emails are valid and keyed as
+producers must key them (lower-cased); event times only increase.
 """
 
 from __future__ import annotations
@@ -165,9 +165,9 @@ class EventFactory:
             "metadata": {"channel": "web"},
         }
         if roll < mix.event_updated:
-            created = iso_ms(max(0, when_ms - 60_000))
-            old = {**event, "created_at": created, "updated_at": created}
-            event = {**event, "created_at": created}
+            # An approval: the pending version applied nothing, so the event applies whole,
+            # dated by its creation (kept at this record's time, so that times increase).
+            old = {**event, "status": "pending_approval"}
             params = {"source": {"id": f"src-{n}", "created_at": when}, "old_entity": old}
             return orjson.dumps(
                 {"type": "event.updated", "parameters": {**params, "new_entity": event}}

@@ -1,0 +1,110 @@
+"""``event.updated``: the event keeps its place in Didomi's order (its creation), and only
+what the update changed is applied.
+
+Didomi: an event carries the choices made in that event; a ``pending_approval`` event is
+applied once approved, and "events are re-applied in order of their dates". An update of an
+older event (its approval, a proof attached) must not move its choices after the person's
+later choices made in other events (review finding: it re-asserted every choice of the event
+at its ``updated_at``, a wrong true over a newer withdrawal).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration.support import example_mapping, make_emulator
+from tests.integration.test_consent_order import running
+from tests.integration.test_recent_choices import EMAIL, deliver, event, form_contact, target
+from tests.integration.test_redrive_order import iso
+from tests.unit.helpers import T0
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
+
+
+def entity(
+    event_id: str, created: int, updated: int, status: str, *purposes: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "created_at": iso(T0 + timedelta(minutes=created)),
+        "updated_at": iso(T0 + timedelta(minutes=updated)),
+        "status": status,
+        "user": {"organization_user_id": EMAIL},
+        "consents": {"purposes": list(purposes)},
+        "proofs_id": [] if updated == created else ["proof-1"],
+    }
+
+
+def created(version: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": "event.created", "parameters": {"entity": version}})
+
+
+def updated(old: dict[str, Any] | None, new: dict[str, Any]) -> bytes:
+    params: dict[str, Any] = {"source": {"id": new["id"]}, "new_entity": new}
+    if old is not None:
+        params["old_entity"] = old
+    return orjson.dumps({"type": "event.updated", "parameters": params})
+
+
+GRANT = {"id": "newsletter", "enabled": True}
+WITHDRAWAL = {"id": "newsletter", "enabled": False}
+
+
+@pytest.mark.parametrize("first_status", ["confirmed", "pending_approval"])
+@pytest.mark.parametrize("with_old", [True, False], ids=["old-entity", "no-old-entity"])
+async def test_an_update_of_an_older_event_does_not_undo_a_newer_withdrawal(
+    first_status: str, with_old: bool
+) -> None:
+    # Minute 0: event E grants the newsletter (confirmed, or pending approval: ignored).
+    # Minute 5: event F withdraws it. Minute 10: E is updated (a proof attached, or its
+    # approval): its newsletter choice is still E's, of minute 0, older than F's.
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, first_status, GRANT)
+            await deliver(run, created(first))
+            withdrawal = await deliver(run, event("F", 5, WITHDRAWAL))
+            assert target(withdrawal, "Contact")["status"] == "updated", withdrawal
+            update = await deliver(
+                run, updated(first if with_old else None, entity("E", 0, 10, "confirmed", GRANT))
+            )
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (update, record)
+    assert update["event_time"].startswith(iso(T0)[:19]), update
+
+
+async def test_an_approval_applies_the_event() -> None:
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            pending = entity("E", 0, 0, "pending_approval", GRANT)
+            assert (await deliver(run, created(pending)))["status"] == "ignored"
+            approved = await deliver(run, updated(pending, entity("E", 0, 10, "confirmed", GRANT)))
+        record = emulator.get("Contact", contact)
+    assert target(approved, "Contact")["status"] == "updated", approved
+    assert record is not None and record["Newsletter_Consent__c"] is True
+
+
+async def test_an_edit_applies_what_it_changed() -> None:
+    # E granted the newsletter and analytics; an edit withdraws the newsletter and leaves
+    # analytics as it was. A withdrawal of analytics in a later event (F) is not undone by
+    # the edit, which does not change analytics.
+    analytics_on = {"id": "analytics", "enabled": True}
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, "confirmed", GRANT, analytics_on)
+            await deliver(run, created(first))
+            await deliver(run, event("F", 5, {"id": "analytics", "enabled": False}))
+            edit = await deliver(
+                run, updated(first, entity("E", 0, 10, "confirmed", WITHDRAWAL, analytics_on))
+            )
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (edit, record)
+    assert record["Analytics_Consent__c"] is False, (edit, record)
