@@ -230,6 +230,10 @@ def build_pipeline(
             max_future_skew_seconds=s.sync_max_future_skew_seconds,
             on_user_deleted=mapping.on_user_deleted,
             on_event_deleted=mapping.on_event_deleted,
+            mapped_purposes=frozenset(p for t in mapping.targets for p in t.purposes),
+            mapped_preferences=frozenset(
+                p for t in mapping.targets for p in (*t.preferences, *t.preference_values)
+            ),
         ),
         plans,
         writers,

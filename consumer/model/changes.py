@@ -47,6 +47,9 @@ class ConsentChange:
     previous_purposes: tuple[Purpose, ...] | None = None
     #: A deleted user whose every mapped field goes to "no consent" (``on_user_deleted``).
     withdraw_all: bool = False
+    #: Mapped parts of the event left out as malformed (parse), described; its other
+    #: choices are applied, and the outcome says so.
+    malformed: str | None = None
 
     def mapped(self) -> ConsentChange:
         """This change without its purposes: once mapped, a backlog need not hold them.
@@ -64,6 +67,7 @@ class ConsentChange:
             self.full_state,
             None,
             self.withdraw_all,
+            self.malformed,
         )
 
 

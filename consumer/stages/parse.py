@@ -46,7 +46,13 @@ from consumer.model.events import (
     User,
 )
 from consumer.model.messages import email_key
-from consumer.model.outcomes import MAX_CODE_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, clip
+from consumer.model.outcomes import (
+    MAX_CODE_CHARS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_REASON_CHARS,
+    clip,
+)
 
 _ENVELOPE: TypeAdapter[Any] = TypeAdapter(Envelope)
 
@@ -74,6 +80,11 @@ class ParseRules:
     #: What ``user.deleted`` and ``event.deleted`` do (the mapping's ``on_*_deleted``).
     on_user_deleted: str = "ignore"
     on_event_deleted: str = "ignore"
+    #: The purposes and preferences some target maps; None: every one. A malformed part of
+    #: a purpose is left out of the event (not a reason to reject its other choices); when
+    #: it is mapped, the outcome says so and the event is dead-lettered.
+    mapped_purposes: frozenset[str] | None = None
+    mapped_preferences: frozenset[str] | None = None
 
 
 def parse_message(
@@ -91,10 +102,14 @@ def parse_message(
             "MESSAGE_TOO_LARGE",
             f"the message is {len(value)} bytes, over the limit of {rules.max_message_bytes}",
         )
+    malformed: list[str] = []
     try:
         envelope = _ENVELOPE.validate_json(value)
     except ValidationError as exc:
-        return _rejected(value, exc)
+        salvaged = _salvage(value, exc, rules, malformed)
+        if salvaged is None:
+            return _rejected(value, exc)
+        envelope = salvaged
     try:
         result = _interpret(envelope, rules, record_time_ms)
     except OverflowError:
@@ -106,12 +121,100 @@ def parse_message(
             envelope["type"],
         )
     if isinstance(result, Accepted):
+        if malformed:
+            result.change.malformed = clip("; ".join(malformed), MAX_REASON_CHARS)
         moment = epoch_ms(result.change.event_time)
         if not 0 <= moment <= LATEST_EVENT_MS:
             return _out_of_range(result.change)
         if record_time_ms is not None and record_time_ms > 0:
             return _bounded(result, moment, record_time_ms, rules.max_future_skew_seconds)
     return result
+
+
+#: Where the applied entity's purposes are, by event type (``old_entity`` is never validated).
+_APPLIED = {"entity", "new_entity"}
+
+
+def _salvage(
+    value: bytes, invalid: ValidationError, rules: ParseRules, malformed: list[str]
+) -> Any | None:
+    """The envelope without the malformed parts of its purposes, when they are all that is
+    wrong with it; None otherwise (the message is rejected).
+
+    Didomi's event carries several choices: one malformed preference or purpose must not
+    reject a withdrawal beside it. What is left out is its enabled flag, its preference or,
+    when even its id cannot be read, the purpose. Parts no target maps are left out as any
+    other key the sync does not use; mapped ones are described in ``malformed``.
+    """
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    drops: dict[tuple[int, str | None, str | None], str] = {}
+    for err in invalid.errors(include_url=False, include_input=False):
+        loc = err["loc"]
+        # (type tag, "parameters", entity key, "consents", "purposes", i, ...)
+        if (
+            len(loc) < 6
+            or loc[1] != "parameters"
+            or loc[2] not in _APPLIED
+            or loc[3:5] != ("consents", "purposes")
+            or not isinstance(loc[5], int)
+        ):
+            return None
+        rest = loc[6:]
+        if rest == ("enabled",):
+            part: tuple[int, str | None, str | None] = (loc[5], "enabled", None)
+        elif len(rest) >= 2 and rest[0] == "values" and isinstance(rest[1], str):
+            part = (loc[5], "values", rest[1])
+        else:
+            part = (loc[5], None, None)
+        path = ".".join(str(p) for p in loc[3:])
+        drops.setdefault(part, f"{clip(path, MAX_NAME_CHARS)}: {clip(err['msg'], 60)}")
+    try:
+        purposes = doc["parameters"][loc[2]]["consents"]["purposes"]
+    except (KeyError, TypeError):
+        return None
+    if not isinstance(purposes, list):
+        return None
+    whole = {i for i, kind, _ in drops if kind is None}
+    for (i, kind, pref), why in sorted(drops.items(), key=lambda d: d[0][0]):
+        purpose = purposes[i] if i < len(purposes) else None
+        if kind is not None and i in whole:
+            continue  # the whole purpose goes
+        if _mapped_part(purpose, kind, pref, rules):
+            malformed.append(why)
+        if not isinstance(purpose, dict):
+            whole.add(i)
+        elif kind == "enabled":
+            purpose.pop("enabled", None)
+        elif kind == "values" and isinstance(values := purpose.get("values"), dict):
+            values.pop(pref, None)
+    if whole:
+        purposes[:] = [p for i, p in enumerate(purposes) if i not in whole]
+    try:
+        return _ENVELOPE.validate_python(doc)
+    except ValidationError:
+        return None
+
+
+def _mapped_part(purpose: Any, kind: str | None, pref: str | None, rules: ParseRules) -> bool:
+    """Whether a malformed part of a purpose is one some target maps (unknown: it is)."""
+    purposes, preferences = rules.mapped_purposes, rules.mapped_preferences
+    if purposes is None or preferences is None or not isinstance(purpose, dict):
+        return True
+    purpose_id = purpose.get("id")
+    if kind == "enabled":
+        return not isinstance(purpose_id, str) or purpose_id in purposes
+    if kind == "values":
+        return pref in preferences
+    values = purpose.get("values")
+    return (
+        not isinstance(purpose_id, str)
+        or purpose_id in purposes
+        or not isinstance(values, dict)
+        or any(p in preferences for p in values)
+    )
 
 
 def _out_of_range(change: ConsentChange) -> Rejected:

@@ -145,6 +145,10 @@ def assemble(
             if for_all:
                 alike[change.email_key] = verdict
         targets, status, reason, error_class = verdict
+        if change.malformed is not None:
+            status, reason, error_class = _with_malformed(
+                change.malformed, bool(targets), status, reason, error_class
+            )
         if error_class is not None and reason is not None:
             dead.append(
                 DeadLetterOut(
@@ -234,6 +238,24 @@ def _verdict(
             for r in target["fields_refused"]
         )
     return (targets, status, reason, error_class), for_all
+
+
+def _with_malformed(
+    malformed: str, applied: bool, status: str, reason: str | None, error_class: str | None
+) -> tuple[str, str, str]:
+    """An event some mapped parts of which were left out as malformed (parse): ``partial``
+    when its other choices reached a target, ``rejected`` when nothing else was mapped; it is
+    dead-lettered either way, so that it can be fixed and redriven."""
+    text = f"left out as malformed: {malformed}"
+    if not applied:
+        return "rejected", text, "SCHEMA_VALIDATION"
+    if status != "failed":
+        status = "partial"
+    return (
+        status,
+        text if reason is None else f"{reason}; {text}",
+        error_class or ("SCHEMA_VALIDATION"),
+    )
 
 
 def _doc(

@@ -177,13 +177,15 @@ def bad_messages() -> list[tuple[str, bytes | None, str, str]]:
             "out of range",
         ),
         (
-            # Used to put the whole 200,000-character key in the reason.
+            # Used to put the whole 200,000-character key in the reason. (A malformed part
+            # of a purpose alone no longer rejects an event: here its date is wrong too.)
             "huge preference value id",
             event(
                 "ev-key",
                 "ignored@example.com",
                 T0,
                 True,
+                created_at="yesterday",
                 consents={"purposes": [{"id": "newsletter", "values": {"k" * 200_000: 1}}]},
             ),
             "SCHEMA_VALIDATION",

@@ -151,7 +151,12 @@ HUGE = "x" * 600_000
         (event(id=HUGE, regulation="cpra"), "ignored"),
         (event(id=HUGE, user={"organization_user_id": "not an email"}), "rejected"),
         (orjson.dumps({"type": HUGE, "parameters": {"entity": {"id": HUGE}}}), "rejected"),
-        (event(consents={"purposes": [{"id": "n", "values": {HUGE: {"value": 1}}}]}), "rejected"),
+        (
+            event(
+                created_at="x", consents={"purposes": [{"id": "n", "values": {HUGE: {"value": 1}}}]}
+            ),
+            "rejected",
+        ),
         (event(user={"organization_user_id": 42}, id=HUGE), "rejected"),
         (
             orjson.dumps(
@@ -288,3 +293,14 @@ def test_ordinary_values_are_unchanged() -> None:
         b"organization_user_id is not an email address (it is matched against the record's email)"
     )
     assert publication.key == b"not an email"
+
+
+def test_a_malformed_part_left_out_is_described_clipped() -> None:
+    # Alone, a malformed part of a purpose is left out and described (every part counts as
+    # mapped without the mapping): its huge key is clipped there too.
+    value = event(consents={"purposes": [{"id": "n", "values": {HUGE: {"value": 1}}}]})
+    parsed = parse_message(value, RULES)
+    assert isinstance(parsed, Accepted), parsed
+    described = parsed.change.malformed
+    assert described is not None and len(described) <= MAX_REASON_CHARS
+    assert " chars]" in described

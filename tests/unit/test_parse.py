@@ -344,3 +344,70 @@ def test_an_event_time_the_sync_state_cannot_hold_is_rejected(when: str) -> None
     assert isinstance(result, Rejected), result
     assert result.error_class == "EVENT_TIME_OUT_OF_RANGE"
     assert result.event_id == "0f2a5b0e-6f0b-4e3f-9c61-1c0f9a7b2d11"
+
+
+# --- malformed parts of purposes: left out, not a reason to reject the event's other choices
+
+MAPPED = ParseRules(
+    mapped_purposes=frozenset({"newsletter", "analytics"}),
+    mapped_preferences=frozenset({"topics", "frequency"}),
+)
+
+
+def with_purposes(*purposes: object, user: object = "jane@example.com") -> bytes:
+    entity = {
+        "id": "e1",
+        "created_at": "2026-11-20T09:14:03.512Z",
+        "user": {"organization_user_id": user},
+        "consents": {"purposes": list(purposes)},
+    }
+    return orjson.dumps({"type": "event.created", "parameters": {"entity": entity}})
+
+
+WITHDRAWAL = {"id": "newsletter", "enabled": False}
+
+
+def test_a_malformed_purpose_no_target_maps_is_left_out_silently() -> None:
+    value = with_purposes(
+        WITHDRAWAL, {"id": "cookies", "enabled": None, "values": {"vendors": {"value": None}}}
+    )
+    result = parse_message(value, MAPPED)
+    assert isinstance(result, Accepted), result
+    assert result.change.malformed is None
+    purposes = result.change.purposes
+    assert [p["id"] for p in purposes] == ["newsletter", "cookies"]
+    assert purposes[0].get("enabled") is False
+    assert purposes[1].get("values") == {}
+
+
+def test_a_malformed_mapped_preference_beside_a_withdrawal_is_left_out_and_said() -> None:
+    bad = {"id": "newsletter", "enabled": False, "values": {"topics": {"value": 42}}}
+    result = parse_message(with_purposes(bad, {"id": "analytics", "enabled": "no"}), MAPPED)
+    assert isinstance(result, Accepted), result
+    (newsletter, analytics) = result.change.purposes
+    assert newsletter.get("enabled") is False and newsletter.get("values") == {}
+    assert "enabled" not in analytics
+    assert result.change.malformed is not None
+    assert "purposes.0.values.topics.value" in result.change.malformed
+    assert "purposes.1.enabled" in result.change.malformed
+
+
+def test_a_purpose_without_a_readable_id_is_left_out_whole() -> None:
+    result = parse_message(with_purposes(WITHDRAWAL, {"enabled": True}, "junk"), MAPPED)
+    assert isinstance(result, Accepted), result
+    assert [p["id"] for p in result.change.purposes] == ["newsletter"]
+    assert result.change.malformed is not None  # its id unknown: it may be mapped
+
+
+def test_without_the_mapping_every_malformed_part_is_said() -> None:
+    value = with_purposes(WITHDRAWAL, {"id": "cookies", "enabled": "yes"})
+    result = parse_message(value, ParseRules())
+    assert isinstance(result, Accepted), result
+    assert result.change.malformed is not None and "purposes.1.enabled" in result.change.malformed
+
+
+def test_malformed_purposes_beside_another_error_still_reject() -> None:
+    value = with_purposes(WITHDRAWAL, {"id": "cookies", "enabled": "yes"}, user=42)
+    result = parse_message(value, MAPPED)
+    assert isinstance(result, Rejected), result
+    assert "organization_user_id" in result.reason
