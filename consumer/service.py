@@ -111,7 +111,7 @@ class Service:
         remembers = s.sync_recent_choices_seconds > 0 and s.sync_recent_choices_people > 0
         log = ChoicesLog(s, s.kafka_choices_topic) if s.kafka_choices_topic and remembers else None
         if not await _start_with_retries(producer.start, stop, "producer"):
-            await producer.stop()
+            await _close(producer.stop(), "producer")
             return EXIT_OK
         try:
             if log is not None:
@@ -151,9 +151,9 @@ class Service:
         finally:
             try:
                 if log is not None:
-                    await log.stop()
+                    await _close(log.stop(), "choices reader")
             finally:
-                await producer.stop()
+                await _close(producer.stop(), "producer")
         return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
 
 
@@ -273,11 +273,31 @@ async def _choices_topic_problem(
 _UNJOINED_CLOSE_SECONDS = 2.0
 
 
+#: How long closing a Kafka client may take: its requests (leaving the group, the
+#: producer's last sends) wait for a broker that may not answer; what is not acknowledged by
+#: then was not committed either, and is read again after the restart. Three of them after
+#: the drain's SYNC_SHUTDOWN_TIMEOUT_SECONDS (20 s) stay within Kubernetes' 30 s of grace.
+CLOSE_SECONDS = 2.0
+
+
+async def _close(closing: Awaitable[None], what: str) -> None:
+    """Close a Kafka client within :data:`CLOSE_SECONDS`."""
+    try:
+        await asyncio.wait_for(closing, CLOSE_SECONDS)
+    except TimeoutError:
+        logger.warning(
+            "kafka %s not closed in time: the broker does not answer; what it did not "
+            "acknowledge is read again after the restart",
+            what,
+            extra={"wait_s": CLOSE_SECONDS},
+        )
+
+
 async def _close_consumer(consumer: Any, *, joined: bool) -> None:
     """Close the consumer; without a join there is nothing to wait for (the broker forgets
     the member after its session timeout), so a stop during a long join ends promptly."""
     if joined:
-        await consumer.stop()
+        await _close(consumer.stop(), "consumer")
         return
     try:
         await asyncio.wait_for(consumer.stop(), _UNJOINED_CLOSE_SECONDS)

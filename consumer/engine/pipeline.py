@@ -98,6 +98,10 @@ class EngineConfig:
     commit_interval_seconds: float = 1.0
     shutdown_timeout_seconds: float = 20.0
     rebalance_timeout_seconds: float = 10.0
+    #: Longest a commit may take: aiokafka retries a coordinator it cannot reach for ever,
+    #: and neither the poll loop nor a shutdown may hang on it (a timed-out commit counts as
+    #: failed; the next one commits the same offsets or more).
+    commit_timeout_seconds: float = 10.0
     max_pending_events: int = 20_000
     max_pending_bytes: int = 64 * 1024 * 1024
     #: Messages not yet done (not fetched yet, plus held) from which writers are told the
@@ -165,6 +169,8 @@ class Batch:
 
 #: Records taken in between two yields to the event loop (see ``Pipeline._poll_once``).
 INTAKE_CHUNK = 25
+#: The least time the drain's last commit gets, however late the drain ended.
+DRAIN_COMMIT_SECONDS = 2.0
 
 
 class Pipeline:
@@ -216,6 +222,8 @@ class Pipeline:
         #: reading it (outside the rebalance listener: aiokafka sends no heartbeat while a
         #: listener runs, and hands out the new partitions' records before it calls it).
         self._restoring: set[TopicPartition] = set()
+        #: The stop ``run`` was given: a commit in the poll loop gives way to it.
+        self._stop: asyncio.Event | None = None
         self._restore_task: asyncio.Task[None] | None = None
         self._lanes: Lanes[Fetched] = Lanes(config.concurrency, self._make_buffer)
         self._inflight: dict[asyncio.Task[None], Batch] = {}
@@ -262,6 +270,7 @@ class Pipeline:
 
         After it returns, :attr:`failure` says whether the service must exit non-zero.
         """
+        self._stop = stop
         try:
             while not stop.is_set() and self.failure is None:
                 try:
@@ -304,7 +313,7 @@ class Pipeline:
         self._update_lag()
         self._dispatch_ready()
         if now - self._last_commit >= self._cfg.commit_interval_seconds:
-            await self.commit()
+            await self.commit(stop=self._stop)
         # getmany() returns at once while the client holds fetched records: each poll yields
         # at least once, so a backlog is never taken in poll after poll with nothing between.
         await asyncio.sleep(0)
@@ -602,8 +611,16 @@ class Pipeline:
 
     # --- commits, rebalance, shutdown ---------------------------------------------------
 
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit every owned partition whose done prefix moved."""
+    async def commit(
+        self,
+        only: set[TopicPartition] | None = None,
+        *,
+        timeout: float | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Commit every owned partition whose done prefix moved, within ``timeout``
+        (``commit_timeout_seconds`` by default); a ``stop`` set meanwhile abandons it (the
+        drain commits next)."""
         async with self._commit_lock:
             self._last_commit = self._clock()
             positions = {
@@ -613,10 +630,34 @@ class Pipeline:
             }
             if not positions:
                 return
-            try:
-                await self._consumer.commit(
+            request = asyncio.ensure_future(
+                self._consumer.commit(
                     {tp: OffsetAndMetadata(pos, "") for tp, pos in positions.items()}
                 )
+            )
+            waits: set[asyncio.Future[Any]] = {request}
+            stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+            if stopper is not None:
+                waits.add(stopper)
+            limit = self._cfg.commit_timeout_seconds if timeout is None else timeout
+            try:
+                await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if stopper is not None:
+                    stopper.cancel()
+                if not request.done():
+                    request.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                        await request
+            if request.cancelled():
+                if stop is not None and stop.is_set():
+                    return  # stopping: the drain commits
+                self._metrics.commits.labels("error").inc()
+                self._health.commit_failed(self._clock())
+                logger.warning("commit timed out; will retry", extra={"timeout_s": limit})
+                return
+            try:
+                request.result()
             except CommitFailedError as exc:
                 # The partitions moved to another member, which re-reads what we did not commit.
                 self._metrics.commits.labels("rebalanced").inc()
@@ -817,7 +858,9 @@ class Pipeline:
             logger.warning(
                 "abandoned in-flight batches at shutdown", extra={"batches": len(abandoned)}
             )
-        await self.commit()
+        # What is left of the shutdown time, and a moment at least: committing what is done
+        # is what the drain is for (a broker that does not answer must not hold it for good).
+        await self.commit(timeout=max(deadline - self._clock(), DRAIN_COMMIT_SECONDS))
 
 
 def _exhausted(exc: RetryBudgetExhaustedError) -> dict[str, PersonResult]:

@@ -52,6 +52,8 @@ class MemoryConsumer:
         self.listener: ConsumerRebalanceListener | None = None
         #: Exceptions the next commits raise, in order.
         self.commit_errors: list[BaseException] = []
+        #: Set: every commit waits for it (a coordinator that does not answer meanwhile).
+        self.commit_hangs: asyncio.Event | None = None
 
     # --- test side -----------------------------------------------------------------------
 
@@ -140,6 +142,8 @@ class MemoryConsumer:
         self._wake.set()
 
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.commit_hangs is not None:
+            await self.commit_hangs.wait()  # a coordinator that does not answer
         if self.commit_errors:
             raise self.commit_errors.pop(0)
         moved = {tp: meta.offset for tp, meta in offsets.items()}

@@ -1,9 +1,11 @@
-"""A pause whose waiting batches a rebalance abandoned must not hold the partitions for good.
+"""Waits that could stall the service silently (review findings), on in-memory ports.
 
-Found in review: the poll loop kept every partition paused while the gate held a pause, and
-the gate held it until a probe succeeded; a rebalance during the pause (a deploy, KEDA
-scaling on the lag the pause grows) abandons every batch waiting at the gate, so nothing was
-fetched, nothing probed, and the member stopped consuming for good with /healthz green.
+A pause whose waiting batches a rebalance abandoned must not hold the partitions for good:
+the poll loop kept every partition paused while the gate held a pause, and the gate held it
+until a probe succeeded; a rebalance during the pause (a deploy, KEDA scaling on the lag the
+pause grows) abandons every batch waiting at the gate, so nothing was fetched, nothing
+probed, and the member stopped consuming for good with /healthz green. A commit the
+coordinator does not answer must hold neither the poll loop nor a shutdown.
 """
 
 from __future__ import annotations
@@ -53,3 +55,27 @@ async def test_with_the_choices_topic_the_abandoned_event_is_read_again() -> Non
     await h.until("a's event written after the pause", lambda: len(h.outcomes()) == 1, 5)
     await h.finish()
     assert [o["status"] for o in h.outcomes()] == ["updated"]
+
+
+async def test_a_commit_the_coordinator_does_not_answer_neither_hangs_the_loop_nor_the_stop() -> (
+    None
+):
+    # Review finding: aiokafka retries a coordinator it cannot reach for ever, and the poll
+    # loop (and the drain's last commit) waited for it: a SIGTERM never ended the process.
+    h = Harness(commit_timeout_seconds=0.1, shutdown_timeout_seconds=0.2)
+    h.consumer.commit_hangs = asyncio.Event()
+    h.consumer.append(0, event("a@x.com", 0))
+    h.start()
+    await h.until("the outcome", lambda: len(h.outcomes()) == 1)
+    # The loop goes on polling: a second event is taken in and written meanwhile.
+    h.consumer.append(0, event("b@x.com", 1))
+    await h.until("the second outcome", lambda: len(h.outcomes()) == 2)
+    await h.until("a commit counted as failed", lambda: h.health.commit_failing_since is not None)
+    started = asyncio.get_running_loop().time()
+    await h.finish()  # the drain's last commit is bounded too
+    assert asyncio.get_running_loop().time() - started < 5
+    assert h.consumer.committed == {}
+    # Once the coordinator answers, what is done is committed.
+    h.consumer.commit_hangs = None
+    await h.pipeline.commit()
+    assert h.consumer.committed == {tp(0): 2}
