@@ -429,19 +429,11 @@ def _applied_before(
     event whole."""
     if not isinstance(old, dict) or old.get("status") == "pending_approval":
         return None
-    user = old.get("user")
-    old_id = user.get("organization_user_id") if isinstance(user, dict) else None
-    if not isinstance(old_id, str) or email_key(old_id) != email_key(
-        new["user"]["organization_user_id"]
-    ):
-        return None
     if old.get("regulation", "gdpr") not in rules.regulations:
         return None
-    try:
-        consents = _CONSENTS.validate_python(old.get("consents", {}))
-    except ValidationError:
-        return None
-    return tuple(consents.get("purposes", ()))
+    user = old.get("user")
+    old_id = user.get("organization_user_id") if isinstance(user, dict) else None
+    return _old_purposes(old, old_id, new["user"]["organization_user_id"])
 
 
 def _granted_withdrawn(purposes: tuple[Purpose, ...]) -> tuple[Purpose, ...]:
@@ -473,8 +465,13 @@ def _previous_purposes(old: dict[str, Any] | None, new: User) -> tuple[Purpose, 
     it cannot be read, or it is another person."""
     if not isinstance(old, dict):
         return None
-    old_id = old.get("organization_user_id")
-    if not isinstance(old_id, str) or email_key(old_id) != email_key(new["organization_user_id"]):
+    return _old_purposes(old, old.get("organization_user_id"), new["organization_user_id"])
+
+
+def _old_purposes(old: dict[str, Any], old_id: object, new_id: str) -> tuple[Purpose, ...] | None:
+    """The purposes of an ``old_entity``; None when it is another person's (``old_id``
+    against ``new_id``) or its consents cannot be read."""
+    if not isinstance(old_id, str) or email_key(old_id) != email_key(new_id):
         return None
     try:
         consents = _CONSENTS.validate_python(old.get("consents", {}))
