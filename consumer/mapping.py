@@ -149,8 +149,9 @@ class TargetMapping(BaseModel):
         """Field -> the choice its stamp dates, named the same on every target.
 
         A purpose's field dates ``("purposes", P)``; a preference value's field dates
-        ``("preference_values", P, V)``: a ``user.updated`` stamps only the values that
-        changed, so a value's stamp says nothing of the others. A preference's text field
+        ``("preference_values", P, V)``: a ``user.updated`` or ``event.updated`` stamps
+        only the values that changed, so a value's stamp says nothing of the others. A
+        preference's text field
         dates ``("preferences", P, *values)``, naming the values its target maps as fields
         too: their own stamps say when each was chosen, so the text speaks only for the
         others (for every value when the target maps none).

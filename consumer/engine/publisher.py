@@ -220,6 +220,7 @@ class Publisher:
         members: list[list[int]] = []
         groups: dict[tuple[str, int], list[int]] = {}
         partitions: dict[str, list[int]] = {}
+        no_metadata: dict[str, KafkaError] = {}
         for i, record in enumerate(records):
             if _size(record) > self._max_record:
                 answers[i] = MessageSizeTooLargeError(
@@ -245,12 +246,17 @@ class Publisher:
                 continue
             known = partitions.get(record.topic)
             if known is None:
+                if (unknown := no_metadata.get(record.topic)) is not None:
+                    answers[i] = unknown
+                    continue
                 try:
                     known = partitions[record.topic] = sorted(
                         await self._producer.partitions_for(record.topic)
                     )
                 except KafkaError as exc:
-                    answers[i] = exc  # no metadata within request_timeout_ms: retried
+                    # No metadata within request_timeout_ms: every record of the topic in
+                    # this call gets that answer (asked once), and is retried.
+                    answers[i] = no_metadata[record.topic] = exc
                     continue
             partition = record.partition  # known to exist (publish checks)
             if partition is None:

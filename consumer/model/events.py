@@ -108,7 +108,7 @@ class EventUpdatedParams(TypedDict):
     unreadable or was never applied, so a malformed one does not reject the message)."""
 
     source: NotRequired[Source | None]
-    old_entity: NotRequired[dict[str, Any] | None]
+    old_entity: NotRequired[Any]
     new_entity: ConsentEvent
 
 
@@ -124,7 +124,7 @@ class UserUpdatedParams(TypedDict):
     unreadable, so a malformed one does not reject the message)."""
 
     source: NotRequired[Source | None]
-    old_entity: NotRequired[dict[str, Any] | None]
+    old_entity: NotRequired[Any]
     new_entity: User
 
 

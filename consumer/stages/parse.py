@@ -20,9 +20,9 @@ to ``MAX_NAME_CHARS``, so that the reason keeps its shape, and ids to ``MAX_ID_C
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -142,15 +142,16 @@ def _salvage(
     wrong with it; None otherwise (the message is rejected).
 
     Didomi's event carries several choices: one malformed preference or purpose must not
-    reject a withdrawal beside it. What is left out is its enabled flag, its preference or,
-    when even its id cannot be read, the purpose. Parts no target maps are left out as any
-    other key the sync does not use; mapped ones are described in ``malformed``.
+    reject a withdrawal beside it. What is left out is its enabled flag, a preference (or
+    its whole ``values`` when that is no object) or, when even its id cannot be read, the
+    purpose. Parts no target maps are left out as any other key the sync does not use;
+    mapped ones are described in ``malformed``.
     """
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
-    drops: dict[tuple[int, str | None, str | None], str] = {}
+    parts: dict[_Part, str] = {}
     for err in invalid.errors(include_url=False, include_input=False):
         loc = err["loc"]
         # (type tag, "parameters", entity key, "consents", "purposes", i, ...)
@@ -162,40 +163,59 @@ def _salvage(
             or not isinstance(loc[5], int)
         ):
             return None
-        rest = loc[6:]
-        if rest == ("enabled",):
-            part: tuple[int, str | None, str | None] = (loc[5], "enabled", None)
-        elif len(rest) >= 2 and rest[0] == "values" and isinstance(rest[1], str):
-            part = (loc[5], "values", rest[1])
-        else:
-            part = (loc[5], None, None)
         path = ".".join(str(p) for p in loc[3:])
-        drops.setdefault(part, f"{clip(path, MAX_NAME_CHARS)}: {clip(err['msg'], 60)}")
+        parts.setdefault(_part(loc[5:]), f"{clip(path, MAX_NAME_CHARS)}: {clip(err['msg'], 60)}")
     try:
         purposes = doc["parameters"][loc[2]]["consents"]["purposes"]
     except (KeyError, TypeError):
         return None
     if not isinstance(purposes, list):
         return None
-    whole = {i for i, kind, _ in drops if kind is None}
-    for (i, kind, pref), why in sorted(drops.items(), key=lambda d: d[0][0]):
+    for (i, kind, pref), why in parts.items():
         purpose = purposes[i] if i < len(purposes) else None
-        if kind is not None and i in whole:
-            continue  # the whole purpose goes
-        if _mapped_part(purpose, kind, pref, rules):
+        if (kind is None or (i, None, None) not in parts) and _mapped_part(
+            purpose, kind, pref, rules
+        ):
             malformed.append(why)
-        if not isinstance(purpose, dict):
-            whole.add(i)
-        elif kind == "enabled":
-            purpose.pop("enabled", None)
-        elif kind == "values" and isinstance(values := purpose.get("values"), dict):
-            values.pop(pref, None)
-    if whole:
-        purposes[:] = [p for i, p in enumerate(purposes) if i not in whole]
+    _drop(purposes, parts)
     try:
         return _ENVELOPE.validate_python(doc)
     except ValidationError:
         return None
+
+
+#: A malformed part of a purpose: its index, and ``"enabled"``, ``"values"`` with a
+#: preference (None: the whole ``values``), or None for the whole purpose.
+_Part = tuple[int, str | None, str | None]
+
+
+def _part(loc: tuple[int | str, ...]) -> _Part:
+    """The part of a purpose a validation error's location (from the purpose's index on)
+    is in."""
+    index, rest = int(loc[0]), loc[1:]
+    if rest == ("enabled",):
+        return index, "enabled", None
+    if rest and rest[0] == "values":
+        pref = rest[1] if len(rest) >= 2 and isinstance(rest[1], str) else None
+        return index, "values", pref
+    return index, None, None
+
+
+def _drop(purposes: list[Any], parts: Iterable[_Part]) -> None:
+    """Take the malformed ``parts`` out of the decoded ``purposes`` (in place)."""
+    whole: set[int] = set()
+    for i, kind, pref in parts:
+        purpose = purposes[i] if i < len(purposes) else None
+        if kind is None or not isinstance(purpose, dict):
+            whole.add(i)
+        elif kind == "enabled":
+            purpose.pop("enabled", None)
+        elif pref is None:
+            purpose.pop("values", None)
+        elif isinstance(values := purpose.get("values"), dict):
+            values.pop(pref, None)
+    if whole:
+        purposes[:] = [p for i, p in enumerate(purposes) if i not in whole]
 
 
 def _mapped_part(purpose: Any, kind: str | None, pref: str | None, rules: ParseRules) -> bool:
@@ -207,7 +227,7 @@ def _mapped_part(purpose: Any, kind: str | None, pref: str | None, rules: ParseR
     if kind == "enabled":
         return not isinstance(purpose_id, str) or purpose_id in purposes
     if kind == "values":
-        return pref in preferences
+        return pref is None or pref in preferences
     values = purpose.get("values")
     return (
         not isinstance(purpose_id, str)
@@ -370,15 +390,16 @@ def _from_event(
     rules: ParseRules,
     previous: tuple[Purpose, ...] | None = None,
 ) -> ParseResult:
-    """An event's choices. Dated by ``created_at``, its place in Didomi's order ("events
-    are re-applied in order of their dates"): an update of the event (its approval, a proof
-    attached, an edit) does not move its choices after the person's later choices made in
-    other events. ``previous``: what the event's earlier version applied (``event.updated``);
-    only what differs from it is applied. A deleted event is dated by its deletion."""
+    """An event's choices. Dated by its place in Didomi's order ("events are re-applied in
+    order of their dates", :func:`_event_place`): an update of the event (its approval, a
+    proof attached, an edit) does not move its choices after the person's later choices made
+    in other events. ``previous``: what the event's earlier version applied
+    (``event.updated``); only what differs from it is applied. A deleted event is dated by
+    its ``updated_at`` (:func:`_event_time`)."""
     org_user_id = entity["user"]["organization_user_id"]
     event_id = entity["id"]
     deleted = event_type == "event.deleted"
-    when = _event_time(entity) if deleted else _utc(entity["created_at"])
+    when = _event_time(entity) if deleted else _event_place(entity)
     if entity.get("status") == "pending_approval":
         return _ignored(
             "status is pending_approval: applied only once approved",
@@ -418,6 +439,18 @@ def _from_event(
             previous_purposes=previous,
         )
     )
+
+
+def _event_place(entity: ConsentEvent) -> datetime:
+    """An event's place in Didomi's order: its ``created_at``; a later version (its
+    ``updated_at`` after that) one millisecond after it, so that it comes after the event's
+    first version however they were delivered (a retry of the first one after an edit must
+    not take the field back), and before any choice made since in another event."""
+    created = _utc(entity["created_at"])
+    updated = entity.get("updated_at")
+    if updated and _utc(updated) > created:
+        return created + timedelta(milliseconds=1)
+    return created
 
 
 def _applied_before(
@@ -469,15 +502,28 @@ def _previous_purposes(old: dict[str, Any] | None, new: User) -> tuple[Purpose, 
 
 
 def _old_purposes(old: dict[str, Any], old_id: object, new_id: str) -> tuple[Purpose, ...] | None:
-    """The purposes of an ``old_entity``; None when it is another person's (``old_id``
-    against ``new_id``) or its consents cannot be read."""
+    """The purposes of an ``old_entity``, without the malformed parts the new entity's are
+    salvaged without (so that the two compare part by part: an old entity no better formed
+    than the new one must not make the whole new state apply); None when it is another
+    person's (``old_id`` against ``new_id``) or its consents cannot be read otherwise."""
     if not isinstance(old_id, str) or email_key(old_id) != email_key(new_id):
         return None
+    consents = old.get("consents", {})
     try:
-        consents = _CONSENTS.validate_python(old.get("consents", {}))
+        return tuple(_CONSENTS.validate_python(consents).get("purposes", ()))
+    except ValidationError as exc:
+        invalid = exc
+    parts: set[_Part] = set()
+    for err in invalid.errors(include_url=False, include_input=False):
+        loc = err["loc"]
+        if len(loc) < 2 or loc[0] != "purposes" or not isinstance(loc[1], int):
+            return None
+        parts.add(_part(loc[1:]))
+    _drop(consents["purposes"], parts)
+    try:
+        return tuple(_CONSENTS.validate_python(consents).get("purposes", ()))
     except ValidationError:
         return None
-    return tuple(consents.get("purposes", ()))
 
 
 def _from_user(
@@ -578,8 +624,11 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _event_time(entity: ConsentEvent | User) -> datetime:
-    """When an event or a user's state was made: ``updated_at``, else ``created_at``."""
-    return _utc(entity.get("updated_at") or entity["created_at"])
+    """When a user's state was made, or an event deleted: ``updated_at`` (never before
+    ``created_at``: a deletion dated before the grants it undoes would undo none)."""
+    created = _utc(entity["created_at"])
+    updated = entity.get("updated_at")
+    return max(created, _utc(updated)) if updated else created
 
 
 def _ignored(

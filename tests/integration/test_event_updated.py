@@ -108,3 +108,20 @@ async def test_an_edit_applies_what_it_changed() -> None:
     assert record is not None
     assert record["Newsletter_Consent__c"] is False, (edit, record)
     assert record["Analytics_Consent__c"] is False, (edit, record)
+
+
+async def test_a_late_retry_of_the_first_version_does_not_undo_an_edits_withdrawal() -> None:
+    # Review finding: E's creation is retried by Didomi after E was edited to withdraw; the
+    # edit is read first. Both versions dated by E's creation, the later read won: a wrong
+    # true. A later version is dated a millisecond after the creation.
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, "confirmed", GRANT)
+            edit = await deliver(run, updated(first, entity("E", 0, 10, "confirmed", WITHDRAWAL)))
+            assert target(edit, "Contact")["status"] == "updated", edit
+            retry = await deliver(run, created(first))
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (retry, record)
+    assert target(retry, "Contact")["status"] == "stale", retry

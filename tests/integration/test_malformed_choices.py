@@ -4,11 +4,17 @@ rejected the whole event, and the Contact kept saying consent until someone redr
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
+import orjson
 import pytest
 
 from tests.integration.support import example_mapping, make_emulator
 from tests.integration.test_consent_order import running
-from tests.integration.test_recent_choices import deliver, event, form_contact, target
+from tests.integration.test_recent_choices import EMAIL, deliver, event, form_contact, target
+from tests.integration.test_redrive_order import iso
+from tests.unit.helpers import T0
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.integration]
 
@@ -68,3 +74,47 @@ async def test_an_event_whose_only_mapped_choice_is_malformed_is_rejected() -> N
     assert outcome["error_class"] == "SCHEMA_VALIDATION"
     assert "purposes.0.enabled" in outcome["reason"], outcome
     assert len(dead) == 1
+
+
+def user_updated(minutes: int, old: list[Any], new: list[Any]) -> bytes:
+    def user(purposes: list[Any], at: int) -> dict[str, Any]:
+        return {
+            "id": "user-a",
+            "organization_user_id": EMAIL,
+            "created_at": iso(T0),
+            "updated_at": iso(T0 + timedelta(minutes=at)),
+            "consents": {"purposes": purposes},
+        }
+
+    params = {
+        "source": {"id": f"src-{minutes}", "created_at": iso(T0 + timedelta(minutes=minutes))},
+        "old_entity": user(old, 1),
+        "new_entity": user(new, minutes),
+    }
+    return orjson.dumps({"type": "user.updated", "parameters": params})
+
+
+async def test_a_user_aggregate_with_a_malformed_unmapped_purpose_reasserts_nothing() -> None:
+    # Review finding: user A's aggregate changes analytics only; its old and new entity both
+    # carry the same malformed unmapped purpose. The new one was salvaged, the old one read
+    # strictly: unreadable, so A's whole state applied and re-asserted the newsletter over B's
+    # later withdrawal (two Didomi users of one email). The old one is now read without the
+    # same parts.
+    cookies = {"id": "cookies", "enabled": None, "values": {"vendors": {"value": None}}}
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            await deliver(run, event("b-withdraws", 5, {"id": "newsletter", "enabled": False}))
+            newsletter = {"id": "newsletter", "enabled": True}
+            update = await deliver(
+                run,
+                user_updated(
+                    10,
+                    old=[newsletter, {"id": "analytics", "enabled": False}, cookies],
+                    new=[newsletter, {"id": "analytics", "enabled": True}, cookies],
+                ),
+            )
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Analytics_Consent__c"] is True, update
+    assert record["Newsletter_Consent__c"] is False, (update, record)

@@ -411,3 +411,63 @@ def test_malformed_purposes_beside_another_error_still_reject() -> None:
     result = parse_message(value, MAPPED)
     assert isinstance(result, Rejected), result
     assert "organization_user_id" in result.reason
+
+
+@pytest.mark.parametrize("kind", ["event", "user"])
+@pytest.mark.parametrize("old", ["", [], 0], ids=["string", "list", "number"])
+def test_an_update_with_an_old_entity_that_is_no_object_applies_the_new_one(
+    old: object, kind: str
+) -> None:
+    # Review finding: typed as an object, such an old_entity rejected the whole update.
+    user = {"organization_user_id": "jane@example.com"}
+    new: dict[str, object] = {
+        "id": "e1",
+        "created_at": "2026-11-20T09:14:03.512Z",
+        "consents": {"purposes": [WITHDRAWAL]},
+    }
+    new.update({"user": user} if kind == "event" else user)
+    params = {"old_entity": old, "new_entity": new}
+    result = parse_message(orjson.dumps({"type": f"{kind}.updated", "parameters": params}), MAPPED)
+    assert isinstance(result, Accepted), result
+    assert result.change.previous_purposes is None
+
+
+def test_a_values_that_is_no_object_is_left_out_not_the_withdrawal_beside_it() -> None:
+    bad = {"id": "newsletter", "enabled": False, "values": "topics"}
+    result = parse_message(with_purposes(bad), MAPPED)
+    assert isinstance(result, Accepted), result
+    (newsletter,) = result.change.purposes
+    assert newsletter.get("enabled") is False and "values" not in newsletter
+    assert result.change.malformed is not None and "purposes.0.values" in result.change.malformed
+
+
+def test_an_old_entity_is_read_without_its_malformed_parts() -> None:
+    cookies = {"id": "cookies", "values": {"vendors": {"value": None}}}
+    user = {
+        "id": "u",
+        "organization_user_id": "jane@example.com",
+        "created_at": "2026-11-20T09:14:03.512Z",
+    }
+    old = {**user, "consents": {"purposes": [{"id": "newsletter", "enabled": True}, cookies]}}
+    new = {**user, "consents": {"purposes": [{"id": "newsletter", "enabled": True}, cookies]}}
+    params = {"old_entity": old, "new_entity": new}
+    result = parse_message(orjson.dumps({"type": "user.updated", "parameters": params}), MAPPED)
+    assert isinstance(result, Accepted), result
+    previous = result.change.previous_purposes
+    assert previous is not None
+    assert [p["id"] for p in previous] == ["newsletter", "cookies"]
+
+
+def test_a_deletion_is_never_dated_before_the_event_it_deletes() -> None:
+    entity = {
+        "id": "e1",
+        "created_at": "2026-11-20T09:14:03.512Z",
+        "updated_at": "2026-11-20T09:00:00.000Z",  # before its creation: bad data
+        "user": {"organization_user_id": "jane@example.com"},
+        "consents": {"purposes": [{"id": "newsletter", "enabled": True}]},
+    }
+    rules = ParseRules(on_event_deleted="withdraw")
+    value = orjson.dumps({"type": "event.deleted", "parameters": {"entity": entity}})
+    result = parse_message(value, rules)
+    assert isinstance(result, Accepted), result
+    assert result.change.event_time == datetime(2026, 11, 20, 9, 14, 3, 512000, tzinfo=UTC)

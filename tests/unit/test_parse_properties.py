@@ -440,14 +440,23 @@ def test_valid_events_are_accepted_or_ignored_by_rule(case: tuple[dict[str, Any]
     assert change.full_state is doc["type"].startswith("user.")
     source_id = (params.get("source") or {}).get("id") if doc["type"] == "user.updated" else None
     assert change.event_id == (source_id or entity["id"])
-    # Events are dated by their creation (their place in Didomi's order), users by their
-    # last update.
-    dated = entity["created_at"] if doc["type"].startswith("event.") else None
-    stamp = datetime.fromisoformat(dated or entity.get("updated_at") or entity["created_at"])
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    # Kept to the millisecond, like Salesforce and the sync state.
-    assert change.event_time == stamp.replace(microsecond=stamp.microsecond // 1000 * 1000)
+
+    def ms(text: str) -> datetime:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        # Kept to the millisecond, like Salesforce and the sync state.
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+    created = ms(entity["created_at"])
+    updated = ms(entity["updated_at"]) if entity.get("updated_at") else None
+    if doc["type"].startswith("event."):
+        # Its place in Didomi's order: its creation; a later version a millisecond after.
+        later = updated is not None and updated > created
+        assert change.event_time == created + timedelta(milliseconds=1 if later else 0)
+    else:
+        # A user's state: its last update (never before its creation).
+        assert change.event_time == max(created, updated or created)
     assert [p["id"] for p in change.purposes] == [p["id"] for p in entity["consents"]["purposes"]]
 
 

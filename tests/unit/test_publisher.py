@@ -273,3 +273,20 @@ async def test_partitions_unknown_within_the_timeout_are_retried() -> None:
     pub, _ = publisher(producer)
     await pub.publish([outcome(1), outcome(2)], [])
     assert sorted(s.key or b"" for s in producer.topics["results"]) == [b"k1", b"k2"]
+
+
+async def test_a_topic_without_metadata_is_asked_for_once_per_attempt() -> None:
+    # Review finding: each record of the topic asked again, and aiokafka answers only after
+    # request_timeout_ms (40 s): a slice of 2,000 outcomes waited hours before its retry.
+    asked: list[str] = []
+
+    class NoMetadata(RaisesOnQueue):
+        async def partitions_for(self, topic: str) -> set[int]:
+            asked.append(topic)
+            return await super().partitions_for(topic)
+
+    producer = NoMetadata(metadata_refusals=1)
+    pub, _ = publisher(producer)
+    await pub.publish([outcome(n) for n in range(1, 7)], [])
+    assert asked == ["results", "results"]  # once refused, once answered (the retry)
+    assert len(producer.topics["results"]) == 6
