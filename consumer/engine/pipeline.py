@@ -619,58 +619,74 @@ class Pipeline:
         stop: asyncio.Event | None = None,
     ) -> None:
         """Commit every owned partition whose done prefix moved, within ``timeout``
-        (``commit_timeout_seconds`` by default); a ``stop`` set meanwhile abandons it (the
-        drain commits next)."""
-        async with self._commit_lock:
-            self._last_commit = self._clock()
-            positions = {
-                tp: pos
-                for tp, pos in self._parts.to_commit(self._consumer.assignment()).items()
-                if only is None or tp in only
-            }
-            if not positions:
-                return
-            request = asyncio.ensure_future(
-                self._consumer.commit(
-                    {tp: OffsetAndMetadata(pos, "") for tp, pos in positions.items()}
-                )
-            )
-            waits: set[asyncio.Future[Any]] = {request}
-            stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        (``commit_timeout_seconds`` by default; waiting for a commit under way counts in it);
+        a ``stop`` set meanwhile abandons it (the drain commits next)."""
+        limit = self._cfg.commit_timeout_seconds if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        try:
+            async with asyncio.timeout(limit):
+                await self._commit_lock.acquire()
+        except TimeoutError:
+            self._commit_timed_out(limit)
+            return
+        try:
+            await self._commit(only, deadline - loop.time(), stop)
+        finally:
+            self._commit_lock.release()
+
+    async def _commit(
+        self, only: set[TopicPartition] | None, limit: float, stop: asyncio.Event | None
+    ) -> None:
+        self._last_commit = self._clock()
+        positions = {
+            tp: pos
+            for tp, pos in self._parts.to_commit(self._consumer.assignment()).items()
+            if only is None or tp in only
+        }
+        if not positions:
+            return
+        request = asyncio.ensure_future(
+            self._consumer.commit({tp: OffsetAndMetadata(pos, "") for tp, pos in positions.items()})
+        )
+        waits: set[asyncio.Future[Any]] = {request}
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        if stopper is not None:
+            waits.add(stopper)
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, limit), return_when=asyncio.FIRST_COMPLETED)
+        finally:
             if stopper is not None:
-                waits.add(stopper)
-            limit = self._cfg.commit_timeout_seconds if timeout is None else timeout
-            try:
-                await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if stopper is not None:
-                    stopper.cancel()
-                if not request.done():
-                    request.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, KafkaError):
-                        await request
-            if request.cancelled():
-                if stop is not None and stop.is_set():
-                    return  # stopping: the drain commits
-                self._metrics.commits.labels("error").inc()
-                self._health.commit_failed(self._clock())
-                logger.warning("commit timed out; will retry", extra={"timeout_s": limit})
-                return
-            try:
-                request.result()
-            except CommitFailedError as exc:
-                # The partitions moved to another member, which re-reads what we did not commit.
-                self._metrics.commits.labels("rebalanced").inc()
-                logger.warning("commit refused after a rebalance", extra={"error": repr(exc)})
-                return
-            except KafkaError as exc:
-                self._metrics.commits.labels("error").inc()
-                self._health.commit_failed(self._clock())
-                logger.warning("commit failed; will retry", extra={"error": repr(exc)})
-                return
-            self._parts.committed(positions)
-            self._health.commit_succeeded()
-            self._metrics.commits.labels("ok").inc()
+                stopper.cancel()
+            if not request.done():
+                request.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                    await request
+        if request.cancelled():
+            if stop is None or not stop.is_set():
+                self._commit_timed_out(limit)
+            return  # (stopping: the drain commits)
+        try:
+            request.result()
+        except CommitFailedError as exc:
+            # The partitions moved to another member, which re-reads what we did not commit.
+            self._metrics.commits.labels("rebalanced").inc()
+            logger.warning("commit refused after a rebalance", extra={"error": repr(exc)})
+            return
+        except KafkaError as exc:
+            self._metrics.commits.labels("error").inc()
+            self._health.commit_failed(self._clock())
+            logger.warning("commit failed; will retry", extra={"error": repr(exc)})
+            return
+        self._parts.committed(positions)
+        self._health.commit_succeeded()
+        self._metrics.commits.labels("ok").inc()
+
+    def _commit_timed_out(self, limit: float) -> None:
+        # Counted as failed (health): the next commit carries the same offsets or more.
+        self._metrics.commits.labels("error").inc()
+        self._health.commit_failed(self._clock())
+        logger.warning("commit timed out; will retry", extra={"timeout_s": round(limit, 3)})
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Before partitions move: stop new work on them, finish or abandon what is in

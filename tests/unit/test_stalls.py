@@ -79,3 +79,23 @@ async def test_a_commit_the_coordinator_does_not_answer_neither_hangs_the_loop_n
     h.consumer.commit_hangs = None
     await h.pipeline.commit()
     assert h.consumer.committed == {tp(0): 2}
+
+
+async def test_waiting_for_a_commit_under_way_counts_in_the_timeout() -> None:
+    # Review finding: the drain's last commit could wait a whole commit timeout for one a
+    # revocation started, then take its own: past Kubernetes' grace with a silent broker.
+    h = Harness(commit_timeout_seconds=30)
+    h.consumer.commit_hangs = asyncio.Event()
+    h.consumer.append(0, event("a@x.com", 0))
+    h.start()
+    await h.until("the outcome", lambda: len(h.outcomes()) == 1)
+    await h.until("a commit under way", h.pipeline._commit_lock.locked)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await h.pipeline.commit(timeout=0.2)
+    assert loop.time() - started < 1.0
+    assert h.health.commit_failing_since is not None
+    assert h.consumer.committed == {}
+    h.consumer.commit_hangs.set()  # the coordinator answers again
+    await h.finish()
+    assert h.consumer.committed == {tp(0): 1}
