@@ -111,7 +111,7 @@ class Service:
         remembers = s.sync_recent_choices_seconds > 0 and s.sync_recent_choices_people > 0
         log = ChoicesLog(s, s.kafka_choices_topic) if s.kafka_choices_topic and remembers else None
         if not await _start_with_retries(producer.start, stop, "producer"):
-            await _close(producer.stop(), "producer")
+            await _close(producer.stop(), "producer", producer.client)
             return EXIT_OK
         try:
             if log is not None:
@@ -153,7 +153,7 @@ class Service:
                 if log is not None:
                     await _close(log.stop(), "choices reader")
             finally:
-                await _close(producer.stop(), "producer")
+                await _close(producer.stop(), "producer", producer.client)
         return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
 
 
@@ -280,8 +280,10 @@ _UNJOINED_CLOSE_SECONDS = 2.0
 CLOSE_SECONDS = 2.0
 
 
-async def _close(closing: Awaitable[None], what: str) -> None:
-    """Close a Kafka client within :data:`CLOSE_SECONDS`."""
+async def _close(closing: Awaitable[None], what: str, connections: Any = None) -> None:
+    """Close a Kafka client within :data:`CLOSE_SECONDS`; past it, drop its broker
+    ``connections`` (its ``AIOKafkaClient``) without waiting for any answer, so that no
+    socket is left open behind the stop."""
     try:
         await asyncio.wait_for(closing, CLOSE_SECONDS)
     except TimeoutError:
@@ -291,13 +293,18 @@ async def _close(closing: Awaitable[None], what: str) -> None:
             what,
             extra={"wait_s": CLOSE_SECONDS},
         )
+        if connections is not None:
+            # Closing connections sends nothing; a failure here has nothing left to lose.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connections.close(), CLOSE_SECONDS)
 
 
 async def _close_consumer(consumer: Any, *, joined: bool) -> None:
     """Close the consumer; without a join there is nothing to wait for (the broker forgets
     the member after its session timeout), so a stop during a long join ends promptly."""
+    connections = getattr(consumer, "_client", None)  # aiokafka's: dropped if stop() hangs
     if joined:
-        await _close(consumer.stop(), "consumer")
+        await _close(consumer.stop(), "consumer", connections)
         return
     try:
         await asyncio.wait_for(consumer.stop(), _UNJOINED_CLOSE_SECONDS)
@@ -306,6 +313,9 @@ async def _close_consumer(consumer: Any, *, joined: bool) -> None:
             "stopped while joining the group: the join in flight is left to expire",
             extra={"wait_s": _UNJOINED_CLOSE_SECONDS},
         )
+        if connections is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connections.close(), CLOSE_SECONDS)
 
 
 async def _start_with_retries(
