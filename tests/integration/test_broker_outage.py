@@ -4,18 +4,24 @@ nothing is lost; a SIGTERM while it does not answer still ends the process in ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from consumer.devkit.broker import EmbeddedBroker
+from consumer.devkit.emulator.app import SalesforceEmulator
 from tests.integration.scenario import build
 from tests.integration.support import (
+    Collected,
     ServiceProcess,
+    Topics,
     assert_final_state,
     collect,
     committed_offsets,
@@ -78,6 +84,23 @@ async def test_a_frozen_broker_is_survived(real_kafka: bool) -> None:
         assert offsets == {p: per_partition[p] for p in range(3)}
 
 
+@contextlib.asynccontextmanager
+async def busy_rig(
+    seed_value: int,
+) -> AsyncIterator[tuple[EmbeddedBroker, Topics, SalesforceEmulator, Collected]]:
+    """A broker with 3,000 events for 60 people, a seeded emulator answering in 20-40 ms and
+    the results topic collected: a service there keeps publishing, so freezing the broker
+    leaves requests and records in flight."""
+    scenario = build(n_people=60, n_events=3000, seed=seed_value)
+    with embedded_broker() as broker:
+        topics = await scenario_topics(broker.bootstrap, scenario, 3)
+        async with make_emulator() as emulator:
+            seed(emulator, scenario)
+            emulator.set_latency(base_ms=20, jitter_ms=20, seed=6)
+            async with collect(broker.bootstrap, topics.results) as results:
+                yield broker, topics, emulator, results
+
+
 async def test_sigterm_while_the_broker_does_not_answer_ends_in_time(
     real_kafka: bool, tmp_path: Path
 ) -> None:
@@ -86,45 +109,39 @@ async def test_sigterm_while_the_broker_does_not_answer_ends_in_time(
     # for it: the process outlived Kubernetes' 30 s of grace (it hung until SIGKILL).
     if real_kafka:
         pytest.skip("freezes the embedded broker process")
-    scenario = build(n_people=60, n_events=3000, seed=93)
-    with embedded_broker() as broker:
-        topics = await scenario_topics(broker.bootstrap, scenario, 3)
-        async with make_emulator() as emulator:
-            seed(emulator, scenario)
-            emulator.set_latency(base_ms=20, jitter_ms=20, seed=6)
-            env = service_env(
-                broker.bootstrap,
-                topics,
-                emulator.url,
-                SYNC_BATCH_MAX_EVENTS="50",
-                SYNC_SHUTDOWN_TIMEOUT_SECONDS="3",
-            )
-            async with collect(broker.bootstrap, topics.results) as results:
-                service = ServiceProcess(env, tmp_path / "service.log")
-                await service.start()
+    async with busy_rig(93) as (broker, topics, emulator, results):
+        env = service_env(
+            broker.bootstrap,
+            topics,
+            emulator.url,
+            SYNC_BATCH_MAX_EVENTS="50",
+            SYNC_SHUTDOWN_TIMEOUT_SECONDS="3",
+        )
+        service = ServiceProcess(env, tmp_path / "service.log")
+        await service.start()
+        try:
+            await wait_for(lambda: len(results.records) >= 300, 60, "some outcomes")
+            assert broker.pid is not None
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(1.0)  # the outage under way: requests in flight hang
+                service.signal(signal.SIGTERM)
+                started = time.monotonic()
+                # 3 s of drain, 2 s for its last commit, 2 s for each client's close.
                 try:
-                    await wait_for(lambda: len(results.records) >= 300, 60, "some outcomes")
-                    assert broker.pid is not None
-                    os.kill(broker.pid, signal.SIGSTOP)
-                    try:
-                        await asyncio.sleep(1.0)  # the outage under way: requests in flight hang
-                        service.signal(signal.SIGTERM)
-                        started = time.monotonic()
-                        # 3 s of drain, 2 s for its last commit, 2 s for each client's close.
-                        try:
-                            code = await service.wait(20)
-                        except TimeoutError:
-                            pytest.fail(
-                                "still running 20 s after SIGTERM with "
-                                "SYNC_SHUTDOWN_TIMEOUT_SECONDS=3; last log lines:\n"
-                                + "\n".join(service.logs().splitlines()[-8:])
-                            )
-                        assert time.monotonic() - started < 20
-                        assert code == 0, service.logs()[-2000:]
-                    finally:
-                        os.kill(broker.pid, signal.SIGCONT)
-                finally:
-                    await service.kill()
+                    code = await service.wait(20)
+                except TimeoutError:
+                    pytest.fail(
+                        "still running 20 s after SIGTERM with "
+                        "SYNC_SHUTDOWN_TIMEOUT_SECONDS=3; last log lines:\n"
+                        + "\n".join(service.logs().splitlines()[-8:])
+                    )
+                assert time.monotonic() - started < 20
+                assert code == 0, service.logs()[-2000:]
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+        finally:
+            await service.kill()
 
 
 async def test_a_stop_while_the_broker_does_not_answer_leaves_no_connection_open(
@@ -135,31 +152,25 @@ async def test_a_stop_while_the_broker_does_not_answer_leaves_no_connection_open
     # unclosed connection, raised when it is collected, into an error).
     if real_kafka:
         pytest.skip("freezes the embedded broker process")
-    scenario = build(n_people=60, n_events=3000, seed=94)
-    with embedded_broker() as broker:
-        topics = await scenario_topics(broker.bootstrap, scenario, 3)
-        async with make_emulator() as emulator:
-            seed(emulator, scenario)
-            emulator.set_latency(base_ms=20, jitter_ms=20, seed=6)
-            settings = settings_for(
-                broker.bootstrap,
-                topics,
-                emulator.url,
-                sync_batch_max_events=50,
-                sync_batch_linger_ms=20,
-                sync_shutdown_timeout_seconds=1,
-            )
-            async with collect(broker.bootstrap, topics.results) as results:
-                async with running_service(settings) as running:
-                    await wait_for(lambda: len(results.records) >= 300, 60, "some outcomes")
-                    assert broker.pid is not None
-                    os.kill(broker.pid, signal.SIGSTOP)
-                    try:
-                        started = time.monotonic()
-                        code = await running.finish(20)
-                        took = time.monotonic() - started
-                    finally:
-                        os.kill(broker.pid, signal.SIGCONT)
-                assert code == 0
-                assert took < 12, took
-            gc.collect()  # an unclosed connection warns here
+    async with busy_rig(94) as (broker, topics, emulator, results):
+        settings = settings_for(
+            broker.bootstrap,
+            topics,
+            emulator.url,
+            sync_batch_max_events=50,
+            sync_batch_linger_ms=20,
+            sync_shutdown_timeout_seconds=1,
+        )
+        async with running_service(settings) as running:
+            await wait_for(lambda: len(results.records) >= 300, 60, "some outcomes")
+            assert broker.pid is not None
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                code = await running.finish(20)
+                took = time.monotonic() - started
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+        assert code == 0
+        assert took < 12, took
+    gc.collect()  # an unclosed connection warns here
