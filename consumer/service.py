@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from consumer.engine.gate import GatePolicy, WriteGate
 from consumer.engine.health import Health
@@ -111,7 +111,7 @@ class Service:
         remembers = s.sync_recent_choices_seconds > 0 and s.sync_recent_choices_people > 0
         log = ChoicesLog(s, s.kafka_choices_topic) if s.kafka_choices_topic and remembers else None
         if not await _start_with_retries(producer.start, stop, "producer"):
-            await _close(producer.stop(), "producer", producer.client)
+            await _close(producer.stop(), "producer", _producer_abort(producer))
             return EXIT_OK
         try:
             if log is not None:
@@ -153,7 +153,7 @@ class Service:
                 if log is not None:
                     await _close(log.stop(), "choices reader")
             finally:
-                await _close(producer.stop(), "producer", producer.client)
+                await _close(producer.stop(), "producer", _producer_abort(producer))
         return EXIT_FAILED if pipeline.failure is not None else EXIT_OK
 
 
@@ -280,10 +280,12 @@ _UNJOINED_CLOSE_SECONDS = 2.0
 CLOSE_SECONDS = 2.0
 
 
-async def _close(closing: Awaitable[None], what: str, connections: Any = None) -> None:
-    """Close a Kafka client within :data:`CLOSE_SECONDS`; past it, drop its broker
-    ``connections`` (its ``AIOKafkaClient``) without waiting for any answer, so that no
-    socket is left open behind the stop."""
+async def _close(
+    closing: Awaitable[None], what: str, abort: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Close a Kafka client within :data:`CLOSE_SECONDS`; past it, ``abort`` it (drop its
+    connections without waiting for any answer), so that no socket or task is left behind
+    the stop."""
     try:
         await asyncio.wait_for(closing, CLOSE_SECONDS)
     except TimeoutError:
@@ -293,18 +295,39 @@ async def _close(closing: Awaitable[None], what: str, connections: Any = None) -
             what,
             extra={"wait_s": CLOSE_SECONDS},
         )
-        if connections is not None:
-            # Closing connections sends nothing; a failure here has nothing left to lose.
+        if abort is not None:
+            # Nothing is sent any more; a failure here has nothing left to lose.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connections.close(), CLOSE_SECONDS)
+                await asyncio.wait_for(abort(), CLOSE_SECONDS)
+
+
+def _producer_abort(producer: Any) -> Callable[[], Awaitable[None]]:
+    """How to drop an aiokafka producer whose ``stop()`` did not end: aiokafka has no
+    forced close, so its parts are reached directly (the pinned version's): what it still
+    holds is failed (the flush ends), its sender task cancelled, its connections closed."""
+
+    async def abort() -> None:
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is not None:
+            accumulator.fail_all(KafkaTimeoutError())
+        sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
+        if sender is not None:
+            sender.cancel()
+        # The connections first: the sender may end only once its requests are answered.
+        await producer.client.close()
+        if sender is not None:
+            await asyncio.wait({sender}, timeout=CLOSE_SECONDS)
+
+    return abort
 
 
 async def _close_consumer(consumer: Any, *, joined: bool) -> None:
     """Close the consumer; without a join there is nothing to wait for (the broker forgets
     the member after its session timeout), so a stop during a long join ends promptly."""
-    connections = getattr(consumer, "_client", None)  # aiokafka's: dropped if stop() hangs
+    client = getattr(consumer, "_client", None)  # aiokafka's: closed if stop() hangs
+    abort = client.close if client is not None else None
     if joined:
-        await _close(consumer.stop(), "consumer", connections)
+        await _close(consumer.stop(), "consumer", abort)
         return
     try:
         await asyncio.wait_for(consumer.stop(), _UNJOINED_CLOSE_SECONDS)
@@ -313,9 +336,9 @@ async def _close_consumer(consumer: Any, *, joined: bool) -> None:
             "stopped while joining the group: the join in flight is left to expire",
             extra={"wait_s": _UNJOINED_CLOSE_SECONDS},
         )
-        if connections is not None:
+        if abort is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connections.close(), CLOSE_SECONDS)
+                await asyncio.wait_for(abort(), CLOSE_SECONDS)
 
 
 async def _start_with_retries(

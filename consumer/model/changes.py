@@ -50,6 +50,9 @@ class ConsentChange:
     #: Mapped parts of the event left out as malformed (parse), described; its other
     #: choices are applied, and the outcome says so.
     malformed: str | None = None
+    #: A later version of an event: its ``updated_at`` in milliseconds (it sorts at
+    #: :data:`VERSION_PARTITION` in its event's millisecond, this as the offset).
+    version_ms: int | None = None
 
     def mapped(self) -> ConsentChange:
         """This change without its purposes: once mapped, a backlog need not hold them.
@@ -68,6 +71,7 @@ class ConsentChange:
             None,
             self.withdraw_all,
             self.malformed,
+            self.version_ms,
         )
 
 
@@ -123,6 +127,12 @@ def epoch_ms(moment: datetime) -> int:
 #: redelivered copy of that grant comes with a later offset.
 DELETION_PARTITION = 2**31 - 1
 DELETION_OFFSET = 2**63 - 1
+#: Where a later version of an event (an ``event.updated`` whose ``updated_at`` is after its
+#: ``created_at``) sits among the choices of the event's millisecond: after every first
+#: version, whatever partition or offset it was read at (a Didomi retry of the first
+#: version read after an edit must not take the field back), ordered between versions by
+#: their ``updated_at`` (the stamp's offset), and before a deletion.
+VERSION_PARTITION = DELETION_PARTITION - 1
 DELETIONS = frozenset({"user.deleted", "event.deleted"})
 
 

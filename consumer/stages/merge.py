@@ -6,7 +6,9 @@ wins each field it mentions, and a partial event never erases a field it did not
 
 A deletion (``user.deleted`` or ``event.deleted`` with ``withdraw``) wins a tie in time against
 any choice: it withdraws the very grant it undoes, which carries the same millisecond, and a
-redelivered copy of that grant comes with a later offset.
+redelivered copy of that grant comes with a later offset. A later version of an event (dated,
+like the first, by the event's creation) comes after every first version of its millisecond,
+versions ordered by their ``updated_at`` (``VERSION_PARTITION``).
 
 An ``event.deleted`` is written to every target keeping a sync state (its field set may be
 empty there): what earlier versions of the event granted, in the batch or on the records,
@@ -22,6 +24,7 @@ from consumer.model.changes import (
     DELETION_OFFSET,
     DELETION_PARTITION,
     DELETIONS,
+    VERSION_PARTITION,
     FieldValues,
     PersonWrite,
     Sourced,
@@ -47,6 +50,8 @@ def merge_by_person(changes: Iterable[Sourced]) -> dict[str, PersonWrite]:
             (epoch_ms(s.change.event_time), DELETION_PARTITION, DELETION_OFFSET, s.index, s)
             if s.change.event_type in DELETIONS
             else (epoch_ms(s.change.event_time), s.partition, s.offset, s.index, s)
+            if s.change.version_ms is None
+            else (epoch_ms(s.change.event_time), VERSION_PARTITION, s.change.version_ms, s.index, s)
             for s in changes
         ),
         key=_POSITION,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -227,7 +227,10 @@ def _mapped_part(purpose: Any, kind: str | None, pref: str | None, rules: ParseR
     if kind == "enabled":
         return not isinstance(purpose_id, str) or purpose_id in purposes
     if kind == "values":
-        return pref is None or pref in preferences
+        if pref is not None:
+            return pref in preferences
+        # A values that is no object names no preference: it counts as its purpose does.
+        return not isinstance(purpose_id, str) or purpose_id in purposes
     values = purpose.get("values")
     return (
         not isinstance(purpose_id, str)
@@ -390,16 +393,17 @@ def _from_event(
     rules: ParseRules,
     previous: tuple[Purpose, ...] | None = None,
 ) -> ParseResult:
-    """An event's choices. Dated by its place in Didomi's order ("events are re-applied in
-    order of their dates", :func:`_event_place`): an update of the event (its approval, a
-    proof attached, an edit) does not move its choices after the person's later choices made
-    in other events. ``previous``: what the event's earlier version applied
+    """An event's choices. Dated by its ``created_at``, its place in Didomi's order ("events
+    are re-applied in order of their dates"): an update of the event (its approval, a proof
+    attached, an edit) does not move its choices after the person's later choices made in
+    other events; a later version only sorts after the first within that millisecond
+    (:func:`_version_ms`). ``previous``: what the event's earlier version applied
     (``event.updated``); only what differs from it is applied. A deleted event is dated by
-    its ``updated_at`` (:func:`_event_time`)."""
+    its ``updated_at`` (:func:`_event_time`), after every version of it."""
     org_user_id = entity["user"]["organization_user_id"]
     event_id = entity["id"]
     deleted = event_type == "event.deleted"
-    when = _event_time(entity) if deleted else _event_place(entity)
+    when = _event_time(entity) if deleted else _utc(entity["created_at"])
     if entity.get("status") == "pending_approval":
         return _ignored(
             "status is pending_approval: applied only once approved",
@@ -437,20 +441,20 @@ def _from_event(
             purposes=purposes,
             full_state=False,
             previous_purposes=previous,
+            version_ms=None if deleted else _version_ms(entity),
         )
     )
 
 
-def _event_place(entity: ConsentEvent) -> datetime:
-    """An event's place in Didomi's order: its ``created_at``; a later version (its
-    ``updated_at`` after that) one millisecond after it, so that it comes after the event's
-    first version however they were delivered (a retry of the first one after an edit must
-    not take the field back), and before any choice made since in another event."""
-    created = _utc(entity["created_at"])
+def _version_ms(entity: ConsentEvent) -> int | None:
+    """A later version of an event: its ``updated_at`` in milliseconds when that is after
+    its ``created_at`` (merge orders it after the first version, :data:`VERSION_PARTITION`);
+    None for a first version."""
     updated = entity.get("updated_at")
-    if updated and _utc(updated) > created:
-        return created + timedelta(milliseconds=1)
-    return created
+    if not updated:
+        return None
+    moment = epoch_ms(_utc(updated))
+    return moment if moment > epoch_ms(_utc(entity["created_at"])) else None
 
 
 def _applied_before(

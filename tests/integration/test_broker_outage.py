@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from consumer.devkit.broker import EmbeddedBroker
+from consumer.devkit.broker import EmbeddedBroker, create_topics
 from consumer.devkit.emulator.app import SalesforceEmulator
+from consumer.service import _close, _producer_abort
 from tests.integration.scenario import build
 from tests.integration.support import (
     Collected,
@@ -174,3 +176,30 @@ async def test_a_stop_while_the_broker_does_not_answer_leaves_no_connection_open
         assert code == 0
         assert took < 12, took
     gc.collect()  # an unclosed connection warns here
+
+
+async def test_a_producer_closed_past_its_bound_leaves_no_task_and_no_connection(
+    real_kafka: bool,
+) -> None:
+    # Review finding: dropping the connections alone left the producer's sender task running
+    # for good (waiting for metadata the closed client never brings) and its last send
+    # unanswered.
+    if real_kafka:
+        pytest.skip("freezes the embedded broker process")
+    with embedded_broker() as broker:
+        await create_topics(broker.bootstrap, ["close-bound"])
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, retry_backoff_ms=50)
+        await producer.start()
+        await producer.send_and_wait("close-bound", b"first")
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            pending = await producer.send("close-bound", b"never acknowledged")
+            await _close(producer.stop(), "producer", _producer_abort(producer))
+            sender = producer._sender.sender_task
+            assert sender is not None and sender.done()
+            assert pending.done()  # answered (failed): nothing waits on it for good
+            assert pending.exception() is not None
+            assert not [c for c in producer.client._conns.values() if c.connected()]
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)

@@ -125,3 +125,79 @@ async def test_a_late_retry_of_the_first_version_does_not_undo_an_edits_withdraw
     assert record is not None
     assert record["Newsletter_Consent__c"] is False, (retry, record)
     assert target(retry, "Contact")["status"] == "stale", retry
+
+
+def at_ms(event_id: str, ms: int, *purposes: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "created_at": iso(T0 + timedelta(milliseconds=ms)),
+        "user": {"organization_user_id": EMAIL},
+        "consents": {"purposes": list(purposes)},
+        **extra,
+    }
+
+
+async def test_an_approval_does_not_beat_a_withdrawal_made_the_next_millisecond() -> None:
+    # Review finding: a later version dated a millisecond after its creation took the next
+    # millisecond's place, and beat a withdrawal made there (a wrong true). It now sorts
+    # after the first version within its own millisecond only.
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            pending = at_ms("E", 0, GRANT, status="pending_approval")
+            assert (await deliver(run, created(pending)))["status"] == "ignored"
+            withdrawal = await deliver(run, created(at_ms("F", 1, WITHDRAWAL)))
+            assert target(withdrawal, "Contact")["status"] == "updated", withdrawal
+            approved = {
+                **pending,
+                "status": "confirmed",
+                "updated_at": iso(T0 + timedelta(minutes=10)),
+            }
+            approval = await deliver(run, updated(pending, approved))
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (approval, record)
+
+
+@pytest.mark.parametrize("deleted_updated_at", ["absent", "null", "created_at"])
+async def test_a_deletion_undoes_what_an_edit_of_the_event_granted(deleted_updated_at: str) -> None:
+    # Review finding: a deletion dated by the event's creation sorted before an edit dated a
+    # millisecond after it, so it withdrew nothing the edit granted (a wrong true).
+    mapping = example_mapping().model_copy(update={"on_event_deleted": "withdraw"})
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, mapping) as run:
+            first = entity("E", 0, 0, "confirmed", WITHDRAWAL)
+            await deliver(run, created(first))
+            edit = await deliver(run, updated(first, entity("E", 0, 10, "confirmed", GRANT)))
+            assert target(edit, "Contact")["status"] == "updated", edit
+            gone = entity("E", 0, 10, "confirmed", GRANT)
+            if deleted_updated_at == "absent":
+                del gone["updated_at"]
+            elif deleted_updated_at == "null":
+                gone["updated_at"] = None
+            else:
+                gone["updated_at"] = gone["created_at"]
+            deletion = await deliver(
+                run, orjson.dumps({"type": "event.deleted", "parameters": {"entity": gone}})
+            )
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (deletion, record)
+
+
+async def test_two_edits_of_one_event_are_ordered_by_their_updated_at() -> None:
+    # A later edit (minute 20, withdrawing) read before an earlier one (minute 10, granting):
+    # the later edit stands.
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, "confirmed", WITHDRAWAL)
+            await deliver(run, created(first))
+            second = entity("E", 0, 10, "confirmed", GRANT)
+            third = entity("E", 0, 20, "confirmed", WITHDRAWAL)
+            await deliver(run, updated(second, third))
+            late = await deliver(run, updated(first, second))
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (late, record)

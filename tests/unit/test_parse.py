@@ -471,3 +471,11 @@ def test_a_deletion_is_never_dated_before_the_event_it_deletes() -> None:
     result = parse_message(value, rules)
     assert isinstance(result, Accepted), result
     assert result.change.event_time == datetime(2026, 11, 20, 9, 14, 3, 512000, tzinfo=UTC)
+
+
+def test_an_unmapped_purposes_values_that_is_no_object_is_left_out_silently() -> None:
+    result = parse_message(
+        with_purposes(WITHDRAWAL, {"id": "cookies", "values": "vendors"}), MAPPED
+    )
+    assert isinstance(result, Accepted), result
+    assert result.change.malformed is None, result.change.malformed
