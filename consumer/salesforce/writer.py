@@ -73,6 +73,7 @@ from consumer.mapping import FieldInfo, TargetMapping, TargetPlan, describe_fiel
 from consumer.model import sync_state
 from consumer.model.changes import (
     DELETION_PARTITION,
+    VERSION_PARTITION,
     ChoiceKey,
     FieldValue,
     FieldValues,
@@ -722,7 +723,7 @@ class TargetWriter:
             stamp = stamps.get(name)
             if self._state_field:
                 held = match.state.get(name)
-                if stamp is not None and held is not None and stamp <= held:
+                if stamp is not None and held is not None and _not_newer(stamp, held):
                     continue
             newer.add(name)
             if not (name in match.values and self._same(name, match.values[name], value)):
@@ -1378,7 +1379,7 @@ class TargetWriter:
             older = sorted(
                 name
                 for name in mine
-                if ((f := floor.get(name)) is not None and step.stamp <= f)
+                if ((f := floor.get(name)) is not None and _not_newer(step.stamp, f))
                 or (
                     (c := ceiling.get(name)) is not None
                     and step.stamp < c
@@ -1531,3 +1532,23 @@ def calls_at_once(mapping: TargetMapping) -> int:
 def _newest(stamps: Mapping[str, Stamp], names: Iterable[str]) -> int:
     """The time of the newest choice among ``names`` (0 when none has a stamp)."""
     return max((stamps[n].time_ms for n in names if n in stamps), default=0)
+
+
+def _not_newer(stamp: Stamp, held: Stamp) -> bool:
+    """Whether a choice stamped ``stamp`` is no newer than what a record holds (``held``).
+
+    Two versions of one event edited in the same millisecond carry equal stamps (their
+    ``updated_at`` is the stamp's offset): the one written later is taken, as the later read
+    is within a batch. Any other equal stamp is the same choice again. A record may hold a
+    version of the same event stamped by a release that dated versions by their
+    ``updated_at``: a later version of it is newer when its ``updated_at`` is (or an edit
+    after the upgrade, a withdrawal among them, would be lost there).
+    """
+    if (
+        stamp.partition == VERSION_PARTITION
+        and held.partition < VERSION_PARTITION
+        and held.time_ms > stamp.time_ms
+        and held.event_id == sync_state.shown(stamp.event_id)
+    ):
+        return stamp.offset <= held.time_ms
+    return stamp < held or (stamp == held and stamp.partition != VERSION_PARTITION)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -123,11 +123,15 @@ def parse_message(
     if isinstance(result, Accepted):
         if malformed:
             result.change.malformed = clip("; ".join(malformed), MAX_REASON_CHARS)
+        # A later version's updated_at orders it among the event's versions: bounded like
+        # the event's time, or a future one would outrank every real edit after it.
         moment = epoch_ms(result.change.event_time)
-        if not 0 <= moment <= LATEST_EVENT_MS:
-            return _out_of_range(result.change)
+        version = result.change.version_ms
+        latest = moment if version is None else max(moment, version)
+        if moment < 0 or latest > LATEST_EVENT_MS:
+            return _out_of_range(result.change, moment if moment < 0 else latest)
         if record_time_ms is not None and record_time_ms > 0:
-            return _bounded(result, moment, record_time_ms, rules.max_future_skew_seconds)
+            return _bounded(result, latest, record_time_ms, rules.max_future_skew_seconds)
     return result
 
 
@@ -240,10 +244,15 @@ def _mapped_part(purpose: Any, kind: str | None, pref: str | None, rules: ParseR
     )
 
 
-def _out_of_range(change: ConsentChange) -> Rejected:
+def _when(moment_ms: int) -> str:
+    """A moment in milliseconds, as ISO 8601 (UTC)."""
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=moment_ms)).isoformat()
+
+
+def _out_of_range(change: ConsentChange, moment_ms: int) -> Rejected:
     return Rejected(
         "EVENT_TIME_OUT_OF_RANGE",
-        f"the event time {change.event_time.isoformat()} is outside 1970-01-01 to 2286-11-20: "
+        f"the event time {_when(moment_ms)} is outside 1970-01-01 to 2286-11-20: "
         "no consent choice is dated so (a clock or producer error)",
         change.event_type,
         clip(change.event_id, MAX_ID_CHARS),
@@ -260,7 +269,7 @@ def _bounded(
         return result
     return Rejected(
         "EVENT_TIME_IN_FUTURE",
-        f"the event time {change.event_time.isoformat()} is {ahead:.0f} s after the Kafka "
+        f"the event time {_when(event_ms)} is {ahead:.0f} s after the Kafka "
         f"record's timestamp; at most {skew_seconds:g} s is allowed (SYNC_MAX_FUTURE_SKEW_SECONDS)",
         change.event_type,
         clip(change.event_id, MAX_ID_CHARS),

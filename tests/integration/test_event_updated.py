@@ -10,12 +10,14 @@ at its ``updated_at``, a wrong true over a newer withdrawal).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
+from consumer.model import sync_state
+from consumer.model.changes import Stamp, epoch_ms
 from tests.integration.support import example_mapping, make_emulator
 from tests.integration.test_consent_order import running
 from tests.integration.test_recent_choices import EMAIL, deliver, event, form_contact, target
@@ -113,7 +115,7 @@ async def test_an_edit_applies_what_it_changed() -> None:
 async def test_a_late_retry_of_the_first_version_does_not_undo_an_edits_withdrawal() -> None:
     # Review finding: E's creation is retried by Didomi after E was edited to withdraw; the
     # edit is read first. Both versions dated by E's creation, the later read won: a wrong
-    # true. A later version is dated a millisecond after the creation.
+    # true. A later version sorts after the first one in its millisecond.
     async with make_emulator() as emulator:
         contact = form_contact(emulator)
         async with running(emulator, example_mapping()) as run:
@@ -201,3 +203,85 @@ async def test_two_edits_of_one_event_are_ordered_by_their_updated_at() -> None:
         record = emulator.get("Contact", contact)
     assert record is not None
     assert record["Newsletter_Consent__c"] is False, (late, record)
+
+
+@pytest.mark.parametrize(
+    "ahead", [timedelta(days=1), timedelta(days=365 * 300)], ids=["1d", "300y"]
+)
+async def test_a_version_dated_in_the_future_is_rejected_and_outranks_nothing(
+    ahead: timedelta,
+) -> None:
+    # Review finding: a version's updated_at orders it among the event's versions, and it was
+    # not bounded like event times: a version dated ahead (a clock gone wrong) outranked
+    # every later real edit for good (a withdrawal among them: a wrong true).
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, "confirmed", WITHDRAWAL)
+            await deliver(run, created(first))
+            skewed = {
+                **entity("E", 0, 10, "confirmed", GRANT),
+                "updated_at": iso(datetime.now(UTC) + ahead),
+            }
+            bad = await deliver(run, updated(first, skewed))
+            edit = await deliver(run, updated(skewed, entity("E", 0, 20, "confirmed", WITHDRAWAL)))
+        record = emulator.get("Contact", contact)
+    assert bad["status"] == "rejected", bad
+    assert bad["error_class"] in ("EVENT_TIME_IN_FUTURE", "EVENT_TIME_OUT_OF_RANGE"), bad
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (edit, record)
+
+
+async def test_two_versions_of_one_millisecond_the_later_written_stands() -> None:
+    # Review finding: two versions edited in the same millisecond carry equal stamps; the
+    # second, in a later batch, was stale against the first (a wrong true). Within a batch
+    # the later read wins; across batches now too.
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, "confirmed", WITHDRAWAL)
+            await deliver(run, created(first))
+            grant = entity("E", 0, 10, "confirmed", GRANT)
+            await deliver(run, updated(first, grant))
+            withdraw = entity("E", 0, 10, "confirmed", WITHDRAWAL)
+            last = await deliver(run, updated(grant, withdraw))
+            again = await deliver(run, updated(grant, withdraw))  # a Didomi retry
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (last, record)
+    assert target(again, "Contact")["status"] in ("stale", "unchanged"), again
+
+
+async def test_an_edit_after_the_upgrade_is_newer_than_a_version_stamped_before_it() -> None:
+    # Review finding: a record written by a release that dated versions by their
+    # updated_at holds E's approval stamped at minute 10; a later edit of E withdrawing
+    # (minute 20) is stamped by E's creation (minute 0) now, and was stale there (a lost
+    # withdrawal).
+    approved_at = epoch_ms(T0 + timedelta(minutes=10))
+    async with make_emulator() as emulator:
+        contact = emulator.seed(
+            "Contact",
+            {
+                "Email": EMAIL,
+                "LastName": "Form",
+                "Newsletter_Consent__c": True,
+                "Didomi_Sync_State__c": sync_state.encode(
+                    {"Newsletter_Consent__c": Stamp(approved_at, 0, 5, "E")}
+                ),
+            },
+        )
+        async with running(emulator, example_mapping()) as run:
+            approved = entity("E", 0, 10, "confirmed", GRANT)
+            edit = await deliver(
+                run, updated(approved, entity("E", 0, 20, "confirmed", WITHDRAWAL))
+            )
+            # An earlier version of E (minute 5), delivered late: older than the record's.
+            earlier = updated(
+                entity("E", 0, 0, "confirmed", WITHDRAWAL), entity("E", 0, 5, "confirmed", GRANT)
+            )
+            retry = await deliver(run, earlier)
+        record = emulator.get("Contact", contact)
+    assert target(edit, "Contact")["status"] == "updated", edit
+    assert target(retry, "Contact")["status"] == "stale", retry
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is False, (edit, record)
