@@ -7,7 +7,8 @@ Pure. Rules (Didomi's Salesforce integration):
 - preference value -> Boolean field: true when selected, false when the preference is present
   and the value is not; a preference absent from the event writes nothing;
 - ``user.updated`` and ``event.updated``: only the fields whose values changed between
-  ``old_entity`` and ``new_entity`` (when the old one was applied and can be read);
+  ``old_entity`` and ``new_entity`` (when the old one was applied and can be read); what an
+  event's earlier version granted and its new one no longer mentions is withdrawn;
 - a deleted user with ``on_user_deleted: withdraw``: every mapped field to "no consent"
   (purposes and preference values false, preferences null).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from consumer.mapping import TargetPlan
-from consumer.model.changes import ConsentChange, FieldValues
+from consumer.model.changes import ConsentChange, FieldValues, grants
 from consumer.model.events import Purpose
 
 
@@ -69,11 +70,21 @@ def map_change(change: ConsentChange, plans: Iterable[TargetPlan]) -> dict[str, 
         choices(change.previous_purposes) if change.previous_purposes is not None else None
     )
     deleted = change.event_type == "event.deleted"
+    # An event's earlier version granted what this one no longer mentions: withdrawn (at
+    # this version's place), as Didomi no longer counts it; a grant of an older event that
+    # the version had replaced is not restored (a false too many, never a true).
+    dropping = before_choices is not None and change.event_type == "event.updated"
     for plan in plans:
         values = map_choices(now, plan)
-        if before_choices is not None and values:
+        if before_choices is not None and (values or dropping):
             before = map_choices(before_choices, plan)
-            values = {f: v for f, v in values.items() if f not in before or before[f] != v}
+            changed = {f: v for f, v in values.items() if f not in before or before[f] != v}
+            if dropping:
+                dropped = [f for f, v in before.items() if f not in values and grants(v)]
+                if dropped:
+                    withdrawn = plan.mapping.withdrawn()
+                    changed.update((f, withdrawn[f]) for f in dropped)
+            values = changed
         if values or (deleted and plan.mapping.sync_state_field):
             # A deleted event reaches every target keeping a sync state, mapped or not:
             # records there may hold what an earlier version of it granted.

@@ -285,3 +285,37 @@ async def test_an_edit_after_the_upgrade_is_newer_than_a_version_stamped_before_
     assert target(retry, "Contact")["status"] == "stale", retry
     assert record is not None
     assert record["Newsletter_Consent__c"] is False, (edit, record)
+
+
+async def test_an_edit_that_drops_a_grant_withdraws_it() -> None:
+    # Review finding: E granted the newsletter and analytics; an edit grants the newsletter
+    # only. Nothing the person still chooses gives analytics: it was left standing (a wrong
+    # true). What an earlier version granted and the new one no longer mentions is withdrawn.
+    analytics_on = {"id": "analytics", "enabled": True}
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, "confirmed", GRANT, analytics_on)
+            await deliver(run, created(first))
+            edit = await deliver(run, updated(first, entity("E", 0, 10, "confirmed", GRANT)))
+            # A later grant of analytics in another event still wins over the withdrawal.
+            later = await deliver(run, event("F", 5, analytics_on))
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is True, (edit, record)
+    assert record["Analytics_Consent__c"] is True, (later, record)
+    assert target(edit, "Contact")["status"] == "updated", edit
+
+
+async def test_an_edit_that_drops_a_grant_alone_leaves_no_consent() -> None:
+    analytics_on = {"id": "analytics", "enabled": True}
+    async with make_emulator() as emulator:
+        contact = form_contact(emulator)
+        async with running(emulator, example_mapping()) as run:
+            first = entity("E", 0, 0, "confirmed", GRANT, analytics_on)
+            await deliver(run, created(first))
+            edit = await deliver(run, updated(first, entity("E", 0, 10, "confirmed", GRANT)))
+        record = emulator.get("Contact", contact)
+    assert record is not None
+    assert record["Newsletter_Consent__c"] is True, (edit, record)
+    assert record["Analytics_Consent__c"] is False, (edit, record)

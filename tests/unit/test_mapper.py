@@ -113,3 +113,21 @@ def test_a_withdraw_all_change_takes_every_mapped_field_of_every_target_to_no_co
         },
         "Lead": {"Newsletter_Consent__c": False},
     }
+
+
+def test_an_event_update_withdraws_what_its_earlier_version_granted_and_it_drops() -> None:
+    from dataclasses import replace
+
+    new = change("jane@x.com", purpose("newsletter", True))
+    new.event_type = "event.updated"
+    old = (purpose("newsletter", True, topics="offers"), purpose("analytics", True))
+    fields = map_change(replace(new, previous_purposes=old), example_plans())
+    # The newsletter did not change; analytics and the topics are no longer chosen.
+    assert fields["Contact"] == {
+        "Analytics_Consent__c": False,
+        "Newsletter_Topics__c": None,
+        "Topic_Offers__c": False,
+    }
+    # A user aggregate's absent purpose is no choice, not a withdrawal.
+    user = replace(new, event_type="user.updated", full_state=True, previous_purposes=old)
+    assert map_change(user, example_plans()) == {}
