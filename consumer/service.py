@@ -268,32 +268,31 @@ async def _choices_topic_problem(
     return None
 
 
-#: How long closing waits when the consumer never joined: its JoinGroup may be held by the
-#: broker for a whole rebalance, and there is nothing of this member's to commit.
-_UNJOINED_CLOSE_SECONDS = 2.0
-
-
 #: How long closing a Kafka client may take: its requests (leaving the group, the
 #: producer's last sends) wait for a broker that may not answer; what is not acknowledged by
 #: then was not committed either, and is read again after the restart. Three of them after
 #: the drain's SYNC_SHUTDOWN_TIMEOUT_SECONDS (20 s) stay within Kubernetes' 30 s of grace.
 CLOSE_SECONDS = 2.0
+_NO_ANSWER = (
+    "the broker does not answer; what it did not acknowledge is read again after the restart"
+)
 
 
 async def _close(
-    closing: Awaitable[None], what: str, abort: Callable[[], Awaitable[None]] | None = None
+    closing: Awaitable[None],
+    what: str,
+    abort: Callable[[], Awaitable[None]] | None = None,
+    *,
+    why: str = _NO_ANSWER,
 ) -> None:
-    """Close a Kafka client within :data:`CLOSE_SECONDS`; past it, ``abort`` it (drop its
-    connections without waiting for any answer), so that no socket or task is left behind
-    the stop."""
+    """Close a Kafka client within :data:`CLOSE_SECONDS`; past it, say ``why`` and
+    ``abort`` it (drop its connections without waiting for any answer), so that no socket
+    or task is left behind the stop."""
     try:
         await asyncio.wait_for(closing, CLOSE_SECONDS)
     except TimeoutError:
         logger.warning(
-            "kafka %s not closed in time: the broker does not answer; what it did not "
-            "acknowledge is read again after the restart",
-            what,
-            extra={"wait_s": CLOSE_SECONDS},
+            "kafka %s not closed in time: %s", what, why, extra={"wait_s": CLOSE_SECONDS}
         )
         if abort is not None:
             # Nothing is sent any more; a failure here has nothing left to lose.
@@ -325,20 +324,10 @@ async def _close_consumer(consumer: Any, *, joined: bool) -> None:
     """Close the consumer; without a join there is nothing to wait for (the broker forgets
     the member after its session timeout), so a stop during a long join ends promptly."""
     client = getattr(consumer, "_client", None)  # aiokafka's: closed if stop() hangs
-    abort = client.close if client is not None else None
-    if joined:
-        await _close(consumer.stop(), "consumer", abort)
-        return
-    try:
-        await asyncio.wait_for(consumer.stop(), _UNJOINED_CLOSE_SECONDS)
-    except TimeoutError:
-        logger.warning(
-            "stopped while joining the group: the join in flight is left to expire",
-            extra={"wait_s": _UNJOINED_CLOSE_SECONDS},
-        )
-        if abort is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(abort(), CLOSE_SECONDS)
+    # Never joined: its JoinGroup may be held by the broker for a whole rebalance, and
+    # there is nothing of this member's to commit.
+    why = _NO_ANSWER if joined else "stopped while joining the group; the join is left to expire"
+    await _close(consumer.stop(), "consumer", client.close if client is not None else None, why=why)
 
 
 async def _start_with_retries(

@@ -20,7 +20,7 @@ to ``MAX_NAME_CHARS``, so that the reason keeps its shape, and ids to ``MAX_ID_C
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,14 +102,14 @@ def parse_message(
             "MESSAGE_TOO_LARGE",
             f"the message is {len(value)} bytes, over the limit of {rules.max_message_bytes}",
         )
-    malformed: list[str] = []
+    malformed: Sequence[str] = ()
     try:
         envelope = _ENVELOPE.validate_json(value)
     except ValidationError as exc:
-        salvaged = _salvage(value, exc, rules, malformed)
+        salvaged = _salvage(value, exc, rules)
         if salvaged is None:
             return _rejected(value, exc)
-        envelope = salvaged
+        envelope, malformed = salvaged
     try:
         result = _interpret(envelope, rules, record_time_ms)
     except OverflowError:
@@ -140,16 +140,16 @@ _APPLIED = {"entity", "new_entity"}
 
 
 def _salvage(
-    value: bytes, invalid: ValidationError, rules: ParseRules, malformed: list[str]
-) -> Any | None:
-    """The envelope without the malformed parts of its purposes, when they are all that is
-    wrong with it; None otherwise (the message is rejected).
+    value: bytes, invalid: ValidationError, rules: ParseRules
+) -> tuple[Any, list[str]] | None:
+    """The envelope without the malformed parts of its purposes, and the mapped ones among
+    them described, when they are all that is wrong with it; None otherwise (the message
+    is rejected).
 
     Didomi's event carries several choices: one malformed preference or purpose must not
     reject a withdrawal beside it. What is left out is its enabled flag, a preference (or
     its whole ``values`` when that is no object) or, when even its id cannot be read, the
-    purpose. Parts no target maps are left out as any other key the sync does not use;
-    mapped ones are described in ``malformed``.
+    purpose. Parts no target maps are left out as any other key the sync does not use.
     """
     try:
         doc = orjson.loads(value)
@@ -175,6 +175,7 @@ def _salvage(
         return None
     if not isinstance(purposes, list):
         return None
+    malformed: list[str] = []
     for (i, kind, pref), why in parts.items():
         purpose = purposes[i] if i < len(purposes) else None
         if (kind is None or (i, None, None) not in parts) and _mapped_part(
@@ -183,7 +184,7 @@ def _salvage(
             malformed.append(why)
     _drop(purposes, parts)
     try:
-        return _ENVELOPE.validate_python(doc)
+        return _ENVELOPE.validate_python(doc), malformed
     except ValidationError:
         return None
 
@@ -412,7 +413,8 @@ def _from_event(
     org_user_id = entity["user"]["organization_user_id"]
     event_id = entity["id"]
     deleted = event_type == "event.deleted"
-    when = _event_time(entity) if deleted else _utc(entity["created_at"])
+    created = _utc(entity["created_at"])
+    when = _event_time(entity) if deleted else created
     if entity.get("status") == "pending_approval":
         return _ignored(
             "status is pending_approval: applied only once approved",
@@ -450,20 +452,20 @@ def _from_event(
             purposes=purposes,
             full_state=False,
             previous_purposes=previous,
-            version_ms=None if deleted else _version_ms(entity),
+            version_ms=None if deleted else _version_ms(entity, created),
         )
     )
 
 
-def _version_ms(entity: ConsentEvent) -> int | None:
+def _version_ms(entity: ConsentEvent, created: datetime) -> int | None:
     """A later version of an event: its ``updated_at`` in milliseconds when that is after
-    its ``created_at`` (merge orders it after the first version, :data:`VERSION_PARTITION`);
-    None for a first version."""
+    its ``created_at`` (``created``; merge orders it after the first version,
+    :data:`VERSION_PARTITION`); None for a first version."""
     updated = entity.get("updated_at")
     if not updated:
         return None
     moment = epoch_ms(_utc(updated))
-    return moment if moment > epoch_ms(_utc(entity["created_at"])) else None
+    return moment if moment > epoch_ms(created) else None
 
 
 def _applied_before(

@@ -254,7 +254,7 @@ def _with_malformed(
     return (
         status,
         text if reason is None else f"{reason}; {text}",
-        error_class or ("SCHEMA_VALIDATION"),
+        error_class or "SCHEMA_VALIDATION",
     )
 
 

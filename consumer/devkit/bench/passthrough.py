@@ -11,7 +11,7 @@ acknowledged). No parsing, no Salesforce. Stops on SIGTERM or SIGINT after a las
 
 With ``BENCH_PASSTHROUGH_DECODE=orjson`` it also decodes each message with ``orjson.loads``
 and nothing more: the ceiling of any consumer that reads the events, against which (a)'s
-target can be judged (the bench runs it once beside the plain passthrough).
+target can be judged (the bench runs it twice, beside the plain passthrough's two runs).
 """
 
 from __future__ import annotations
